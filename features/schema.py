@@ -223,7 +223,11 @@ class ValidationResult:
 
 
 def _blank(s: pd.Series) -> pd.Series:
-    return s.isna() | (s.astype("string").str.strip() == "")
+    """Missing, or a string of only whitespace (only text can be blank)."""
+    na = s.isna()
+    if not (pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype)):
+        return na
+    return na | (s.astype("string").str.strip() == "").fillna(False).astype(bool)
 
 
 def _as_string(s: pd.Series) -> pd.Series:
