@@ -55,6 +55,8 @@ QUERY: Final = "query"
 
 #: Added by identity resolution, never sent by a channel.
 PROFILE_ID: Final = "profile_id"
+#: Product display name (catalog attribute, not an event column): what an item-level reason may say.
+ITEM_NAME: Final = "item_name"
 
 # Optional attribute columns some channels send (used by the guard, never required).
 COLOR: Final = "color"
@@ -351,7 +353,10 @@ def validate_events(
             raw = col(name)
             num = pd.to_numeric(raw, errors="coerce")
             bad = raw.notna() & ~_blank(raw) & num.isna()
-            bad |= raw.map(lambda v: isinstance(v, bool), na_action="ignore").fillna(False).astype(bool)
+            if pd.api.types.is_object_dtype(raw.dtype):
+                bad |= raw.map(lambda v: isinstance(v, bool), na_action="ignore").astype("boolean").fillna(False)
+            elif pd.api.types.is_bool_dtype(raw.dtype):
+                bad |= raw.notna()
             report(bad, name, "must be a number")
             num = num.where(~bad)
             fin = num.notna() & ~np.isfinite(num.astype(float))

@@ -1,0 +1,824 @@
+"""Synthetic omnichannel retail events with planted, known structure (and the truth to check it by).
+
+Why synthetic: no public data set has identities fragmented across channels, returns, try-ons,
+support messages and churn together, with ground truth.  Everything here is vectorised numpy so
+that 1,000 to 1,000,000 customers run at the same per-event cost; it is deterministic for a seed.
+
+Planted structure (all recorded in ``SyntheticData.truth``):
+
+* each person prefers 1-3 categories, where most of their sessions happen;
+* consumable items are re-bought every ``replenish_days`` (+/- ``replenish_jitter``);
+* items come in complement pairs X -> Y: a buyer of X buys Y 1-14 days later with
+  probability ``complement_prob``;
+* churners fade out over ``fade_days`` before their ``churn_date`` (in the later part of the
+  period) and then stop; unhappy persons (more returns, more negative text) churn more often;
+* each person has a preferred channel and a time zone (sessions happen in local daytime);
+* identities are fragmented: a customer id (when logged in), 1-3 cookies, 1-3 devices, a hashed
+  email and phone, a loyalty card; every identifier appears at least once beside the customer id,
+  so resolution can link everything, and no identifier is shared between persons except the
+  planted shared devices (truth ``shared_devices``), which are always used logged in;
+* returns (more for "bad" items and unhappy persons), store try-ons without purchase, email
+  opens/clicks, searches, and reviews/support messages whose text and rating follow the
+  experience (a return leads to negative text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from features.schema import (
+    ADD_TO_CART,
+    CANONICAL_COLUMNS,
+    CATEGORY,
+    CHANNEL,
+    CHANNELS,
+    COOKIE_ID,
+    CUSTOMER_ID,
+    DEVICE_ID,
+    EMAIL,
+    EMAIL_CLICK,
+    EMAIL_OPEN,
+    EVENT_ID,
+    EVENT_TYPE,
+    EVENT_TYPES,
+    ITEM_ID,
+    LOYALTY_ID,
+    NUMERIC_COLUMNS,
+    PHONE,
+    PRICE,
+    PURCHASE,
+    QUANTITY,
+    QUERY,
+    RATING,
+    REMOVE_FROM_CART,
+    RETURN,
+    REVIEW,
+    SEARCH,
+    SENTIMENT_LABELS,
+    SOCIAL_LIKE,
+    STORE_ID,
+    SUPPORT_MESSAGE,
+    TEXT,
+    TRY_ON,
+    TS,
+    VIEW,
+    IdentifierHasher,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue vocabulary
+# ---------------------------------------------------------------------------------------------
+#: name -> (product nouns, consumable, sensitive, complement category)
+CATEGORY_SPECS: Final[dict[str, tuple[tuple[str, ...], bool, bool, str]]] = {
+    "outerwear": (("jacket", "parka", "raincoat", "vest"), False, False, "accessories"),
+    "footwear": (("sneakers", "boots", "sandals", "loafers"), False, False, "activewear"),
+    "tops": (("t-shirt", "blouse", "sweater", "hoodie"), False, False, "bottoms"),
+    "bottoms": (("jeans", "chinos", "shorts", "skirt"), False, False, "tops"),
+    "dresses": (("maxi dress", "wrap dress", "shirt dress"), False, False, "accessories"),
+    "activewear": (("leggings", "sports bra", "running shorts", "running socks"), False, False, "footwear"),
+    "accessories": (("scarf", "belt", "hat", "sunglasses"), False, False, "bags"),
+    "bags": (("backpack", "tote", "crossbody bag"), False, False, "accessories"),
+    "home": (("candle", "throw blanket", "cushion", "vase"), False, False, "kitchen"),
+    "kitchen": (("skillet", "knife set", "mug", "blender"), False, False, "coffee"),
+    "coffee": (("espresso beans", "ground coffee", "coffee pods"), True, False, "kitchen"),
+    "skincare": (("moisturizer", "cleanser", "serum", "sunscreen"), True, False, "beauty"),
+    "beauty": (("lipstick", "mascara", "eyeshadow palette"), False, False, "skincare"),
+    "pet": (("dog food", "cat litter", "pet treats"), True, False, "pet"),
+    "baby": (("diapers", "baby wipes", "infant formula"), True, True, "baby"),
+    "health": (("vitamins", "pregnancy test", "allergy relief"), True, True, "health"),
+    "intimates": (("bra", "underwear", "lingerie set"), False, True, "intimates"),
+    "electronics": (("headphones", "charger", "smartwatch"), False, False, "electronics"),
+    "toys": (("puzzle", "building blocks", "plush toy"), False, False, "toys"),
+    "outdoor": (("tent", "sleeping bag", "water bottle"), False, False, "outdoor"),
+}
+LINES: Final[tuple[str, ...]] = (
+    "Trail Runner", "Urban", "Classic", "Everyday", "Summit", "Coastal", "Nordic", "Essential",
+    "Heritage", "Metro", "Breeze", "Alpine", "Harbor", "Canyon", "Velvet", "Studio",
+)
+BRANDS: Final[tuple[str, ...]] = ("Northwind", "Aster", "Kestrel", "Lumen", "Oakline", "Brightside", "Juniper", "Mosaic")
+COLORS: Final[tuple[str, ...]] = ("black", "white", "navy", "red", "green", "beige", "grey", "blue", "pink")
+TIMEZONES: Final[tuple[str, ...]] = (
+    "America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
+    "Europe/London", "Europe/Berlin",
+)
+TIMEZONE_WEIGHTS: Final[tuple[float, ...]] = (0.3, 0.2, 0.08, 0.17, 0.13, 0.12)
+
+# Review / support text: label-specific fragments plus fillers shared by every label, so a
+# classifier has to learn the words that carry sentiment, not a template fingerprint.
+POSITIVE_PHRASES: Final[tuple[str, ...]] = (
+    "love the fit", "great quality", "exactly as described", "fits perfectly", "super comfortable",
+    "would buy again", "really happy with it", "the color is gorgeous", "excellent value",
+    "arrived quickly and well packed", "my new favourite", "highly recommend", "feels premium",
+    "works beautifully", "better than expected",
+)
+NEGATIVE_PHRASES: Final[tuple[str, ...]] = (
+    "arrived damaged", "very disappointed", "poor quality", "fell apart after a week",
+    "does not fit at all", "cheap material", "would not recommend", "the color is nothing like the photo",
+    "waste of money", "broke on first use", "sending it back", "terrible stitching", "smells odd",
+    "stopped working", "refund took forever",
+)
+NEUTRAL_PHRASES: Final[tuple[str, ...]] = (
+    "it's okay", "average", "does the job", "nothing special", "as expected I guess", "fine for the price",
+    "decent enough", "not sure yet", "fits as usual", "pretty standard", "mixed feelings about it",
+    "it's alright",
+)
+FILLERS: Final[tuple[str, ...]] = (
+    "Ordered it last week.", "Bought it for my sister.", "Second order from this shop.",
+    "Picked it up in store.", "Got it on sale.", "Used it a few times now.", "Gift for my partner.", "",
+)
+SUPPORT_NEGATIVE: Final[tuple[str, ...]] = (
+    "my order arrived damaged and I want a refund", "this is the second faulty item, very disappointed",
+    "the return label does not work and nobody answers", "still waiting for my refund, not happy",
+    "wrong size delivered again, frustrating",
+)
+SUPPORT_NEUTRAL: Final[tuple[str, ...]] = (
+    "how do I change my delivery address", "where is my order", "can I swap the size",
+    "do you have this in another color", "what are your store opening hours",
+)
+SUPPORT_POSITIVE: Final[tuple[str, ...]] = (
+    "thanks for the quick help, all sorted", "great service, the exchange was easy",
+    "thank you, the replacement arrived and it is perfect", "very helpful staff, thanks",
+)
+
+# Truth table names
+IDENTITIES: Final = "identities"
+PERSONS: Final = "persons"
+COMPLEMENTS: Final = "complements"
+SENTIMENT: Final = "sentiment"
+REPLENISHMENT: Final = "replenishment"
+SHARED_DEVICES: Final = "shared_devices"
+TRUTH_TABLES: Final[tuple[str, ...]] = (IDENTITIES, PERSONS, COMPLEMENTS, SENTIMENT, REPLENISHMENT, SHARED_DEVICES)
+
+PERSON_ID: Final = "person_id"
+IDENTIFIER_TYPE: Final = "identifier_type"
+IDENTIFIER_VALUE: Final = "identifier_value"
+LABEL: Final = "label"
+COMPLEMENT_ITEM_ID: Final = "complement_item_id"
+REPLENISH_DAYS: Final = "replenish_days"
+
+_CH = {c: i for i, c in enumerate(CHANNELS)}
+_ET = {e: i for i, e in enumerate(EVENT_TYPES)}
+_ID_COLS: Final = (CUSTOMER_ID, EMAIL, PHONE, LOYALTY_ID, DEVICE_ID, COOKIE_ID)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size, seed and the knobs of the planted structure."""
+
+    customers: int = 1000
+    days: int = 90
+    seed: int = 0
+    start: str = "2025-01-01"
+    items: int | None = None  # default scales with customers
+    categories: int = 20
+    churn_rate: float = 0.2
+    sessions_per_week: float = 0.9
+    purchase_prob: float = 0.3  # per browsing session
+    complement_share: float = 0.35  # share of non-consumable items that have a planted complement
+    complement_prob: float = 0.7
+    replenish_continue_prob: float = 0.9
+    replenish_jitter: float = 0.1  # relative standard deviation of the replenishment interval
+    return_rate: float = 0.08
+    bad_item_share: float = 0.05
+    review_prob: float = 0.2
+    email_weeks_interval: int = 7
+    fade_days: int = 21
+    shared_device_rate: float = 0.002  # planted shared devices per customer
+    stores: int = 25
+
+    def __post_init__(self) -> None:
+        if self.customers < 1:
+            raise ValueError(f"customers must be >= 1, got {self.customers}")
+        if self.days < 7:
+            raise ValueError(f"days must be >= 7, got {self.days}")
+        if not 1 <= self.categories <= 200:
+            raise ValueError(f"categories must be in 1..200, got {self.categories}")
+        if self.items is not None and self.items < 2 * self.categories:
+            raise ValueError(f"items must be >= 2 * categories ({2 * self.categories}), got {self.items}")
+        for name in ("churn_rate", "purchase_prob", "complement_share", "complement_prob",
+                     "replenish_continue_prob", "return_rate", "bad_item_share", "review_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        try:
+            pd.Timestamp(self.start)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"start must be a date, got {self.start!r}") from exc
+
+    @property
+    def n_items(self) -> int:
+        return self.items if self.items is not None else int(np.clip(self.customers // 4, 200, 50_000))
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    events: pd.DataFrame
+    items: pd.DataFrame
+    truth: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _scramble(x: np.ndarray, salt: int) -> np.ndarray:
+    """A bijection on 40-bit integers, so ids look random but never collide."""
+    m = (1 << 40) - 1
+    return ((x.astype(np.uint64) * np.uint64(0x9E3779B1) + np.uint64(salt)) & np.uint64(m)).astype(np.uint64)
+
+
+def _ids(prefix: str, x: np.ndarray, salt: int) -> np.ndarray:
+    return np.array([f"{prefix}{v:010x}" for v in _scramble(x, salt).tolist()], dtype=object)
+
+
+def _take_str(values: np.ndarray, codes: np.ndarray) -> pd.Series:
+    """values[codes] as a pandas string Series, missing where code < 0 (arrow take: fast at 10M rows)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    taken = pc.take(pa.array(values, type=pa.string()), pa.array(codes, mask=codes < 0))
+    return pd.Series(pd.arrays.ArrowStringArray(taken))
+
+
+def _obj_str(values: np.ndarray) -> pd.Series:
+    """An object array (None = missing) as a pandas string Series."""
+    return pd.Series(pd.arrays.ArrowStringArray(pa.array(values, type=pa.string(), from_pandas=True)))
+
+
+def _utc(start: pd.Timestamp, days: np.ndarray) -> pd.Series:
+    """Days since ``start`` (float, NaN allowed) as datetime64[ns, UTC]."""
+    ns = np.where(np.isnan(days), 0, days * 86_400e9).astype(np.int64) + start.value
+    out = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
+    return out.where(~np.isnan(days), pd.NaT).astype("datetime64[ns, UTC]")
+
+
+def _category_names(n: int) -> list[str]:
+    names = list(CATEGORY_SPECS)
+    return names[:n] if n <= len(names) else names + [f"category_{i:03d}" for i in range(len(names), n)]
+
+
+def _tz_offsets_hours(start: pd.Timestamp) -> np.ndarray:
+    when = start.to_pydatetime().replace(tzinfo=None) if start.tzinfo else start.to_pydatetime()
+    return np.array(
+        [ZoneInfo(tz).utcoffset(when + dt.timedelta(days=1)).total_seconds() / 3600 for tz in TIMEZONES]
+    )
+
+
+@dataclass
+class _Block:
+    """Column arrays of one batch of events (internal, mutable while assembling)."""
+
+    person: np.ndarray
+    t: np.ndarray  # days since start, float
+    etype: np.ndarray
+    channel: np.ndarray
+    item: np.ndarray  # -1 = none
+    session: np.ndarray  # -1 = none; used to share identifiers within a session
+    text: np.ndarray | None = None  # object or None
+    rating: np.ndarray | None = None
+    query: np.ndarray | None = None
+    label: np.ndarray | None = None  # sentiment label code, -1 none
+    shared: np.ndarray | None = None  # planted shared device index, -1 none
+
+    def __len__(self) -> int:
+        return len(self.person)
+
+
+def _block(person, t, etype, channel, item=None, session=None, **kw) -> _Block:  # type: ignore[no-untyped-def]
+    n = len(person)
+    return _Block(
+        person=np.asarray(person, dtype=np.int64),
+        t=np.asarray(t, dtype=np.float64),
+        etype=np.broadcast_to(np.asarray(etype, dtype=np.int16), (n,)).copy(),
+        channel=np.broadcast_to(np.asarray(channel, dtype=np.int16), (n,)).copy(),
+        item=np.full(n, -1, np.int64) if item is None else np.asarray(item, dtype=np.int64),
+        session=np.full(n, -1, np.int64) if session is None else np.asarray(session, dtype=np.int64),
+        **kw,
+    )
+
+
+def _concat(blocks: list[_Block]) -> _Block:
+    n_total = sum(len(b) for b in blocks)
+
+    def cat(name: str, fill: object, dtype: object) -> np.ndarray:
+        parts = []
+        for b in blocks:
+            v = getattr(b, name)
+            parts.append(np.full(len(b), fill, dtype=dtype) if v is None else np.asarray(v, dtype=dtype))
+        return np.concatenate(parts) if parts else np.empty(n_total, dtype=dtype)
+
+    return _Block(
+        person=cat("person", 0, np.int64), t=cat("t", 0.0, np.float64), etype=cat("etype", 0, np.int16),
+        channel=cat("channel", 0, np.int16), item=cat("item", -1, np.int64), session=cat("session", -1, np.int64),
+        text=cat("text", None, object), rating=cat("rating", np.nan, np.float64), query=cat("query", None, object),
+        label=cat("label", -1, np.int16), shared=cat("shared", -1, np.int64),
+    )
+
+
+def _subset(b: _Block, mask: np.ndarray) -> _Block:
+    return _Block(**{k: (None if v is None else v[mask]) for k, v in b.__dict__.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Catalogue, planted complement pairs, and per-item return probability multipliers."""
+    cats = _category_names(cfg.categories)
+    n_items = cfg.n_items
+    cat_of = np.sort(np.concatenate([np.arange(cfg.categories), rng.integers(0, cfg.categories, n_items - cfg.categories)]))
+    spec = [CATEGORY_SPECS.get(c, (("item",), False, False, c)) for c in cats]
+    consumable_cat = np.array([s[1] for s in spec])
+    sensitive_cat = np.array([s[2] for s in spec])
+    nouns = [s[0] for s in spec]
+    noun_pick = rng.integers(0, 1 << 30, n_items)
+    line_pick = rng.integers(0, len(LINES), n_items)
+    names = [f"{LINES[line_pick[i]]} {nouns[c][noun_pick[i] % len(nouns[c])]}" for i, c in enumerate(cat_of.tolist())]
+    consumable = consumable_cat[cat_of]
+    replenish = np.where(consumable, rng.choice(np.array([14, 21, 30, 45]), n_items), np.nan)
+    price = np.round(np.exp(rng.normal(np.log(np.where(consumable, 18, 55)), 0.5)), 2)
+    items = pd.DataFrame({
+        ITEM_ID: pd.array([f"i{i:06d}" for i in range(n_items)], dtype="string"),
+        "name": pd.array(names, dtype="string"),
+        CATEGORY: pd.array(np.array(cats, dtype=object)[cat_of], dtype="string"),
+        "brand": pd.array(np.array(BRANDS, dtype=object)[rng.integers(0, len(BRANDS), n_items)], dtype="string"),
+        "color": pd.array(np.array(COLORS, dtype=object)[rng.integers(0, len(COLORS), n_items)], dtype="string"),
+        PRICE: price.astype(np.float64),
+        "consumable": consumable.astype(bool),
+        REPLENISH_DAYS: replenish.astype(np.float64),
+        "sensitive": sensitive_cat[cat_of].astype(bool),
+    })
+    # complements: X (non-consumable) -> Y in X's complement category
+    cat_index = {c: i for i, c in enumerate(cats)}
+    comp_cat = np.array([cat_index.get(s[3], i) for i, s in enumerate(spec)])
+    starts = np.searchsorted(cat_of, np.arange(cfg.categories))
+    counts = np.bincount(cat_of, minlength=cfg.categories)
+    has = (~consumable) & (rng.random(n_items) < cfg.complement_share)
+    xs = np.flatnonzero(has)
+    ycat = comp_cat[cat_of[xs]]
+    ys = starts[ycat] + (rng.random(len(xs)) * counts[ycat]).astype(np.int64)
+    keep = ys != xs
+    xs, ys = xs[keep], ys[keep]
+    complements = pd.DataFrame({ITEM_ID: items[ITEM_ID].to_numpy()[xs], COMPLEMENT_ITEM_ID: items[ITEM_ID].to_numpy()[ys]})
+    complements[ITEM_ID] = complements[ITEM_ID].astype("string")
+    complements[COMPLEMENT_ITEM_ID] = complements[COMPLEMENT_ITEM_ID].astype("string")
+    comp_of = np.full(n_items, -1, np.int64)
+    comp_of[xs] = ys
+    bad = rng.random(n_items) < cfg.bad_item_share
+    return items, complements, np.stack([comp_of, bad.astype(np.int64)])
+
+
+def generate(config: SyntheticConfig) -> SyntheticData:
+    """Generate events, catalogue and truth for ``config`` (deterministic for ``config.seed``)."""
+    return _generate(config, progress=False)
+
+
+def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
+    rng = np.random.default_rng(cfg.seed)
+    bar = tqdm(total=9, desc="synthetic", disable=not progress, unit="step")
+    start = pd.Timestamp(cfg.start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    n, days, C = cfg.customers, float(cfg.days), cfg.categories
+
+    # ---- catalogue ------------------------------------------------------------------------
+    items, complements, extra = _make_items(cfg, rng)
+    comp_of, bad_item = extra[0], extra[1].astype(bool)
+    n_items = len(items)
+    cat_of = pd.Categorical(items[CATEGORY].to_numpy(dtype=object), categories=_category_names(C)).codes.astype(np.int64)
+    consumable = items["consumable"].to_numpy()
+    replenish = items[REPLENISH_DAYS].to_numpy()
+    price = items[PRICE].to_numpy()
+    # popularity within category (Zipf-like); global cdf laid out as c + [0, 1)
+    pop = 1.0 / np.power(rng.permutation(n_items) % 50 + 1.0, 0.8)
+    cat_tot = np.bincount(cat_of, weights=pop, minlength=C)
+    within = np.cumsum(pop) - np.concatenate([[0.0], np.cumsum(cat_tot)[:-1]])[cat_of]
+    cdf = cat_of + within / cat_tot[cat_of]
+    cdf[np.r_[np.flatnonzero(np.diff(cat_of)), n_items - 1]] = np.arange(C) + 1.0 - 1e-12
+
+    def pick_items(cat: np.ndarray) -> np.ndarray:
+        u = cat + rng.random(len(cat)) * (1 - 1e-9)
+        return np.minimum(np.searchsorted(cdf, u, side="right"), n_items - 1)
+
+    bar.update()
+
+    # ---- persons ----------------------------------------------------------------------------
+    k_pref = rng.choice(np.array([1, 2, 3]), n, p=[0.35, 0.4, 0.25])
+    order = np.argsort(rng.random((n, C)), axis=1)[:, :3]
+    pref = np.where(np.arange(3)[None, :] < k_pref[:, None], order, -1)
+    browse_channels = np.array([_CH["web"], _CH["app"], _CH["store"]])
+    pref_channel = browse_channels[rng.choice(3, n, p=[0.45, 0.35, 0.2])]
+    tz = rng.choice(len(TIMEZONES), n, p=np.array(TIMEZONE_WEIGHTS) / sum(TIMEZONE_WEIGHTS))
+    tz_off = _tz_offsets_hours(start)[tz]
+    unhappy = rng.random(n) < 0.25
+    p_churn = np.clip(cfg.churn_rate * np.where(unhappy, 2.0, 2.0 / 3.0), 0, 1)
+    churned = rng.random(n) < p_churn
+    churn_day = np.where(churned, np.floor(rng.uniform(0.55, 0.9, n) * days), np.nan)
+    join_day = np.where(rng.random(n) < 0.7, 0.0, np.floor(rng.uniform(0, 0.6, n) * days))
+    join_day = np.where(churned, np.minimum(join_day, np.nan_to_num(churn_day) - 14), join_day).clip(0)
+    end_day = np.where(churned, churn_day, days)
+    fade = float(min(cfg.fade_days, days / 4))
+    rate = np.exp(rng.normal(np.log(cfg.sessions_per_week / 7.0), 0.5, n))
+    buy_p = np.clip(rng.beta(2, 5, n) * cfg.purchase_prob / (2 / 7), 0, 0.95)
+    email_eng = rng.beta(1.5, 3.5, n)
+    has_phone = rng.random(n) < 0.7
+    has_loyalty = rng.random(n) < 0.6
+    n_cookies = rng.integers(1, 4, n)
+    n_devices = rng.integers(1, 4, n)
+    bar.update()
+
+    def alive(person: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Before the person's end, after joining, thinned linearly over the fade window."""
+        e = end_day[person]
+        ok = (t < e) & (t >= join_day[person]) & (t < days)
+        in_fade = churned[person] & (t >= e - fade)
+        keep_p = np.clip((e - t) / fade, 0, 1)
+        return ok & (~in_fade | (rng.random(len(t)) < keep_p))
+
+    # ---- sessions -------------------------------------------------------------------------
+    span = np.maximum(end_day - join_day, 1.0)
+    n_sess = rng.poisson(rate * span) + 1
+    s_person = np.repeat(np.arange(n), n_sess)
+    first = np.r_[0, np.cumsum(n_sess)[:-1]]
+    S = len(s_person)
+    s_day = join_day[s_person] + np.floor(rng.random(S) * span[s_person])
+    s_day[first] = join_day  # everyone has at least one session, on the day they join
+    hour = np.clip(rng.normal(15.0, 3.5, S), 7.0, 22.5)  # local daytime
+    s_t = s_day + (hour - tz_off[s_person]) / 24.0
+    keep = alive(s_person, s_t)
+    keep[first] = True
+    s_t[first] = np.clip(s_t[first], join_day, None)
+    s_person, s_t = s_person[keep], s_t[keep]
+    S = len(s_person)
+    s_channel = np.where(rng.random(S) < 0.65, pref_channel[s_person], browse_channels[rng.integers(0, 3, S)])
+    n_pref = np.maximum((pref[s_person] >= 0).sum(axis=1), 1)
+    in_pref = rng.random(S) < 0.85
+    s_cat = np.where(in_pref, pref[s_person, (rng.random(S) * n_pref).astype(np.int64)], rng.integers(0, C, S))
+    is_store = s_channel == _CH["store"]
+    bar.update()
+
+    # views / try-ons
+    n_view = np.where(is_store, 1 + rng.poisson(0.7, S), 1 + rng.poisson(1.2, S))
+    v_sess = np.repeat(np.arange(S), n_view)
+    v_rank = np.arange(len(v_sess)) - np.repeat(np.cumsum(n_view) - n_view, n_view)
+    v_t = s_t[v_sess] + (v_rank + 1) * rng.uniform(0.5, 4.0, len(v_sess)) / 1440.0
+    v_item = pick_items(s_cat[v_sess])
+    v_type = np.where(is_store[v_sess], _ET[TRY_ON], _ET[VIEW])
+    blocks = [_block(s_person[v_sess], v_t, v_type, s_channel[v_sess], v_item, v_sess)]
+
+    # searches at the start of some online sessions
+    srch = np.flatnonzero(~is_store & (rng.random(S) < 0.3))
+    cats_arr = np.array(_category_names(C), dtype=object)
+    q = cats_arr[s_cat[srch]]
+    blocks.append(_block(s_person[srch], s_t[srch], _ET[SEARCH], s_channel[srch], None, srch, query=q))
+
+    # carts and purchases: the item is one of the session's viewed items
+    sess_first = np.cumsum(n_view) - n_view
+    chosen = sess_first + (rng.random(S) * n_view).astype(np.int64)
+    buy = rng.random(S) < np.where(is_store, 0.45, 1.0) * buy_p[s_person]
+    cart = ~is_store & (buy | (rng.random(S) < 0.25))
+    b_t = v_t[sess_first + n_view - 1] + rng.uniform(1, 6, S) / 1440.0
+    c_idx = np.flatnonzero(cart)
+    blocks.append(_block(s_person[c_idx], b_t[c_idx] - 0.5 / 1440, _ET[ADD_TO_CART], s_channel[c_idx],
+                         v_item[chosen[c_idx]], c_idx))
+    rm = np.flatnonzero(cart & ~buy & (rng.random(S) < 0.2))
+    blocks.append(_block(s_person[rm], b_t[rm], _ET[REMOVE_FROM_CART], s_channel[rm], v_item[chosen[rm]], rm))
+    o_idx = np.flatnonzero(buy)
+    p_person, p_t, p_item, p_chan, p_sess = s_person[o_idx], b_t[o_idx], v_item[chosen[o_idx]], s_channel[o_idx], o_idx
+    bar.update()
+
+    # replenishment of consumables: first organic purchase per (person, item) starts a chain
+    cons = consumable[p_item]
+    organic_cons = pd.DataFrame({"p": p_person[cons], "i": p_item[cons], "t": p_t[cons], "j": np.flatnonzero(cons)})
+    organic_cons = organic_cons.sort_values(["t", "j"], kind="stable")
+    dup = organic_cons.duplicated(["p", "i"], keep="first").to_numpy()
+    drop_rows = organic_cons["j"].to_numpy()[dup]
+    keep_p = np.ones(len(p_person), bool)
+    keep_p[drop_rows] = False
+    heads = organic_cons.loc[~dup]
+    h_p, h_i, h_t = heads["p"].to_numpy(), heads["i"].to_numpy(), heads["t"].to_numpy()
+    max_k = int(math.ceil(days / 14)) + 1
+    iv = replenish[h_i][:, None] * (1 + cfg.replenish_jitter * rng.standard_normal((len(h_i), max_k)))
+    r_t = h_t[:, None] + np.cumsum(np.maximum(iv, 1.0), axis=1)
+    cont = np.cumprod(rng.random((len(h_i), max_k)) < cfg.replenish_continue_prob, axis=1).astype(bool)
+    r_p = np.broadcast_to(h_p[:, None], r_t.shape)[cont]
+    r_i = np.broadcast_to(h_i[:, None], r_t.shape)[cont]
+    r_t = r_t[cont]
+    ok = alive(r_p, r_t)
+    r_p, r_i, r_t = r_p[ok], r_i[ok], r_t[ok]
+    r_ch = np.where(pref_channel[r_p] == _CH["store"], _CH["store"], np.where(rng.random(len(r_p)) < 0.5, _CH["web"], _CH["app"]))
+
+    # complements: a buyer of X buys Y 1-14 days later
+    has_c = (comp_of[p_item] >= 0) & keep_p
+    cx = np.flatnonzero(has_c & (rng.random(len(p_item)) < cfg.complement_prob))
+    c_p, c_i = p_person[cx], comp_of[p_item[cx]]
+    c_t = p_t[cx] + rng.uniform(1, 14, len(cx))
+    ok = alive(c_p, c_t)
+    c_p, c_i, c_t = c_p[ok], c_i[ok], c_t[ok]
+    c_ch = np.where(rng.random(len(c_p)) < 0.7, pref_channel[c_p], browse_channels[rng.integers(0, 3, len(c_p))])
+
+    # derived purchases are preceded by a view (or try-on) of the item
+    d_p, d_i, d_t = np.r_[r_p, c_p], np.r_[r_i, c_i], np.r_[r_t, c_t]
+    d_ch = np.r_[r_ch, c_ch].astype(np.int16)
+    pre_t = d_t - rng.uniform(1, 10, len(d_t)) / 1440.0
+    blocks.append(_block(d_p, pre_t, np.where(d_ch == _CH["store"], _ET[TRY_ON], _ET[VIEW]), d_ch, d_i))
+
+    all_p = np.r_[p_person[keep_p], d_p]
+    all_i = np.r_[p_item[keep_p], d_i]
+    all_t = np.r_[p_t[keep_p], d_t]
+    all_ch = np.r_[p_chan[keep_p], d_ch].astype(np.int16)
+    all_sess = np.r_[p_sess[keep_p], np.full(len(d_p), -1)]
+    blocks.append(_block(all_p, all_t, _ET[PURCHASE], all_ch, all_i, all_sess))
+    bar.update()
+
+    # returns, more for bad items and unhappy persons
+    P = len(all_p)
+    ret_p = cfg.return_rate * np.where(bad_item[all_i], 5.0, 1.0) * np.where(unhappy[all_p], 2.0, 1.0)
+    returned = rng.random(P) < np.clip(ret_p, 0, 0.9)
+    ret_t = all_t + rng.uniform(2, 20, P)
+    returned &= ret_t < np.minimum(end_day[all_p], days)
+    ri = np.flatnonzero(returned)
+    ret_ch = np.where(all_ch[ri] == _CH["store"], _CH["store"], np.where(rng.random(len(ri)) < 0.5, _CH["store"], _CH["web"]))
+    blocks.append(_block(all_p[ri], ret_t[ri], _ET[RETURN], ret_ch, all_i[ri]))
+
+    # reviews follow the experience
+    rev = np.flatnonzero(rng.random(P) < cfg.review_prob * np.where(returned, 1.5, 1.0))
+    rev_t = np.where(returned[rev], ret_t[rev], all_t[rev]) + rng.uniform(1, 10, len(rev))
+    ok = rev_t < np.minimum(end_day[all_p[rev]], days)
+    rev, rev_t = rev[ok], rev_t[ok]
+    u = rng.random(len(rev))
+    is_bad = bad_item[all_i[rev]] | unhappy[all_p[rev]]
+    lab = np.where(returned[rev], np.where(u < 0.9, 0, 1),
+                   np.where(is_bad, np.where(u < 0.35, 0, np.where(u < 0.7, 1, 2)),
+                            np.where(u < 0.05, 0, np.where(u < 0.25, 1, 2))))
+    rating = np.where(lab == 0, rng.integers(1, 3, len(rev)), np.where(lab == 1, 3, rng.integers(4, 6, len(rev))))
+    nouns = np.array([s.split(" ", 1)[1] for s in items["name"].to_numpy(dtype=object)], dtype=object)
+    text = _texts(rng, lab, nouns[all_i[rev]])
+    rev_ch = np.where(rng.random(len(rev)) < 0.5, _CH["web"], _CH["app"])
+    blocks.append(_block(all_p[rev], rev_t, _ET[REVIEW], rev_ch, all_i[rev], text=text,
+                         rating=rating.astype(np.float64), label=lab.astype(np.int16)))
+
+    # support messages: complaints after some returns, plus everyday questions and thanks
+    sup_r = ri[rng.random(len(ri)) < 0.5]
+    sr_t = ret_t[sup_r] + rng.uniform(0.01, 3, len(sup_r))
+    n_q = rng.poisson(0.15 * span / 30.0)
+    q_p = np.repeat(np.arange(n), n_q)
+    q_t = join_day[q_p] + rng.random(len(q_p)) * span[q_p]
+    q_lab = np.where(rng.random(len(q_p)) < 0.7, 1, 2)
+    sp_p = np.r_[all_p[sup_r], q_p]
+    sp_t = np.r_[sr_t, q_t]
+    sp_lab = np.r_[np.zeros(len(sup_r), np.int64), q_lab]
+    sp_item = np.r_[all_i[sup_r], np.full(len(q_p), -1)]
+    ok = (sp_t < days) & (sp_t < end_day[sp_p]) & (sp_t >= join_day[sp_p])
+    sp_p, sp_t, sp_lab, sp_item = sp_p[ok], sp_t[ok], sp_lab[ok], sp_item[ok]
+    pools = (SUPPORT_NEGATIVE, SUPPORT_NEUTRAL, SUPPORT_POSITIVE)
+    sp_text = np.empty(len(sp_p), dtype=object)
+    for k, pool in enumerate(pools):
+        m = sp_lab == k
+        sp_text[m] = np.array(pool, dtype=object)[rng.integers(0, len(pool), int(m.sum()))]
+    sp_ch = np.where(rng.random(len(sp_p)) < 0.6, _CH["chat"], _CH["call_center"])
+    blocks.append(_block(sp_p, sp_t, _ET[SUPPORT_MESSAGE], sp_ch, sp_item, text=sp_text, label=sp_lab.astype(np.int16)))
+    bar.update()
+
+    # email campaigns: opens and clicks; social likes
+    sends = np.arange(2.0, days, cfg.email_weeks_interval)
+    e_p = np.repeat(np.arange(n), len(sends))
+    e_t = np.tile(sends, n) + (10.0 - tz_off[e_p]) / 24.0 + rng.uniform(0, 0.3, len(e_p))
+    opened = (rng.random(len(e_p)) < email_eng[e_p]) & alive(e_p, e_t)
+    e_p, e_t = e_p[opened], e_t[opened]
+    blocks.append(_block(e_p, e_t, _ET[EMAIL_OPEN], _CH["email"]))
+    clk = rng.random(len(e_p)) < 0.3
+    blocks.append(_block(e_p[clk], e_t[clk] + rng.uniform(0.5, 20, int(clk.sum())) / 1440, _ET[EMAIL_CLICK], _CH["email"]))
+    soc = np.flatnonzero(rng.random(len(v_item)) < 0.03)
+    blocks.append(_block(s_person[v_sess[soc]], v_t[soc] + 0.01, _ET[SOCIAL_LIKE], _CH["social"], v_item[soc]))
+
+    # planted shared devices (a family tablet, a store kiosk): each used, logged in, by 5 persons
+    n_shared = int(round(cfg.shared_device_rate * n)) if n >= 50 else 0
+    if n_shared:
+        members = rng.choice(n, size=n_shared * 5, replace=False).astype(np.int64)
+        sh_idx = np.repeat(np.arange(n_shared), 5)
+        m_p, m_dev = np.repeat(members, 2), np.repeat(sh_idx, 2)
+        m_t = join_day[m_p] + rng.random(len(m_p)) * np.maximum(end_day[m_p] - join_day[m_p] - 1, 0.5)
+        blocks.append(_block(m_p, m_t, _ET[VIEW], _CH["app"], pick_items(pref[m_p, 0]), shared=m_dev))
+    bar.update()
+
+    ev = _concat(blocks)
+    order = np.lexsort((ev.etype, ev.person, ev.t))
+    ev = _subset(ev, order)
+    ev = _subset(ev, (ev.t >= join_day[ev.person]) & (ev.t < end_day[ev.person]) & (ev.t < days))
+    events, truth_ids, shared = _identifiers(ev, rng, n, has_phone, has_loyalty, n_cookies, n_devices)
+    bar.update()
+
+    # ---- assemble ------------------------------------------------------------------------
+    N = len(ev)
+    seq = pc.utf8_lpad(pc.cast(pa.array(np.arange(N)), pa.string()), 9, "0")
+    events[EVENT_ID] = pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(f"s{cfg.seed}-", seq, "")))
+    events[TS] = _utc(start, ev.t)
+    events[CHANNEL] = _take_str(np.array(CHANNELS, dtype=object), ev.channel.astype(np.int64))
+    events[EVENT_TYPE] = _take_str(np.array(EVENT_TYPES, dtype=object), ev.etype.astype(np.int64))
+    events[ITEM_ID] = _take_str(items[ITEM_ID].to_numpy(dtype=object), ev.item)
+    events[CATEGORY] = _take_str(cats_arr, np.where(ev.item >= 0, cat_of[np.maximum(ev.item, 0)], -1))
+    is_buy = ev.etype == _ET[PURCHASE]
+    is_ret = ev.etype == _ET[RETURN]
+    has_price = is_buy | is_ret | (ev.etype == _ET[ADD_TO_CART])
+    events[QUANTITY] = np.where(has_price, 1.0, np.nan)
+    events[PRICE] = np.where(has_price, price[np.maximum(ev.item, 0)], np.nan)
+    events[TEXT] = _obj_str(ev.text)
+    events[RATING] = ev.rating
+    store_of = (_scramble(ev.person, 7) % np.uint64(cfg.stores)).astype(np.int64)
+    events[STORE_ID] = _take_str(np.array([f"store-{i:03d}" for i in range(cfg.stores)], dtype=object),
+                                 np.where(ev.channel == _CH["store"], store_of, -1))
+    events[QUERY] = _obj_str(ev.query)
+    events = pd.DataFrame({c: events[c] for c in CANONICAL_COLUMNS})
+    for c in CANONICAL_COLUMNS:
+        if c in NUMERIC_COLUMNS:
+            events[c] = events[c].astype("float64")
+
+    person_ids = np.array([f"person-{i:07d}" for i in range(n)], dtype=object)
+    lab_rows = np.flatnonzero(ev.label >= 0)
+    sentiment = pd.DataFrame({
+        EVENT_ID: events[EVENT_ID].iloc[lab_rows].to_numpy(),
+        LABEL: pd.array(np.array(SENTIMENT_LABELS, dtype=object)[ev.label[lab_rows]], dtype="string"),
+    })
+    sentiment[EVENT_ID] = sentiment[EVENT_ID].astype("string")
+    truth_ids[PERSON_ID] = pd.array(person_ids[truth_ids.pop("_p").to_numpy()], dtype="string")
+    shared[PERSON_ID] = pd.array(person_ids[shared.pop("_p").to_numpy()], dtype="string")
+    persons = pd.DataFrame({
+        PERSON_ID: pd.array(person_ids, dtype="string"),
+        "churned": churned,
+        "churn_date": _utc(start, churn_day),
+        "join_date": _utc(start, join_day),
+        "preferred_categories": [list(cats_arr[r[r >= 0]]) for r in pref],
+        "preferred_channel": pd.array(np.array(CHANNELS, dtype=object)[pref_channel], dtype="string"),
+        "timezone": pd.array(np.array(TIMEZONES, dtype=object)[tz], dtype="string"),
+        "unhappy": unhappy,
+        CUSTOMER_ID: pd.array(_customer_ids(n), dtype="string"),
+    })
+    repl = items.loc[items["consumable"], [ITEM_ID, REPLENISH_DAYS]].reset_index(drop=True)
+    truth = {IDENTITIES: truth_ids, PERSONS: persons, COMPLEMENTS: complements, SENTIMENT: sentiment,
+             REPLENISHMENT: repl, SHARED_DEVICES: shared}
+    bar.update()
+    bar.close()
+    return SyntheticData(events=events.reset_index(drop=True), items=items, truth=truth)
+
+
+def _texts(rng: np.random.Generator, lab: np.ndarray, noun: np.ndarray) -> np.ndarray:
+    """Review text: one or two label phrases, the product noun, and an optional shared filler."""
+    pools = [np.array(p, dtype=object) for p in (NEGATIVE_PHRASES, NEUTRAL_PHRASES, POSITIVE_PHRASES)]
+    m = len(lab)
+    a = np.empty(m, dtype=object)
+    b = np.empty(m, dtype=object)
+    for k, pool in enumerate(pools):
+        sel = lab == k
+        a[sel] = pool[rng.integers(0, len(pool), int(sel.sum()))]
+        b[sel] = pool[rng.integers(0, len(pool), int(sel.sum()))]
+    two = rng.random(m) < 0.5
+    fill = np.array(FILLERS, dtype=object)[rng.integers(0, len(FILLERS), m)]
+    s = pd.Series(a).str.capitalize() + pd.Series(np.where(two, ", " + b, "")) + " - the " + pd.Series(noun) + "."
+    s = (pd.Series(fill) + " " + s).str.strip()
+    return s.to_numpy(dtype=object)
+
+
+def _customer_ids(n: int) -> np.ndarray:
+    return np.array([f"C{v:010d}" for v in (_scramble(np.arange(n), 11) % np.uint64(10**10)).tolist()], dtype=object)
+
+
+def _identifiers(ev: _Block, rng: np.random.Generator, n: int, has_phone: np.ndarray,
+                 has_loyalty: np.ndarray, n_cookies: np.ndarray, n_devices: np.ndarray,
+                 ) -> tuple[dict[str, pd.Series], pd.DataFrame, pd.DataFrame]:
+    """Which identifiers each event carries, fixed up so every identifier links to its customer id."""
+    N = len(ev)
+    p = ev.person
+    ch = ev.channel
+    et = ev.etype
+    # the cookie/device used: one per session, random for events outside a session
+    slot_rand = np.where(ev.session >= 0, _scramble(np.maximum(ev.session, 0), 3).astype(np.int64) >> 8,
+                         rng.integers(0, 1 << 30, N))
+    cookie_slot = slot_rand % n_cookies[p]
+    device_slot = slot_rand % n_devices[p]
+    web, app, store = ch == _CH["web"], ch == _CH["app"], ch == _CH["store"]
+    email_ch, social = ch == _CH["email"], ch == _CH["social"]
+    support = (ch == _CH["chat"]) | (ch == _CH["call_center"])
+    sess_login = np.where(ev.session >= 0, (_scramble(np.maximum(ev.session, 0), 5) % np.uint64(100)).astype(np.int64),
+                          rng.integers(0, 100, N))
+    must_login = np.isin(et, [_ET[PURCHASE], _ET[REVIEW]]) | (et == _ET[EMAIL_CLICK])
+    logged = must_login | (web & (sess_login < 35)) | (app & (sess_login < 70))
+
+    cust = (logged & (web | app | email_ch)) | (support & (ch == _CH["chat"]))
+    cookie = web | (support & (ch == _CH["chat"]) & ~cust)
+    device = app | social
+    use_loyalty = store & has_loyalty[p]
+    use_phone = (store & ~has_loyalty[p] & has_phone[p]) | ((ch == _CH["call_center"]) & has_phone[p])
+    use_email = email_ch | (store & ~has_loyalty[p] & ~has_phone[p]) | ((ch == _CH["call_center"]) & ~has_phone[p])
+
+    shared_dev = ev.shared
+    on_shared = shared_dev >= 0
+    cust |= on_shared
+    device &= ~on_shared
+    used_sh = np.unique(np.stack([shared_dev[on_shared], p[on_shared]]), axis=1)
+    n_shared = int(shared_dev.max()) + 1 if len(shared_dev) else 0
+    shared_values = _ids("dvs_", np.arange(max(n_shared, 0)), 13)
+    shared_rows = pd.DataFrame({"_p": used_sh[1], IDENTIFIER_TYPE: DEVICE_ID,
+                                IDENTIFIER_VALUE: pd.array(shared_values[used_sh[0]], dtype="string")})
+
+    hasher = IdentifierHasher.from_env()
+    codes: dict[str, np.ndarray] = {
+        CUSTOMER_ID: np.where(cust, p, -1),
+        EMAIL: np.where(use_email, p, -1),
+        PHONE: np.where(use_phone, p, -1),
+        LOYALTY_ID: np.where(use_loyalty, p, -1),
+        DEVICE_ID: np.where(device, p * 3 + device_slot, -1),
+        COOKIE_ID: np.where(cookie, p * 3 + cookie_slot, -1),
+    }
+    # fix-up: each identifier must appear at least once beside the customer id
+    for col in (EMAIL, PHONE, LOYALTY_ID, DEVICE_ID, COOKIE_ID):
+        c = codes[col]
+        rows = np.flatnonzero(c >= 0)
+        if not len(rows):
+            continue
+        linked = np.zeros(len(rows), bool)
+        linked[:] = codes[CUSTOMER_ID][rows] >= 0
+        df = pd.DataFrame({"c": c[rows], "l": linked, "r": rows})
+        any_l = df.groupby("c", sort=False)["l"].transform("any").to_numpy()
+        firsts = df.loc[~any_l].drop_duplicates("c", keep="first")["r"].to_numpy()
+        codes[CUSTOMER_ID][firsts] = p[firsts]
+
+    values = {
+        CUSTOMER_ID: _customer_ids(n),
+        EMAIL: np.array([hasher.hash(f"person{i}@example.com") for i in range(n)], dtype=object),
+        PHONE: np.array([hasher.hash(f"+1555{i:07d}") for i in range(n)], dtype=object),
+        LOYALTY_ID: np.array([f"L{v:010d}" for v in (_scramble(np.arange(n), 17) % np.uint64(10**10)).tolist()],
+                             dtype=object),
+        DEVICE_ID: _ids("dv_", np.arange(3 * n), 19),
+        COOKIE_ID: _ids("ck_", np.arange(3 * n), 23),
+    }
+    out: dict[str, pd.Series] = {}
+    truth_parts = []
+    for col in _ID_COLS:
+        c = codes[col]
+        out[col] = _take_str(values[col], c)
+        used = np.unique(c[c >= 0])
+        owner = used // 3 if col in (DEVICE_ID, COOKIE_ID) else used
+        truth_parts.append(pd.DataFrame({"_p": owner, IDENTIFIER_TYPE: col,
+                                         IDENTIFIER_VALUE: pd.array(values[col][used], dtype="string")}))
+    if on_shared.any():
+        out[DEVICE_ID] = out[DEVICE_ID].mask(pd.Series(on_shared), _take_str(shared_values, shared_dev))
+    truth = pd.concat(truth_parts, ignore_index=True)
+    truth[IDENTIFIER_TYPE] = truth[IDENTIFIER_TYPE].astype("string")
+    shared_rows[IDENTIFIER_TYPE] = shared_rows[IDENTIFIER_TYPE].astype("string")
+    return out, truth, shared_rows.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+def write(data: SyntheticData, out_dir: Path) -> None:
+    """events.parquet, items.parquet and truth/<name>.parquet under ``out_dir``."""
+    out_dir = Path(out_dir)
+    (out_dir / "truth").mkdir(parents=True, exist_ok=True)
+    data.events.to_parquet(out_dir / "events.parquet", index=False)
+    data.items.to_parquet(out_dir / "items.parquet", index=False)
+    for name, table in data.truth.items():
+        table.to_parquet(out_dir / "truth" / f"{name}.parquet", index=False)
+
+
+def read(out_dir: Path) -> SyntheticData:
+    """Read what :func:`write` wrote."""
+    out_dir = Path(out_dir)
+    ev_path = out_dir / "events.parquet"
+    if not ev_path.is_file():
+        raise FileNotFoundError(f"no synthetic data at {out_dir} (missing {ev_path.name})")
+    events = pd.read_parquet(ev_path)
+    items = pd.read_parquet(out_dir / "items.parquet")
+    truth = {p.stem: pd.read_parquet(p) for p in sorted((out_dir / "truth").glob("*.parquet"))}
+    return SyntheticData(events=events, items=items, truth=truth)
+
+
+def generate_to_dir(customers: int, days: int, seed: int, out: Path) -> Path:
+    """Generate and write a data set (the CLI's entry point); returns ``out``."""
+    data = _generate(SyntheticConfig(customers=customers, days=days, seed=seed), progress=True)
+    write(data, Path(out))
+    return Path(out)
+
+
+def event_person_ids(data: SyntheticData) -> pd.Series:
+    """The true person behind each event (from truth ``identities``), aligned with ``data.events``.
+
+    Customer id decides first (shared-device events always carry one), then the other identifiers.
+    """
+    ids = data.truth[IDENTITIES]
+    out = pd.Series(pd.NA, index=data.events.index, dtype="string")
+    for col in _ID_COLS:
+        sub = ids.loc[ids[IDENTIFIER_TYPE] == col]
+        lookup = pd.Series(sub[PERSON_ID].to_numpy(), index=sub[IDENTIFIER_VALUE].to_numpy())
+        need = out.isna() & data.events[col].notna()
+        if need.any():
+            out[need] = data.events.loc[need, col].map(lookup).astype("string")
+    return out

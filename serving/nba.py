@@ -1,0 +1,621 @@
+"""Next-best-action: which message (if any) to send a customer, on which channel, and why.
+
+Pure decisions, no I/O. Every action is one `Action` entry in `ACTIONS`: its eligibility and expected
+value are written once, as numpy expressions over a table of per-customer features, so the single
+customer path (`decide_actions`, for `/next_best_action`) and the batch path
+(`decide_top_actions_batch`, for `/scores`) run the same code and cannot drift apart.
+
+Two guarantees the channels rely on:
+- Consistency: the decision uses the profile and the time bucket `floor(now / window)` (ages are
+  measured from the bucket start), never the asking channel, so email, app and web asking within one
+  window get the same answer and never contradict each other.
+- Holdout: a configurable share of customers, drawn deterministically from a hash of
+  (campaign id, profile id), gets `do_nothing` flagged `holdout=True`, so lift can be measured
+  against them; each campaign draws its own holdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from features.schema import PROFILE_ID
+
+# ---------------------------------------------------------------------------------------------
+# Action names (the service and the guard refer to these)
+# ---------------------------------------------------------------------------------------------
+CART_REMINDER: Final = "cart_reminder"
+REPLENISHMENT_REMINDER: Final = "replenishment_reminder"
+CROSS_SELL: Final = "cross_sell"
+WINBACK_OFFER: Final = "winback_offer"
+SERVICE_RECOVERY: Final = "service_recovery"
+LOYALTY_REWARD: Final = "loyalty_reward"
+DO_NOTHING: Final = "do_nothing"
+
+# ---------------------------------------------------------------------------------------------
+# Batch frame columns (input of `decide_top_actions_batch`)
+# ---------------------------------------------------------------------------------------------
+CHURN_PROBABILITY: Final = "churn_probability"
+PURCHASE_PROPENSITY: Final = "purchase_propensity"
+EXPECTED_ORDER_VALUE: Final = "expected_order_value"
+CART_VALUE: Final = "cart_value"
+DAYS_SINCE_LAST_PURCHASE: Final = "days_since_last_purchase"
+NEGATIVE_SENTIMENT_RECENT: Final = "negative_sentiment_recent"
+RETURNED_RECENTLY: Final = "returned_recently"
+REPLENISHMENT_DUE: Final = "replenishment_due"  # value of the items due for replenishment (0 = none)
+ORDER_COUNT: Final = "order_count"
+LIFETIME_VALUE: Final = "lifetime_value"
+HAS_CANDIDATES: Final = "has_candidates"
+#: Required batch columns; the others default (see `BATCH_DEFAULTS`).
+BATCH_REQUIRED: Final[tuple[str, ...]] = (PROFILE_ID, CHURN_PROBABILITY, PURCHASE_PROPENSITY)
+BATCH_DEFAULTS: Final[Mapping[str, float]] = {
+    EXPECTED_ORDER_VALUE: math.nan,
+    CART_VALUE: 0.0,
+    DAYS_SINCE_LAST_PURCHASE: math.nan,
+    NEGATIVE_SENTIMENT_RECENT: 0.0,
+    RETURNED_RECENTLY: 0.0,
+    REPLENISHMENT_DUE: 0.0,
+    ORDER_COUNT: 0.0,
+    LIFETIME_VALUE: 0.0,
+    HAS_CANDIDATES: 1.0,
+}
+# Batch output columns.
+TOP_ACTION: Final = "top_action"
+EXPECTED_VALUE: Final = "expected_value"
+HOLDOUT: Final = "holdout"
+COUNTERFACTUAL_ACTION: Final = "counterfactual_action"
+
+SECONDS_PER_DAY: Final = 86_400.0
+
+Instant = datetime | float | int
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NBAConfig:
+    """Economics and windows of the decision. Defaults are deliberately conservative retail figures;
+    retailers override them from configuration."""
+
+    margin: float = 0.30  # gross margin on revenue an action brings in
+    contact_cost: float = 0.05  # cost of sending one message (email/SMS/push blended)
+    default_order_value: float = 50.0  # when neither the model nor the history gives one
+    # cart reminder: EV = uplift * propensity * cart value * margin - contact cost
+    cart_reminder_uplift: float = 0.15
+    # replenishment: EV = uplift * propensity * due value * margin - contact cost
+    replenishment_uplift: float = 0.20
+    # cross-sell: EV = acceptance * propensity * order value * margin - contact cost
+    cross_sell_acceptance: float = 0.05
+    cross_sell_min_orders: int = 1
+    # winback: EV = churn * customer value * acceptance - offer cost - contact cost,
+    # customer value = order value * orders saved * margin
+    winback_min_churn: float = 0.30
+    winback_min_days: float = 30.0
+    winback_acceptance: float = 0.10
+    winback_orders_saved: float = 3.0
+    winback_offer_cost: float = 1.0
+    winback_discount_pct: int = 15
+    # service recovery after a negative review/support message or a return within the window:
+    # EV = churn * customer value * save rate + goodwill - cost; always outranks any sales action.
+    recovery_days: float = 14.0
+    recovery_save_rate: float = 0.30
+    recovery_goodwill: float = 2.0
+    recovery_cost: float = 0.50
+    # loyalty reward: EV = uplift * propensity * order value * margin - reward cost
+    loyalty_min_orders: int = 5
+    loyalty_max_churn: float = 0.30
+    loyalty_uplift: float = 0.10
+    loyalty_reward_cost: float = 0.50
+    loyalty_points: int = 100
+    # decision window (consistency across channels) and holdout
+    window_s: float = 3600.0
+    holdout_share: float = 0.05
+    max_message_items: int = 3
+    # replenishment: an item is due from this fraction of its re-buy interval until this multiple of it
+    replenish_due_from: float = 0.9
+    replenish_due_until: float = 3.0
+    #: Channel preference when the customer's own preferred channel is not reachable for an action.
+    channel_priority: tuple[str, ...] = (
+        "email",
+        "app",
+        "sms",
+        "web",
+        "chat",
+        "social",
+        "call_center",
+        "store",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Context (plain data the service fills from the profile store and the models)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ItemValue:
+    """An item in the cart or due for replenishment, with its value (price x quantity)."""
+
+    item_id: str
+    value: float = 0.0
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class CandidateItem:
+    """A recommender candidate for cross-sell."""
+
+    item_id: str
+    score: float = 0.0
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class NBAContext:
+    """Everything a decision may depend on. `channel` (the asker) is recorded, never decided on."""
+
+    profile_id: str
+    now: Instant
+    channel: str | None = None
+    campaign_id: str = "default"
+    cart: tuple[ItemValue, ...] = ()
+    replenishment_due: tuple[ItemValue, ...] = ()
+    candidate_items: tuple[CandidateItem, ...] = ()
+    last_purchase_ts: Instant | None = None
+    #: Used only when `last_purchase_ts` is unknown (ages from timestamps respect the time bucket).
+    days_since_last_purchase: float | None = None
+    last_negative_sentiment_ts: Instant | None = None
+    last_return_ts: Instant | None = None
+    lifetime_value: float = 0.0
+    order_count: int = 0
+    reachable_channels: tuple[str, ...] = ()
+    preferred_channel: str | None = None
+    churn_probability: float = 0.0
+    purchase_propensity: float = 0.0
+    expected_order_value: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoredAction:
+    name: str
+    expected_value: float
+    channel: str | None
+    params: Mapping[str, object] = field(default_factory=dict)
+    holdout: bool = False
+
+
+@dataclass(frozen=True)
+class NBADecision:
+    """Actions ranked best first; `actions[0]` is what to do. `counterfactual` is the action a held-out
+    customer would have got (for lift analysis), None otherwise."""
+
+    profile_id: str
+    campaign_id: str
+    time_bucket: int
+    actions: tuple[ScoredAction, ...]
+    holdout: bool = False
+    counterfactual: str | None = None
+
+    @property
+    def top(self) -> ScoredAction:
+        return self.actions[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The action registry: ONE entry per action
+# ---------------------------------------------------------------------------------------------
+Features = Mapping[str, np.ndarray]
+Vec = Callable[[Features, NBAConfig], np.ndarray]
+Params = Callable[[NBAContext, NBAConfig], dict[str, object]]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action. `eligible` and `value` are vectorised over `Features` (1-d arrays, one entry per
+    customer); `priority` ranks above value (service recovery outranks any sale); `sales` actions are
+    suppressed while a customer is in recovery."""
+
+    name: str
+    eligible: Vec
+    value: Vec
+    channels: tuple[str, ...]
+    params: Params
+    priority: int = 0
+    sales: bool = False
+
+
+def _order_value(f: Features, c: NBAConfig) -> np.ndarray:
+    """Model's expected order value, else average historical order, else the configured default."""
+    hist = np.divide(
+        f["lifetime_value"],
+        f["order_count"],
+        out=np.full_like(f["lifetime_value"], np.nan),
+        where=f["order_count"] > 0,
+    )
+    v = np.where(np.isfinite(f["order_value"]) & (f["order_value"] > 0), f["order_value"], hist)
+    return np.where(np.isfinite(v) & (v > 0), v, c.default_order_value)
+
+
+def _customer_value(f: Features, c: NBAConfig) -> np.ndarray:
+    return _order_value(f, c) * c.winback_orders_saved * c.margin
+
+
+def _item_params(items: tuple[ItemValue, ...] | tuple[CandidateItem, ...], c: NBAConfig) -> dict[str, object]:
+    top = items[: c.max_message_items]
+    return {
+        "item_ids": [i.item_id for i in top],
+        "categories": sorted({i.category for i in top if i.category}),
+    }
+
+
+def _cart_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    return _item_params(tuple(sorted(ctx.cart, key=lambda i: (-i.value, i.item_id))), c)
+
+
+def _replenish_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    return _item_params(tuple(sorted(ctx.replenishment_due, key=lambda i: (-i.value, i.item_id))), c)
+
+
+def _cross_sell_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    cart_ids = {i.item_id for i in ctx.cart}
+    cands = tuple(
+        i
+        for i in sorted(ctx.candidate_items, key=lambda i: (-i.score, i.item_id))
+        if i.item_id not in cart_ids
+    )
+    return _item_params(cands, c)
+
+
+def _recovery_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    ref = _bucket_start(ctx.now, c)
+    reasons = [
+        name
+        for name, ts in (
+            ("negative_sentiment", ctx.last_negative_sentiment_ts),
+            ("return", ctx.last_return_ts),
+        )
+        if _age_days(ts, ref) <= c.recovery_days
+    ]
+    return {"reasons": reasons}
+
+
+def _zero(f: Features, c: NBAConfig) -> np.ndarray:
+    return np.zeros_like(f["churn"])
+
+
+ACTIONS: Final[tuple[Action, ...]] = (
+    Action(
+        name=SERVICE_RECOVERY,
+        eligible=lambda f, c: f["recovery"] > 0,
+        value=lambda f, c: (
+            f["churn"] * _customer_value(f, c) * c.recovery_save_rate + c.recovery_goodwill - c.recovery_cost
+        ),
+        channels=("email", "chat", "call_center", "sms", "app"),
+        params=_recovery_params,
+        priority=1,
+    ),
+    Action(
+        name=CART_REMINDER,
+        eligible=lambda f, c: f["cart_value"] > 0,
+        value=lambda f, c: (
+            c.cart_reminder_uplift * f["propensity"] * f["cart_value"] * c.margin - c.contact_cost
+        ),
+        channels=("email", "app", "sms", "web"),
+        params=_cart_params,
+        sales=True,
+    ),
+    Action(
+        name=REPLENISHMENT_REMINDER,
+        eligible=lambda f, c: f["replenish_value"] > 0,
+        value=lambda f, c: (
+            c.replenishment_uplift * f["propensity"] * f["replenish_value"] * c.margin - c.contact_cost
+        ),
+        channels=("email", "app", "sms", "web"),
+        params=_replenish_params,
+        sales=True,
+    ),
+    Action(
+        name=CROSS_SELL,
+        eligible=lambda f, c: (f["has_candidates"] > 0) & (f["order_count"] >= c.cross_sell_min_orders),
+        value=lambda f, c: (
+            c.cross_sell_acceptance * f["propensity"] * _order_value(f, c) * c.margin - c.contact_cost
+        ),
+        channels=("email", "app", "web", "social"),
+        params=_cross_sell_params,
+        sales=True,
+    ),
+    Action(
+        name=WINBACK_OFFER,
+        eligible=lambda f, c: (
+            (f["churn"] >= c.winback_min_churn)
+            & (f["days_since"] >= c.winback_min_days)
+            & (f["order_count"] >= 1)
+        ),
+        value=lambda f, c: (
+            f["churn"] * _customer_value(f, c) * c.winback_acceptance - c.winback_offer_cost - c.contact_cost
+        ),
+        channels=("email", "sms", "app"),
+        params=lambda ctx, c: {"discount_pct": c.winback_discount_pct},
+    ),
+    Action(
+        name=LOYALTY_REWARD,
+        eligible=lambda f, c: (f["order_count"] >= c.loyalty_min_orders) & (f["churn"] < c.loyalty_max_churn),
+        value=lambda f, c: (
+            c.loyalty_uplift * f["propensity"] * _order_value(f, c) * c.margin - c.loyalty_reward_cost
+        ),
+        channels=("app", "email", "sms"),
+        params=lambda ctx, c: {"points": c.loyalty_points},
+    ),
+)
+ACTION_NAMES: Final[tuple[str, ...]] = tuple(a.name for a in ACTIONS) + (DO_NOTHING,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and hashing helpers
+# ---------------------------------------------------------------------------------------------
+def to_epoch(t: Instant) -> float:
+    """Seconds since the epoch; naive datetimes are taken as UTC."""
+    if isinstance(t, datetime):
+        ts = pd.Timestamp(t)
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        return ts.value / 1e9
+    return float(t)
+
+
+def time_bucket(now: Instant, window_s: float) -> int:
+    """The decision window `now` falls in: floor(now / window)."""
+    return math.floor(to_epoch(now) / window_s)
+
+
+def _bucket_start(now: Instant, c: NBAConfig) -> float:
+    return time_bucket(now, c.window_s) * c.window_s
+
+
+def _age_days(ts: Instant | None, ref: float) -> float:
+    """Days from `ts` to the reference time; events after it count as age 0; unknown is +inf."""
+    if ts is None:
+        return math.inf
+    return max(0.0, ref - to_epoch(ts)) / SECONDS_PER_DAY
+
+
+def holdout_draw(campaign_id: str, profile_id: str) -> float:
+    """A uniform number in [0, 1) fixed per (campaign, profile): the same customer is always in or out of
+    one campaign's holdout, and campaigns draw independently."""
+    digest = hashlib.blake2b(f"{campaign_id}\x1f{profile_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def is_holdout(campaign_id: str, profile_id: str, share: float) -> bool:
+    return holdout_draw(campaign_id, profile_id) < share
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision
+# ---------------------------------------------------------------------------------------------
+def _features_from_context(ctx: NBAContext, c: NBAConfig) -> dict[str, np.ndarray]:
+    ref = _bucket_start(ctx.now, c)
+    if ctx.last_purchase_ts is not None:
+        days_since = _age_days(ctx.last_purchase_ts, ref)
+    elif ctx.days_since_last_purchase is not None:
+        days_since = float(ctx.days_since_last_purchase)
+    else:
+        days_since = math.nan
+    recovery = min(_age_days(ctx.last_negative_sentiment_ts, ref), _age_days(ctx.last_return_ts, ref))
+    eov = ctx.expected_order_value
+    one = {
+        "churn": float(ctx.churn_probability),
+        "propensity": float(ctx.purchase_propensity),
+        "order_value": math.nan if eov is None else float(eov),
+        "cart_value": float(sum(max(0.0, i.value) for i in ctx.cart)),
+        "replenish_value": float(sum(max(0.0, i.value) for i in ctx.replenishment_due)),
+        "days_since": days_since,
+        "recovery": float(recovery <= c.recovery_days),
+        "order_count": float(ctx.order_count),
+        "lifetime_value": float(ctx.lifetime_value),
+        "has_candidates": float(len(ctx.candidate_items) > 0),
+    }
+    return {k: np.array([v], dtype=float) for k, v in one.items()}
+
+
+def _evaluate(f: Features, c: NBAConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(eligible, value) matrices of shape (n_actions, n_customers); sales actions are off in recovery."""
+    recovery = f["recovery"] > 0
+    elig = np.empty((len(ACTIONS), len(f["churn"])), dtype=bool)
+    val = np.empty(elig.shape, dtype=float)
+    for i, a in enumerate(ACTIONS):
+        e = np.asarray(a.eligible(f, c), dtype=bool)
+        elig[i] = e & ~recovery if a.sales else e
+        val[i] = a.value(f, c)
+    val = np.where(np.isfinite(val), val, -np.inf)
+    return elig, val
+
+
+def choose_channel(action: Action, ctx: NBAContext, c: NBAConfig) -> str | None:
+    """The customer's best reachable channel for the action, independent of who asked: their preferred
+    channel when reachable and suitable, else the first suitable reachable one by the action's and
+    then the configured priority, else the action's default channel."""
+    reachable = set(ctx.reachable_channels)
+    if ctx.preferred_channel in reachable and ctx.preferred_channel in action.channels:
+        return ctx.preferred_channel
+    for ch in action.channels:
+        if ch in reachable:
+            return ch
+    return action.channels[0] if action.channels else None
+
+
+def _rank_key(priority: int, ev: float, index: int) -> tuple[int, int, float, int]:
+    """Worth doing (EV > 0) first by priority then value; then do_nothing; then the rest by value."""
+    if index == len(ACTIONS):  # do_nothing
+        return (1, 0, 0.0, index)
+    if ev > 0:
+        return (0, -priority, -ev, index)
+    return (2, 0, -ev, index)
+
+
+def decide_actions(ctx: NBAContext, config: NBAConfig = NBAConfig()) -> NBADecision:
+    """Rank the eligible actions for one customer. Depends on the profile, the scores and the time bucket,
+    never on `ctx.channel`; held-out customers get only `do_nothing` flagged holdout."""
+    c = config
+    bucket = time_bucket(ctx.now, c.window_s)
+    f = _features_from_context(ctx, c)
+    elig, val = _evaluate(f, c)
+    scored: list[tuple[tuple[int, int, float, int], ScoredAction]] = []
+    for i, a in enumerate(ACTIONS):
+        if elig[i, 0]:
+            ev = float(val[i, 0])
+            sa = ScoredAction(a.name, ev, choose_channel(a, ctx, c), a.params(ctx, c))
+            scored.append((_rank_key(a.priority, ev, i), sa))
+    scored.append((_rank_key(0, 0.0, len(ACTIONS)), ScoredAction(DO_NOTHING, 0.0, None, {})))
+    ranked = tuple(sa for _, sa in sorted(scored, key=lambda t: t[0]))
+    if is_holdout(ctx.campaign_id, ctx.profile_id, c.holdout_share):
+        return NBADecision(
+            ctx.profile_id,
+            ctx.campaign_id,
+            bucket,
+            (ScoredAction(DO_NOTHING, 0.0, None, {}, holdout=True),),
+            holdout=True,
+            counterfactual=ranked[0].name,
+        )
+    return NBADecision(ctx.profile_id, ctx.campaign_id, bucket, ranked)
+
+
+def context_from_profile(
+    profile: Any,
+    *,
+    now: Instant,
+    config: NBAConfig = NBAConfig(),
+    channel: str | None = None,
+    campaign_id: str = "default",
+    churn_probability: float = 0.0,
+    purchase_propensity: float = 0.0,
+    expected_order_value: float | None = None,
+    lifetime_value: float = 0.0,
+    order_count: int | None = None,
+    candidate_items: tuple[CandidateItem, ...] = (),
+    item_values: Mapping[str, float] | None = None,
+    item_categories: Mapping[str, str | None] | None = None,
+) -> NBAContext:
+    """An NBAContext from a store `OnlineProfile` (duck-typed: cart_items, purchases, returns,
+    channel_last_seen, last_negative_ts, replenish_days), so every caller derives the facts the same way.
+
+    Reachable channels are those the customer has used; preferred is the most recently used one.
+    An item is due for replenishment from `replenish_due_from` to `replenish_due_until` times its own
+    re-buy interval after its last purchase. Item values default to the expected order value.
+    """
+    values = item_values or {}
+    cats = item_categories or {}
+    default_value = (
+        expected_order_value
+        if expected_order_value and expected_order_value > 0
+        else config.default_order_value
+    )
+    ref = _bucket_start(now, config)
+
+    def item(i: str) -> ItemValue:
+        return ItemValue(i, float(values.get(i, default_value)), cats.get(i))
+
+    purchases = tuple(getattr(profile, "purchases", ()) or ())
+    last_bought: dict[str, float] = {}
+    for e in purchases:
+        last_bought[e.item_id] = max(last_bought.get(e.item_id, -math.inf), to_epoch(e.ts))
+    due = []
+    for i, interval in sorted((getattr(profile, "replenish_days", None) or {}).items()):
+        if i in last_bought and interval and interval > 0:
+            age = max(0.0, ref - last_bought[i]) / SECONDS_PER_DAY
+            if config.replenish_due_from * interval <= age <= config.replenish_due_until * interval:
+                due.append(item(i))
+    returns = tuple(getattr(profile, "returns", ()) or ())
+    seen = dict(getattr(profile, "channel_last_seen", None) or {})
+    by_recency = sorted(seen, key=lambda ch: (-to_epoch(seen[ch]), ch))
+    cart_ids = list(dict.fromkeys(e.item_id for e in (getattr(profile, "cart_items", ()) or ())))
+    return NBAContext(
+        profile_id=profile.profile_id,
+        now=now,
+        channel=channel,
+        campaign_id=campaign_id,
+        cart=tuple(item(i) for i in cart_ids),
+        replenishment_due=tuple(due),
+        candidate_items=candidate_items,
+        last_purchase_ts=max((to_epoch(e.ts) for e in purchases), default=None),
+        last_negative_sentiment_ts=getattr(profile, "last_negative_ts", None),
+        last_return_ts=max((to_epoch(e.ts) for e in returns), default=None),
+        lifetime_value=lifetime_value,
+        order_count=len({to_epoch(e.ts) for e in purchases}) if order_count is None else order_count,
+        reachable_channels=tuple(by_recency),
+        preferred_channel=by_recency[0] if by_recency else None,
+        churn_probability=churn_probability,
+        purchase_propensity=purchase_propensity,
+        expected_order_value=expected_order_value,
+    )
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name in frame:
+        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return np.full(len(frame), BATCH_DEFAULTS[name], dtype=float)
+
+
+def decide_top_actions_batch(
+    frame: pd.DataFrame,
+    config: NBAConfig = NBAConfig(),
+    now: Instant | None = None,
+    campaign_id: str = "default",
+) -> pd.DataFrame:
+    """Top action per customer for `/scores`, vectorised over the same `ACTIONS` as `decide_actions`.
+
+    `frame` has PROFILE_ID, CHURN_PROBABILITY, PURCHASE_PROPENSITY and optionally the other batch
+    columns (`BATCH_DEFAULTS`); recency flags are booleans already evaluated by the caller, so `now`
+    is accepted for symmetry and not otherwise used. Returns PROFILE_ID, TOP_ACTION, EXPECTED_VALUE,
+    HOLDOUT, COUNTERFACTUAL_ACTION in input order.
+    """
+    del now  # the caller evaluated the recency flags; kept in the signature for the /scores contract
+    missing = [col for col in BATCH_REQUIRED if col not in frame]
+    if missing:
+        raise ValueError(f"missing columns: {', '.join(missing)}")
+    c = config
+    neg = _column(frame, NEGATIVE_SENTIMENT_RECENT)
+    ret = _column(frame, RETURNED_RECENTLY)
+    f = {
+        "churn": _column(frame, CHURN_PROBABILITY),
+        "propensity": _column(frame, PURCHASE_PROPENSITY),
+        "order_value": _column(frame, EXPECTED_ORDER_VALUE),
+        "cart_value": np.clip(np.nan_to_num(_column(frame, CART_VALUE)), 0.0, None),
+        "replenish_value": np.clip(np.nan_to_num(_column(frame, REPLENISHMENT_DUE)), 0.0, None),
+        "days_since": _column(frame, DAYS_SINCE_LAST_PURCHASE),
+        "recovery": ((np.nan_to_num(neg) > 0) | (np.nan_to_num(ret) > 0)).astype(float),
+        "order_count": np.nan_to_num(_column(frame, ORDER_COUNT)),
+        "lifetime_value": np.nan_to_num(_column(frame, LIFETIME_VALUE)),
+        "has_candidates": np.nan_to_num(_column(frame, HAS_CANDIDATES)),
+    }
+    elig, val = _evaluate(f, c)
+    worth = elig & (val > 0)
+    prio = np.array([a.priority for a in ACTIONS])[:, None]
+    best_prio = np.where(worth, prio, -1).max(axis=0) if len(ACTIONS) else np.full(len(frame), -1)
+    contender = worth & (prio == best_prio[None, :])
+    masked = np.where(contender, val, -np.inf)
+    best = masked.argmax(axis=0)  # first in registry order on ties, as the stable sort in decide_actions
+    names = np.array(ACTION_NAMES, dtype=object)
+    none = best_prio < 0
+    top = np.where(none, DO_NOTHING, names[best])
+    ev = np.where(none, 0.0, masked[best, np.arange(len(frame))])
+    pids = frame[PROFILE_ID].astype(str).tolist()
+    hold = np.fromiter(
+        (holdout_draw(campaign_id, p) < c.holdout_share for p in pids), dtype=bool, count=len(pids)
+    )
+    return pd.DataFrame(
+        {
+            PROFILE_ID: pids,
+            TOP_ACTION: np.where(hold, DO_NOTHING, top),
+            EXPECTED_VALUE: np.where(hold, 0.0, ev),
+            HOLDOUT: hold,
+            # object dtype keeps None (JSON null) for customers not held out
+            COUNTERFACTUAL_ACTION: pd.Series(np.where(hold, top, None), dtype=object),
+        }
+    )
