@@ -10,7 +10,7 @@ DEMO_DAYS ?= 120
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export MLFLOW_TRACKING_URI ?= file:$(CURDIR)/mlruns
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
 .PHONY: help install demo data features train serve test test-slow lint bench clean
 

@@ -1,0 +1,593 @@
+"""`mirror`: a thin command line around Mirror's pure functions.
+
+Each command imports its module lazily, so `mirror --help` is fast and a missing or broken module
+fails only its own command, with a message rather than a traceback.  User errors (a missing file,
+a bad date, an unknown column) exit non-zero with one line on stderr naming the problem.
+`mirror train` prints the run's metrics, baselines included, as one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    name="mirror",
+    help="Mirror: unified customer profiles, recommendations, next-best-action and a creepiness guard.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train models and register champions in MLflow.", no_args_is_help=True)
+predict_app = typer.Typer(help="Score data with the champion models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(predict_app, name="predict")
+
+DEFAULT_PORT = 3000
+DEFAULT_STORE = "mirror-store.db"
+SERVICE_TARGET = "serving.service:Mirror"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A problem with what the user asked for: reported in one line, no traceback."""
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors that describe bad input into a one-line message and exit code 1.
+
+    MIRROR_DEBUG=1 re-raises them with the traceback (for developers).
+    """
+    try:
+        yield
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("MIRROR_DEBUG"):
+            raise
+        _fail(str(exc) or type(exc).__name__)
+    except ImportError as exc:
+        if os.environ.get("MIRROR_DEBUG"):
+            raise
+        _fail(f"a module this command needs is not available: {exc}")
+
+
+def _module(name: str, command: str) -> ModuleType:
+    """Import `name` for `command`; a missing module is a clear error, not a traceback."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        _fail(f"`mirror {command}` needs {name}, which could not be imported: {exc}")
+
+
+def _function(module: ModuleType, name: str, command: str) -> Any:
+    fn = getattr(module, name, None)
+    if fn is None:
+        _fail(f"`mirror {command}` needs {module.__name__}.{name}, which does not exist yet")
+    return fn
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+def _config(cls: type, **values: Any) -> Any:
+    """Build a frozen config from the fields it has; None means 'keep the default'."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def _timestamp(value: str | None, option: str) -> Any:
+    if value is None:
+        return None
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{option}: not a date or timestamp: {value!r}") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _read_table(path: Path) -> Any:
+    import pandas as pd
+
+    _existing(path, "table")
+    if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def _load_events(path: Path) -> Any:
+    """Read a canonical events file (CSV or parquet) and keep its valid rows, reporting the rest."""
+    from features.schema import read_events, validate_events
+
+    _existing(path, "events file")
+    raw = read_events(path)
+    checked = validate_events(raw)
+    if checked.n_rejected:
+        typer.echo(f"warning: {checked.n_rejected} of {len(raw)} events in {path} are invalid and skipped; "
+                   f"first: {checked.error_records()[0]}", err=True)
+    if not len(checked.valid):
+        raise UserError(f"no valid events in {path}")
+    return checked.valid
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: non-finite numbers become null, numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _results(result: Any) -> list[Any]:
+    """A pipeline returns one TrainResult, or several (a dict or a sequence) for several models."""
+    if isinstance(result, dict):
+        return [r for r in result.values()]
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return [result]
+
+
+def _summary(results: list[Any]) -> dict[str, Any]:
+    """{model name: {version, promoted, reason, run_id, metrics, baselines}}."""
+    out: dict[str, Any] = {}
+    for r in results:
+        out[r.model_name] = {
+            "run_id": r.run_id,
+            "version": r.version,
+            "promoted": r.promoted,
+            "reason": r.reason,
+            "metrics": dict(r.metrics),
+            "baselines": {k: dict(v) for k, v in r.baselines.items()},
+        }
+    return out
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(_finite(payload), sort_keys=True))
+
+
+def _tracking(experiment: str | None) -> str:
+    """Configure MLflow and pre-create the experiment so its artifacts sit beside the store."""
+    from training.registry import configure_tracking, use_experiment
+
+    uri = configure_tracking()
+    if experiment:
+        use_experiment(experiment)
+    return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# generate / features
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output folder (events.parquet, items.parquet, truth/).")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+) -> None:
+    """Generate synthetic omnichannel events with planted, known structure."""
+    synthetic = _module("features.synthetic", "generate")
+    t0 = time.perf_counter()
+    with _user_errors():
+        if hasattr(synthetic, "generate_to_dir"):
+            synthetic.generate_to_dir(customers=customers, days=days, seed=seed, out=out)
+        else:
+            config = _config(synthetic.SyntheticConfig, customers=customers, days=days, seed=seed)
+            synthetic.write(synthetic.generate(config), out)
+    events = out / "events.parquet"
+    n = _count_rows(events)
+    typer.echo(f"wrote {n} events for {customers} customers over {days} days to {out} "
+               f"in {time.perf_counter() - t0:.1f}s")
+
+
+def _count_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows) if path.exists() else 0
+
+
+@app.command()
+def features(
+    events: Annotated[Path, typer.Option(help="Canonical events (CSV or parquet).")],
+    out: Annotated[Path, typer.Option(help="Output folder for profiles.parquet.")],
+    as_of: Annotated[str | None, typer.Option(help="Cutoff: only events before it count (default: all).")] = None,
+) -> None:
+    """Build point-in-time profile features, one row per unified profile."""
+    profiles = _module("features.profiles", "features")
+    build = _function(profiles, "build_features_to_dir", "features")
+    t0 = time.perf_counter()
+    with _user_errors():
+        _existing(events, "events file")
+        path = build(events, _timestamp(as_of, "--as-of"), out)
+    typer.echo(f"wrote {_count_rows(Path(path))} profiles to {path} in {time.perf_counter() - t0:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def _train_recommender(events_df: Any, as_of: Any, experiment: str | None) -> list[Any]:
+    mod = _module("training.recommender", "train recommender")
+    fn = _function(mod, "train_recommender", "train recommender")
+    cfg_cls = _function(mod, "RecommenderTrainConfig", "train recommender")
+    config = _config(cfg_cls, as_of=as_of, experiment=experiment)
+    _tracking(getattr(config, "experiment", None))
+    return _results(fn(config, events_df))
+
+
+def _train_propensity(events_df: Any, as_of: Any, experiment: str | None) -> list[Any]:
+    mod = _module("training.propensity", "train propensity")
+    fn = _function(mod, "train_propensity", "train propensity")
+    cfg_cls = _function(mod, "PropensityConfig", "train propensity")
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    targets: tuple[str | None, ...] = ("churn", "purchase") if "target" in names else (None,)
+    results: list[Any] = []
+    for target in targets:
+        config = _config(cfg_cls, as_of=as_of, experiment=experiment, target=target)
+        _tracking(getattr(config, "experiment", None))
+        results += _results(fn(config, events_df))
+    return results
+
+
+def _sentiment_texts(events_path: Path | None, events_df: Any, reviews: Path | None) -> Any:
+    """Labelled texts: a --reviews CSV (text + rating), else the events' texts with truth or ratings."""
+    import pandas as pd
+
+    from features.schema import RATING, TEXT
+
+    mod = _module("training.sentiment", "train sentiment")
+    if reviews is not None:
+        table = _read_table(reviews)
+        missing = [c for c in (TEXT, RATING) if c not in table.columns]
+        if missing:
+            raise UserError(f"{reviews} needs columns {TEXT!r} and {RATING!r}; missing {missing}")
+        labels = mod.labels_from_ratings(table[RATING])
+        texts = pd.DataFrame({TEXT: table[TEXT].astype("string"), "label": labels})
+        return texts.dropna().reset_index(drop=True)
+    truth_path = events_path.parent / "truth" / "sentiment.parquet" if events_path else None
+    truth = pd.read_parquet(truth_path) if truth_path is not None and truth_path.exists() else None
+    texts = mod.texts_from_events(events_df, truth)
+    if not len(texts):
+        raise UserError("no labelled review or support texts in the events (pass --reviews CSV)")
+    return texts
+
+
+def _train_sentiment(events_path: Path | None, events_df: Any, reviews: Path | None,
+                     experiment: str | None) -> list[Any]:
+    mod = _module("training.sentiment", "train sentiment")
+    fn = _function(mod, "train_sentiment", "train sentiment")
+    config = _config(mod.SentimentConfig, experiment=experiment)
+    texts = _sentiment_texts(events_path, events_df, reviews)
+    _tracking(getattr(config, "experiment", None))
+    return _results(fn(config, texts))
+
+
+class Family(StrEnum):
+    recommender = "recommender"
+    propensity = "propensity"
+    sentiment = "sentiment"
+    all = "all"
+
+
+def _run_training(family: Family, events: Path | None, reviews: Path | None, as_of: str | None,
+                  experiment: str | None) -> None:
+    with _user_errors():
+        ts = _timestamp(as_of, "--as-of")
+        cut = ts.isoformat() if ts is not None else None
+        if events is None and not (family is Family.sentiment and reviews is not None):
+            raise UserError("--events is required" + (" (or --reviews for sentiment)"
+                                                      if family is Family.sentiment else ""))
+        if reviews is not None:
+            _existing(reviews, "reviews file")
+        events_df = _load_events(events) if events is not None else None
+        results: list[Any] = []
+        if family in (Family.recommender, Family.all):
+            results += _train_recommender(events_df, cut, experiment)
+        if family in (Family.propensity, Family.all):
+            results += _train_propensity(events_df, cut, experiment)
+        if family in (Family.sentiment, Family.all):
+            results += _train_sentiment(events, events_df, reviews, experiment)
+    for r in results:
+        typer.echo(f"{r.model_name} v{r.version}: {r.reason}", err=True)
+    _print_json(_summary(results))
+
+
+EventsOpt = Annotated[Path | None, typer.Option(help="Canonical events (CSV or parquet).")]
+ReviewsOpt = Annotated[Path | None, typer.Option(help="Sentiment: CSV with text and rating columns.")]
+AsOfOpt = Annotated[str | None, typer.Option(help="Cut between past (training) and future (evaluation).")]
+ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
+
+
+@train_app.command("recommender")
+def train_recommender_cmd(events: EventsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None) -> None:
+    """ALS recommender with complements and popularity, against popularity and random baselines."""
+    _run_training(Family.recommender, events, None, as_of, experiment)
+
+
+@train_app.command("propensity")
+def train_propensity_cmd(
+    events: EventsOpt = None,
+    as_of: AsOfOpt = None,
+    experiment: ExperimentOpt = None,
+    features: Annotated[Path | None, typer.Option(help="A feature table (CSV/parquet), one row per customer.")] = None,
+    label: Annotated[str | None, typer.Option(help="The 0/1 label column of --features.")] = None,
+) -> None:
+    """Churn and purchase propensity (LightGBM vs logistic regression), or one model on --features."""
+    if features is None:
+        if label is not None:
+            _fail("--label goes with --features", 2)
+        _run_training(Family.propensity, events, None, as_of, experiment)
+        return
+    if label is None:
+        _fail("--features needs --label COLUMN", 2)
+    if events is not None:
+        _fail("give either --events or --features, not both", 2)
+    with _user_errors():
+        table = _read_table(features)
+        if label not in table.columns:
+            raise UserError(f"label column {label!r} not in {features} (columns: {', '.join(map(str, table.columns))})")
+        mod = _module("training.propensity", "train propensity")
+        fn = _function(mod, "train_propensity_table", "train propensity")
+        config = _config(mod.PropensityConfig, experiment=experiment)
+        _tracking(getattr(config, "experiment", None))
+        results = _results(fn(config, table, label))
+    for r in results:
+        typer.echo(f"{r.model_name} v{r.version}: {r.reason}", err=True)
+    _print_json(_summary(results))
+
+
+@train_app.command("sentiment")
+def train_sentiment_cmd(
+    events: EventsOpt = None, reviews: ReviewsOpt = None, experiment: ExperimentOpt = None
+) -> None:
+    """Review/support-text sentiment (MiniLM head vs TF-IDF baseline)."""
+    _run_training(Family.sentiment, events, reviews, None, experiment)
+
+
+@train_app.command("all")
+def train_all_cmd(
+    events: EventsOpt = None, reviews: ReviewsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None
+) -> None:
+    """All three families, one after another; one JSON object with every model's metrics."""
+    _run_training(Family.all, events, reviews, as_of, experiment)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict / models
+# ---------------------------------------------------------------------------------------------
+@predict_app.command("sentiment")
+def predict_sentiment_cmd(
+    input: Annotated[Path, typer.Option("--input", help="CSV with a text column.")],
+    text_column: Annotated[str, typer.Option(help="Name of the text column.")],
+    out: Annotated[Path, typer.Option(help="Output CSV (input columns + label, probabilities, score).")],
+    model_uri: Annotated[str | None, typer.Option(help="Default: the champion sentiment model.")] = None,
+) -> None:
+    """Score texts with the champion sentiment model."""
+    import pandas as pd
+
+    from features.schema import SENTIMENT_MODEL, champion_uri
+
+    with _user_errors():
+        _existing(input, "input CSV")
+        header = pd.read_csv(input, nrows=0).columns
+        if text_column not in header:
+            raise UserError(f"column {text_column!r} not in {input} (columns: {', '.join(map(str, header))})")
+        mod = _module("training.sentiment", "predict sentiment")
+        fn = _function(mod, "predict_sentiment_csv", "predict sentiment")
+        from training.registry import configure_tracking
+
+        configure_tracking()
+        uri = model_uri or champion_uri(SENTIMENT_MODEL)
+        try:
+            fn(input, text_column, out, uri)
+        except Exception as exc:
+            if type(exc).__name__ == "MlflowException":
+                raise UserError(f"cannot load {uri}: {exc} (train one with `mirror train sentiment`)") from exc
+            raise
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def models() -> None:
+    """List registered models, their versions, which is champion, and the promotion metric."""
+    from training.registry import configure_tracking, list_models
+
+    uri = configure_tracking()
+    table = list_models()
+    if not len(table):
+        typer.echo(f"no registered models in {uri}")
+        return
+    view = table.assign(
+        champion=table["champion"].map({True: "*", False: ""}),
+        metric=[f"{n}={v:.4g}" if n else "" for n, v in zip(table["metric_name"], table["metric"], strict=True)],
+    )[["name", "version", "champion", "metric"]]
+    typer.echo(view.to_string(index=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------
+def _seed_store(store: Path, events: Path) -> None:
+    """Load events into the store when it is new or empty (the store shows its own progress bar)."""
+    store_mod = _module("features.store", "serve")
+    existed = store.exists()
+    db = store_mod.SQLiteProfileStore(store)
+    try:
+        if existed and len(db.export_events()):
+            typer.echo(f"store {store} already holds events; not seeding", err=True)
+            return
+        df = _load_events(events)
+        result = db.load_events(df) if hasattr(db, "load_events") else db.append_events(df)
+        typer.echo(f"seeded {store} with {result.accepted} events ({len(result.profile_ids)} profiles)", err=True)
+    finally:
+        close = getattr(db, "close", None)
+        if callable(close):
+            close()
+
+
+def _example_customer(store: Path, events: Path | None) -> str | None:
+    """A real customer id to put in the examples: from the events file, else from the store."""
+    from features.schema import CUSTOMER_ID, EVENT_TYPE, PURCHASE
+
+    try:
+        if events is not None and events.exists():
+            from features.schema import read_events
+
+            df = read_events(events)
+        else:
+            store_mod = importlib.import_module("features.store")
+            db = store_mod.SQLiteProfileStore(store)
+            df = db.export_events()
+            close = getattr(db, "close", None)
+            if callable(close):
+                close()
+    except Exception:  # noqa: BLE001 - examples are a convenience; fall back to a placeholder
+        return None
+    if CUSTOMER_ID not in df or not df[CUSTOMER_ID].notna().any():
+        return None
+    buyers = df.loc[(df[EVENT_TYPE] == PURCHASE) & df[CUSTOMER_ID].notna(), CUSTOMER_ID]
+    pool = buyers if len(buyers) else df[CUSTOMER_ID].dropna()
+    return str(pool.value_counts().index[0])
+
+
+def _example_item(events: Path | None) -> str | None:
+    from features.schema import ITEM_ID, read_events
+
+    try:
+        if events is None or not events.exists():
+            return None
+        items = read_events(events)[ITEM_ID].dropna()
+        return str(items.value_counts().index[0]) if len(items) else None
+    except Exception:  # noqa: BLE001 - placeholder instead
+        return None
+
+
+def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
+    """curl calls for every public endpoint, for a real customer and item (bodies as serving/api.py)."""
+    j = "-H 'Content-Type: application/json'"
+
+    def post(path: str, body: dict[str, Any], method: str = "POST") -> str:
+        return f"curl -s -X {method} {base_url}/{path} {j} -d '{json.dumps(body)}'"
+
+    return [
+        post("recommend", {"customer_id": customer_id, "k": 5, "channel": "web"}),
+        post("similar_items", {"item_id": item_id, "k": 5}),
+        post("next_best_action", {"customer_id": customer_id, "channel": "email"}),
+        post("scores", {"customer_ids": [customer_id]}),
+        post("events", {"event": {"event_id": "demo-1", "ts": "2030-01-01T12:00:00Z", "channel": "web",
+                                  "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
+        post("consent", {"customer_id": customer_id, "purpose": "email_marketing", "granted": True}, "PUT"),
+        f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",
+    ]
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(envvar="MIRROR_PORT", min=1, max=65535, help="HTTP port.")] = DEFAULT_PORT,
+    store: Annotated[Path, typer.Option(envvar="MIRROR_STORE", help="Online profile store (SQLite).")] = Path(
+        DEFAULT_STORE
+    ),
+    events: Annotated[Path | None, typer.Option(help="Events to seed the store with when it is empty.")] = None,
+    examples: Annotated[bool, typer.Option(help="Print example curl calls once ready.")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 300.0,
+) -> None:
+    """Run the BentoML service in the foreground (Ctrl-C stops it)."""
+    from training.registry import configure_tracking
+
+    with _user_errors():
+        if events is not None:
+            _existing(events, "events file")
+            store.parent.mkdir(parents=True, exist_ok=True)
+            _seed_store(store, events)
+        uri = configure_tracking()
+    env = {**os.environ, "MIRROR_STORE": str(store.resolve()), "MLFLOW_TRACKING_URI": uri,
+           "MIRROR_PORT": str(port)}
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(port)]
+    typer.echo(f"starting {' '.join(cmd)} (store {store}, models from {uri})", err=True)
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old_term = signal.signal(signal.SIGTERM, forward)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not _ready(f"{base}/readyz"):
+            if proc.poll() is not None:
+                _fail(f"the service exited with code {proc.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                typer.echo(f"warning: {base}/readyz not ready after {ready_timeout:.0f}s; still running", err=True)
+                break
+            time.sleep(0.5)
+        else:
+            typer.echo(f"Mirror is ready on {base}", err=True)
+        if examples:
+            customer = _example_customer(store, events) or "<customer_id>"
+            item = _example_item(events) or "<item_id>"
+            typer.echo("\nExample calls:")
+            for line in example_calls(base, customer, item):
+                typer.echo(f"  {line}")
+        code = proc.wait()
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+    raise typer.Exit(code if code and code > 0 else 0)
+
+
+def main() -> None:  # pragma: no cover - console entry alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
