@@ -17,6 +17,13 @@ Threads: one SQLite connection per thread; writes go through one process-wide lo
 ``BEGIN IMMEDIATE``, so concurrent callers never interleave a write.  The in-process caches (online
 state, feature rows) are invalidated on every write of this process; if several processes write one
 file, open the readers with ``cache=False``.
+
+Speed: a batch of at least ``StoreConfig.bulk_rows`` events (bulk seeding, `load_events`) is linked
+with scipy connected components and its online states are built with array group-bys, with exactly
+the rules of the per-event path (tests hold the two to the same result).  Small batches (one event
+from the API) work on plain Python lists, without pandas in the loop; ``validated=True`` skips
+re-validating a frame that already went through ``schema.validate_events``.  Feature rows for many
+profiles come from one SQL read and one ``build_profiles`` call; ``warm_features`` caches everyone's.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from features.profiles import NEVER_DAYS, ProfileConfig, build_profiles
 from features.schema import (
@@ -53,8 +63,10 @@ from features.schema import (
     NUMERIC_COLUMNS,
     OPTIONAL_COLUMNS,
     PHONE,
+    PRICE,
     PROFILE_ID,
     PURCHASE,
+    QUANTITY,
     RATING,
     REMOVE_FROM_CART,
     RETURN,
@@ -68,9 +80,15 @@ from features.schema import (
 )
 
 _EVENT_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS
+_STORED: tuple[str, ...] = tuple(c for c in _EVENT_COLUMNS if c != TS)  # event_id first; ts is ts_ns
 _DEVICE_COLUMNS = (DEVICE_ID, COOKIE_ID)
+# what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
+_FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING)
 _NS = 10**9
-_SQL_CHUNK = 900  # bound parameters per IN (...) query
+_SMALL_FRAME = 64  # rows: below this a frame is converted whole (cheaper per call), above column by column
+_IN_JSON = "SELECT value FROM json_each(?)"  # one bound JSON array instead of thousands of parameters
+_AS_OF_PER_PROFILE = 4  # cached feature rows per profile (distinct as_of); older ones are dropped
+_INVALIDATION_LOG = 4096  # recent writes remembered, so a slow read never caches a row a write replaced
 
 
 class ViewEntry(NamedTuple):
@@ -114,6 +132,7 @@ class AppendResult:
     suppressed: int = 0  # events of erased profiles (tombstoned), never stored
     merged: tuple[str, ...] = ()  # profile ids that were merged into another
     errors: tuple[dict[str, Any], ...] = ()
+    accepted_ids: tuple[str, ...] = ()  # event ids of the accepted events, in time order
 
 
 @dataclass(frozen=True)
@@ -123,19 +142,24 @@ class StoreConfig:
     recent_views: int = 50
     max_purchases: int = 200
     cache_profiles: int = 100_000  # online states and feature rows kept in memory (LRU)
-    feature_granularity_s: int = 60  # as_of=None means now floored to this, so cached rows are reused
+    # as_of=None means now floored to this, so cached (and warmed) rows are reused; features are
+    # day-scale (recency in days, 30/90/365-day windows), so an hour of "now" changes little, and a
+    # write to a profile still refreshes its row at once
+    feature_granularity_s: int = 3_600
     busy_timeout_ms: int = 30_000
+    bulk_rows: int = 1_000  # batches this large are linked and folded vectorised (same result)
     profile_config: ProfileConfig = ProfileConfig()
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
-        if self.max_profiles_per_device < 1 or self.feature_granularity_s < 1:
-            raise ValueError("max_profiles_per_device and feature_granularity_s must be positive")
+        if self.max_profiles_per_device < 1 or self.feature_granularity_s < 1 or self.bulk_rows < 1:
+            raise ValueError("max_profiles_per_device, feature_granularity_s and bulk_rows must be positive")
 
 
 class ProfileStore(Protocol):
-    def append_events(self, events: pd.DataFrame) -> AppendResult: ...
+    def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
+                      validated: bool = False) -> AppendResult: ...
     def resolve(self, identifiers: Mapping[str, str]) -> str | None: ...
     def get_profile(self, profile_id: str) -> OnlineProfile | None: ...
     def events_for(self, profile_ids: Sequence[str]) -> pd.DataFrame: ...
@@ -230,8 +254,158 @@ def _empty_state() -> dict[str, Any]:
             "ids": [], "last": 0}
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Events as plain Python lists (None where missing), time-ordered: cheap for one event, and
+    the same shape for the vectorised bulk path (which makes arrays of the columns it needs)."""
+
+    cols: dict[str, list[Any]]  # every _STORED column
+    ts: list[int]  # epoch ns
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, idx: Sequence[int]) -> _Batch:
+        """Rows idx (ascending); the batch itself when that is every row."""
+        if len(idx) == len(self.ts):
+            return self
+        return _Batch({c: [v[i] for i in idx] for c, v in self.cols.items()}, [self.ts[i] for i in idx])
+
+    def array(self, col: str) -> np.ndarray:
+        arr = np.empty(len(self.ts), dtype=object)
+        arr[:] = self.cols[col]
+        return arr
+
+    def present(self, col: str) -> np.ndarray:
+        return ~pd.isna(self.array(col))
+
+
+def _batch_from_frame(ev: pd.DataFrame) -> _Batch:
+    """A validated frame as a time-ordered _Batch (stable: equal timestamps keep their order)."""
+    if TS not in ev or not isinstance(ev[TS].dtype, pd.DatetimeTZDtype):
+        raise ValueError(f"column {TS!r} must be timezone-aware datetimes (validate events first)")
+    ns = np.asarray(ev[TS].array.as_unit("ns").asi8)  # validated ts is tz-aware, never missing
+    n = len(ns)
+    order = None if n < 2 or bool((ns[1:] >= ns[:-1]).all()) else np.argsort(ns, kind="stable")
+    cols: dict[str, list[Any]] = {}
+    if n <= _SMALL_FRAME:  # one conversion of the whole frame beats one per column (API-sized batches)
+        grid = ev.to_numpy(dtype=object)
+        by_name = dict(zip(ev.columns, (grid if order is None else grid[order]).T.tolist(), strict=True))
+        for c in _STORED:
+            vals = by_name.get(c)
+            cols[c] = [None if v is pd.NA or v != v else v for v in vals] if vals is not None else [None] * n
+    else:
+        for c in _STORED:
+            if c in ev.columns:
+                vals = ev[c].to_numpy(dtype=object, na_value=None)
+                cols[c] = (vals if order is None else vals[order]).tolist()
+            else:
+                cols[c] = [None] * n
+    return _Batch(cols, (ns if order is None else ns[order]).tolist())
+
+
+def _batch_from_rows(rows: list[tuple[Any, ...]]) -> tuple[_Batch, list[str]]:
+    """SQL rows (profile_id, ts_ns, *_STORED) -> (_Batch, profile ids)."""
+    if not rows:
+        return _Batch({c: [] for c in _STORED}, []), []
+    cols = list(zip(*rows, strict=True))
+    return _Batch({c: list(cols[j + 2]) for j, c in enumerate(_STORED)}, list(cols[1])), list(cols[0])
+
+
+_INSERT_NAMES = ", ".join(f'"{c}"' for c in (EVENT_ID, PROFILE_ID, "ts_ns", *_STORED[1:]))
+_INSERT_EVENTS = f"INSERT OR IGNORE INTO events ({_INSERT_NAMES}) VALUES ({','.join('?' * (len(_STORED) + 2))})"
+_SELECT_NAMES = ", ".join(f'"{c}"' for c in (PROFILE_ID, "ts_ns", *_STORED))
+
+
+def _tails(codes: np.ndarray, order: np.ndarray, mask: np.ndarray, limit: int, n_groups: int,
+           fields: Sequence[np.ndarray]) -> list[list[list[Any]]]:
+    """Per group, the last `limit` masked rows (time order kept) as [field, ...] entries."""
+    sel = order[mask[order]]
+    g = codes[sel]
+    counts = np.bincount(g, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sel = sel[np.arange(len(sel)) - starts[g] >= (counts - limit)[g]]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[sel], minlength=n_groups))]).tolist()
+    entries = list(map(list, zip(*(f[sel].tolist() for f in fields), strict=True)))
+    return [entries[bounds[k]:bounds[k + 1]] for k in range(n_groups)]
+
+
+def _pair_keys(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(group, value) -> one int key; returns keys, value uniques and the key stride."""
+    vcodes, uniques = pd.factorize(values)
+    stride = max(1, len(uniques))
+    return codes.astype(np.int64) * stride + vcodes, np.asarray(uniques, dtype=object), stride
+
+
+def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[tuple[str, str, int]]:
+    """Online state of every profile from its whole time-ordered history, with array group-bys.
+
+    The same rules as `SQLiteProfileStore._apply` folding the events one by one (tested equal):
+    last N views/purchases/returns, cart = items whose latest cart event is an add, category counts,
+    latest time per channel, latest negative rating, identifier types, latest event.
+    """
+    n = len(b)
+    codes, uniq = pd.factorize(np.asarray(pids, dtype=object))
+    n_p = len(uniq)
+    ts = np.asarray(b.ts, dtype=np.int64)
+    et, item, cat, chan = b.array(EVENT_TYPE), b.array(ITEM_ID), b.array(CATEGORY), b.array(CHANNEL)
+    has_item = b.present(ITEM_ID)
+    order = np.argsort(codes, kind="stable")  # by profile, time order kept
+    views = _tails(codes, order, (et == VIEW) & has_item, config.recent_views, n_p, (item, cat, ts))
+    buys = _tails(codes, order, (et == PURCHASE) & has_item, config.max_purchases, n_p, (item, ts))
+    rets = _tails(codes, order, (et == RETURN) & has_item, config.max_purchases, n_p, (item, ts))
+
+    carts: list[dict[str, int]] = [{} for _ in range(n_p)]
+    sel = np.flatnonzero(((et == ADD_TO_CART) | (et == REMOVE_FROM_CART) | (et == PURCHASE)) & has_item)
+    if len(sel):
+        keys, _, _ = _pair_keys(codes[sel], item[sel])
+        _, first_from_end = np.unique(keys[::-1], return_index=True)
+        last = sel[np.sort(len(sel) - 1 - first_from_end)]  # latest cart event per (profile, item)
+        last = last[et[last] == ADD_TO_CART]
+        for k, it, t in zip(codes[last].tolist(), item[last].tolist(), ts[last].tolist(), strict=True):
+            carts[k][it] = t
+
+    cats: list[dict[str, int]] = [{} for _ in range(n_p)]
+    has_cat = b.present(CATEGORY)
+    if has_cat.any():
+        keys, names, stride = _pair_keys(codes[has_cat], cat[has_cat])
+        u, cnt = np.unique(keys, return_counts=True)
+        for k, c, m in zip((u // stride).tolist(), names[u % stride].tolist(), cnt.tolist(), strict=True):
+            cats[k][c] = m
+
+    chans: list[dict[str, int]] = [{} for _ in range(n_p)]
+    keys, names, stride = _pair_keys(codes, chan)
+    u, inv = np.unique(keys, return_inverse=True)
+    latest = np.zeros(len(u), dtype=np.int64)
+    np.maximum.at(latest, inv, ts)
+    for k, c, t in zip((u // stride).tolist(), names[u % stride].tolist(), latest.tolist(), strict=True):
+        chans[k][c] = t
+
+    rating = np.array(b.cols[RATING], dtype=float)
+    with np.errstate(invalid="ignore"):
+        neg_rows = ~np.isnan(rating) & ((rating - 3.0) / 2.0 <= config.profile_config.negative_threshold)
+    neg = np.zeros(n_p, dtype=np.int64)
+    np.maximum.at(neg, codes[neg_rows], ts[neg_rows])
+    last_ts = np.zeros(n_p, dtype=np.int64)
+    np.maximum.at(last_ts, codes, ts)
+    bits = np.zeros(n, dtype=np.int64)
+    for j, c in enumerate(IDENTIFIER_COLUMNS):
+        bits |= b.present(c).astype(np.int64) << j
+    id_bits = np.zeros(n_p, dtype=np.int64)
+    np.bitwise_or.at(id_bits, codes, bits)
+    names_of = {m: sorted(c for j, c in enumerate(IDENTIFIER_COLUMNS) if m >> j & 1) for m in set(id_bits.tolist())}
+
+    out = []
+    for k, (pid, nt, lt, m) in enumerate(zip(uniq.tolist(), neg.tolist(), last_ts.tolist(), id_bits.tolist(),
+                                             strict=True)):
+        state = {"views": views[k], "cart": carts[k], "purchases": buys[k], "returns": rets[k], "cats": cats[k],
+                 "chan": chans[k], "neg": nt or None, "ids": names_of[m], "last": lt}
+        out.append((str(pid), json.dumps(state, separators=(",", ":")), lt))
+    return out
+
+
 class SQLiteProfileStore:
-    """The embedded ProfileStore (see module docstring for durability and threading)."""
+    """The embedded ProfileStore (see module docstring for durability, threading and speed)."""
 
     def __init__(self, path: str | Path, hasher: IdentifierHasher | None = None,
                  config: StoreConfig = StoreConfig(), *, cache: bool = True) -> None:
@@ -243,8 +417,12 @@ class SQLiteProfileStore:
         self._write_lock = threading.RLock()
         self._cache_lock = threading.Lock()
         self._state_cache: OrderedDict[str, OnlineProfile | None] = OrderedDict()
-        self._feat_cache: OrderedDict[tuple[str, int], tuple[Any, ...]] = OrderedDict()
+        # profile -> {as_of_ns: feature row or None}: invalidating a profile is one pop, whatever the size
+        self._feat_cache: OrderedDict[str, dict[int, tuple[Any, ...] | None]] = OrderedDict()
         self._feat_columns: list[str] | None = None
+        self._feat_text: set[str] = set()
+        self._gen = 0  # write generation: bumped by every invalidation
+        self._inval_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=_INVALIDATION_LOG)
         with self._write_lock:
             self._conn().executescript(_SCHEMA)
 
@@ -279,22 +457,55 @@ class SQLiteProfileStore:
             conn.close()
             self._local.conn = None
 
+    # -- caches -------------------------------------------------------------------------------
     def _invalidate(self, pids: set[str]) -> None:
+        """After a commit: drop the profiles' cached state and feature rows (every as_of)."""
         if not pids:
             return
         with self._cache_lock:
+            self._gen += 1
+            self._inval_log.append((self._gen, frozenset(pids)))
             for pid in pids:
                 self._state_cache.pop(pid, None)
-            for key in [k for k in self._feat_cache if k[0] in pids]:
-                del self._feat_cache[key]
+                self._feat_cache.pop(pid, None)
+
+    def _written_since(self, gen: int) -> frozenset[str] | None:
+        """Profiles invalidated after generation `gen` (None: too many to know); call under _cache_lock."""
+        if self._gen == gen:
+            return frozenset()
+        if not self._inval_log or self._inval_log[0][0] > gen + 1:
+            return None
+        return frozenset().union(*(p for g, p in self._inval_log if g > gen))
+
+    def _cache_features(self, rows: Mapping[str, tuple[Any, ...] | None], as_of_ns: int, gen: int) -> None:
+        """Cache rows read at generation `gen`, except those a write has replaced since."""
+        if not self._cache_on:
+            return
+        with self._cache_lock:
+            stale = self._written_since(gen)
+            if stale is None:
+                return
+            cache = self._feat_cache
+            for pid, row in rows.items():
+                if pid in stale:
+                    continue
+                entry = cache.get(pid)
+                if entry is None:
+                    entry = cache[pid] = {}
+                else:
+                    cache.move_to_end(pid)
+                entry[as_of_ns] = row
+                if len(entry) > _AS_OF_PER_PROFILE:
+                    del entry[min(entry)]
+            while len(cache) > self.config.cache_profiles:
+                cache.popitem(last=False)
 
     @staticmethod
     def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        for i in range(0, len(values), _SQL_CHUNK):
-            chunk = list(values[i:i + _SQL_CHUNK])
-            rows += conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
-        return rows
+        """Run `sql` with its `IN ({})` bound to `values` (one JSON array, one query)."""
+        if not len(values):
+            return []
+        return conn.execute(sql.format(_IN_JSON), (json.dumps(list(values)),)).fetchall()
 
     # -- identity -----------------------------------------------------------------------------
     def _normalise_identifiers(self, identifiers: Mapping[str, str]) -> list[str]:
@@ -337,68 +548,38 @@ class SQLiteProfileStore:
         row = conn.execute("SELECT new_id FROM aliases WHERE old_id=?", (profile_id,)).fetchone()
         return row[0] if row else profile_id
 
-    def _link(self, conn: sqlite3.Connection,
-              ev: pd.DataFrame) -> tuple[np.ndarray, set[str], list[str], set[str]]:
-        """Assign a profile id to every row of ev (time-ordered); returns ids, touched profiles, merged ids."""
-        tok_cols = [c for c in IDENTIFIER_COLUMNS if c in ev]
-        per_row: list[list[str]] = [[] for _ in range(len(ev))]
-        for c in tok_cols:
-            vals = ev[c].to_numpy(dtype=object)
-            for i in np.flatnonzero(pd.notna(vals)):
-                per_row[i].append(f"{c}:{vals[i]}")
-        all_tokens = sorted({t for ts in per_row for t in ts})
-        known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
-                                     all_tokens))
+    def _mark_shared(self, conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], shared: set[str]) -> set[str]:
+        """Record (device, customer) pairs; devices now over the cap join `shared` (and the table)."""
+        if not pairs:
+            return shared
+        conn.executemany("INSERT OR IGNORE INTO device_customers VALUES (?, ?)", pairs)
+        devices = sorted({d for d, _ in pairs} - shared)
+        over = [d for d, n in self._select_in(conn, "SELECT device, COUNT(*) FROM device_customers "
+                                                    "WHERE device IN ({}) GROUP BY device", devices)
+                if n > self.config.max_profiles_per_device]
+        conn.executemany("INSERT OR IGNORE INTO shared_devices VALUES (?)", [(d,) for d in over])
+        return shared | set(over)
 
-        # shared devices: a device/cookie with more customer ids than allowed stops linking
-        shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
-                                                 [t for t in all_tokens if t.split(":", 1)[0] in _DEVICE_COLUMNS])}
-        pairs = {(t, c) for ts in per_row for t in ts if t.split(":", 1)[0] in _DEVICE_COLUMNS
-                 for c in ts if c.startswith(CUSTOMER_ID + ":")}
-        if pairs:
-            conn.executemany("INSERT OR IGNORE INTO device_customers VALUES (?, ?)", sorted(pairs))
-            devices = sorted({d for d, _ in pairs} - shared)
-            for d, n in self._select_in(conn, "SELECT device, COUNT(*) FROM device_customers WHERE device IN ({})"
-                                              " GROUP BY device", devices):
-                if n > self.config.max_profiles_per_device:
-                    shared.add(d)
-                    conn.execute("INSERT OR IGNORE INTO shared_devices VALUES (?)", (d,))
+    def _settle(self, conn: sqlite3.Connection, components: list[tuple[str, set[str]]]
+                ) -> tuple[list[str], list[str], set[str]]:
+        """Per component (min new token, existing profiles in it): its id, upserted, and merges done.
 
-        uf = _UnionFind()
-        for ts in per_row:
-            linking = [t for t in ts if t not in shared] or ts[:1]
-            for t in linking:
-                uf.find(t)
-                if t in known:
-                    uf.union(t, "pid:" + known[t])
-            for t in linking[1:]:
-                uf.union(linking[0], t)
-        # component -> (existing profiles, min token)
-        comp_pids: dict[str, set[str]] = {}
-        comp_min: dict[str, str] = {}
-        for node in list(uf.parent):
-            root = uf.find(node)
-            if node.startswith("pid:"):
-                comp_pids.setdefault(root, set()).add(node[4:])
-            else:
-                comp_min[root] = min(comp_min.get(root, node), node)
-        olds = sorted({p for ps in comp_pids.values() for p in ps})
+        The id is "p_" + sha1 of the component's smallest token, counting the stored profiles' own
+        smallest tokens; every other stored profile in it is re-keyed to that id (history kept).
+        """
+        olds = sorted({p for _, ps in components for p in ps})
         min_of = dict(self._select_in(conn, f"SELECT {PROFILE_ID}, min_token FROM profiles "
                                             f"WHERE {PROFILE_ID} IN ({{}})", olds))
-        final: dict[str, str] = {}
-        touched: set[str] = set()
+        final: list[str] = []
+        upserts: list[tuple[str, str]] = []
         merged: list[str] = []
         merged_into: set[str] = set()
-        for root, m in comp_min.items():
-            existing = comp_pids.get(root, set())
-            mins = [m] + [min_of[p] for p in existing if p in min_of]
-            low = min(mins)
+        for low_new, existing in components:
+            low = min([low_new] + [min_of[p] for p in existing if p in min_of])
             pid = profile_id_for(low)
-            final[root] = pid
-            touched.add(pid)
-            conn.execute(f"INSERT INTO profiles ({PROFILE_ID}, min_token) VALUES (?, ?) ON CONFLICT({PROFILE_ID}) "
-                         "DO UPDATE SET min_token=excluded.min_token", (pid, low))
-            for old in existing - {pid}:  # merge: re-key the history, keep it all
+            final.append(pid)
+            upserts.append((pid, low))
+            for old in sorted(existing - {pid}):  # merge: re-key the history, keep it all
                 conn.execute(f"UPDATE tokens SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
                 conn.execute(f"UPDATE events SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
                 for table in ("consent", "contacts"):
@@ -410,119 +591,255 @@ class SQLiteProfileStore:
                 conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (old, pid))
                 merged.append(old)
                 merged_into.add(pid)
+        conn.executemany(f"INSERT INTO profiles ({PROFILE_ID}, min_token) VALUES (?, ?) ON CONFLICT({PROFILE_ID}) "
+                         "DO UPDATE SET min_token=excluded.min_token", upserts)
+        return final, merged, merged_into
+
+    def _link(self, conn: sqlite3.Connection, b: _Batch) -> tuple[list[str], list[str], set[str]]:
+        """Assign a profile id to every row of a small batch; returns ids, merged ids, merge targets.
+
+        One batch links as a whole: tokens on one event are linked (a shared device only as the
+        last resort of an event that has nothing else: its smallest token, on its own).
+        """
+        per_row: list[list[str]] = [[] for _ in range(len(b))]
+        for c in IDENTIFIER_COLUMNS:
+            for i, v in enumerate(b.cols[c]):
+                if v is not None:
+                    per_row[i].append(f"{c}:{v}")
+        if not all(per_row):
+            raise ValueError("every event needs an identifier (validate events first)")
+        all_tokens = sorted({t for ts in per_row for t in ts})
+        known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
+                                     all_tokens))
+        devices = [t for t in all_tokens if t.split(":", 1)[0] in _DEVICE_COLUMNS]
+        shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
+                                                 devices)}
+        pairs = sorted({(t, c) for ts in per_row for t in ts if t.split(":", 1)[0] in _DEVICE_COLUMNS
+                        for c in ts if c.startswith(CUSTOMER_ID + ":")})
+        shared = self._mark_shared(conn, pairs, shared)
+
+        uf = _UnionFind()
+        anchors = []
+        for ts in per_row:
+            linking = [t for t in ts if t not in shared] or [min(ts)]
+            anchors.append(linking[0])
+            for t in linking:
+                uf.find(t)
+                if t in known:
+                    uf.union(t, "pid:" + known[t])
+            for t in linking[1:]:
+                uf.union(linking[0], t)
+        comp_pids: dict[str, set[str]] = {}
+        comp_min: dict[str, str] = {}
+        for node in list(uf.parent):
+            root = uf.find(node)
+            if node.startswith("pid:"):
+                comp_pids.setdefault(root, set()).add(node[4:])
+            else:
+                comp_min[root] = min(comp_min.get(root, node), node)
+        roots = list(comp_min)
+        ids, merged, merged_into = self._settle(conn, [(comp_min[r], comp_pids.get(r, set())) for r in roots])
+        final = dict(zip(roots, ids, strict=True))
         new_tokens = [(t, final[uf.find(t)]) for t in all_tokens
-                      if t in uf.parent and (t not in known or known[t] != final[uf.find(t)])]
+                      if t in uf.parent and known.get(t) != final[uf.find(t)]]
         conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)", new_tokens)
-        pids = np.array([final[uf.find(([t for t in ts if t not in shared] or ts[:1])[0])] for ts in per_row],
-                        dtype=object)
-        return pids, touched, merged, merged_into
+        return [final[uf.find(a)] for a in anchors], merged, merged_into
+
+    def _link_bulk(self, conn: sqlite3.Connection, b: _Batch) -> tuple[list[str], list[str], set[str]]:
+        """`_link` for a large batch, vectorised (scipy connected components, as identity.resolve_identities)
+        but over the store's links too: a stored profile is one more node, joined to its tokens."""
+        n = len(b)
+        vocab: list[str] = []
+        code_cols: list[np.ndarray] = []
+        mat_cols: list[str] = []
+        col_of: list[str] = []
+        for c in IDENTIFIER_COLUMNS:
+            has = b.present(c)
+            if not has.any():
+                continue
+            k, uniq = pd.factorize(b.array(c)[has])
+            codes = np.full(n, -1, dtype=np.int64)
+            codes[has] = k + len(vocab)
+            vocab += [f"{c}:{u}" for u in uniq.tolist()]
+            code_cols.append(codes)
+            mat_cols.append(c)
+            col_of += [c] * len(uniq)
+        n_tok = len(vocab)
+        tok = np.array(vocab, dtype=object)
+        by_rank = np.argsort(tok, kind="stable")  # token order = string order (min token of a component)
+        rank = np.empty(n_tok, dtype=np.int64)
+        rank[by_rank] = np.arange(n_tok)
+        mat = np.stack(code_cols, axis=1)
+        has = mat >= 0
+        if not has.any(axis=1).all():
+            raise ValueError("every event needs an identifier (validate events first)")
+
+        any_tokens = conn.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
+        known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
+                                     vocab)) if any_tokens else {}
+        is_dev = np.isin(np.array(col_of, dtype=object), _DEVICE_COLUMNS)
+        any_shared = conn.execute("SELECT 1 FROM shared_devices LIMIT 1").fetchone() is not None
+        shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
+                                                 tok[is_dev].tolist())} if any_shared else set()
+        pairs: list[tuple[str, str]] = []
+        if CUSTOMER_ID in mat_cols:
+            cust = mat[:, mat_cols.index(CUSTOMER_ID)]
+            both = [mat[:, j][(mat[:, j] >= 0) & (cust >= 0)] * n_tok + cust[(mat[:, j] >= 0) & (cust >= 0)]
+                    for j, c in enumerate(mat_cols) if c in _DEVICE_COLUMNS]
+            if both:
+                key = np.unique(np.concatenate(both))
+                pairs = list(zip(tok[key // n_tok].tolist(), tok[key % n_tok].tolist(), strict=True))
+        shared = self._mark_shared(conn, pairs, shared)
+        is_shared = np.zeros(n_tok, dtype=bool)
+        if shared:
+            is_shared[[i for i, t in enumerate(vocab) if t in shared]] = True
+
+        # linking tokens of each row: the non-shared ones, else its smallest token alone
+        safe = np.where(has, mat, 0)
+        active = has & ~is_shared[safe]
+        lone = ~active.any(axis=1)
+        if lone.any():
+            smallest = np.where(has, rank[safe], np.iinfo(np.int64).max).argmin(axis=1)
+            active[np.flatnonzero(lone), smallest[lone]] = True
+        anchor = mat[np.arange(n), active.argmax(axis=1)]
+        src = np.broadcast_to(anchor[:, None], mat.shape)[active]
+        dst = mat[active]
+        act = np.unique(dst)
+        old_ids = sorted({known[vocab[t]] for t in act.tolist() if vocab[t] in known})
+        old_node = {p: n_tok + j for j, p in enumerate(old_ids)}
+        kt = [(t, old_node[known[vocab[t]]]) for t in act.tolist() if vocab[t] in known]
+        if kt:
+            ka = np.array(kt, dtype=np.int64)
+            src, dst = np.concatenate([src, ka[:, 0]]), np.concatenate([dst, ka[:, 1]])
+        size = n_tok + len(old_ids)
+        graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(size, size))
+        _, labels = connected_components(graph, directed=False)
+
+        comps = np.unique(labels[act])
+        best = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(best, labels[act], rank[act])
+        comp_olds: dict[int, set[str]] = {}
+        for p, node in old_node.items():
+            comp_olds.setdefault(int(labels[node]), set()).add(p)
+        lows = tok[by_rank[best[comps]]].tolist()
+        ids, merged, merged_into = self._settle(
+            conn, [(low, comp_olds.get(c, set())) for low, c in zip(lows, comps.tolist(), strict=True)])
+        final = np.empty(labels.max() + 1, dtype=object)
+        final[comps] = ids
+        tok_pid = final[labels[act]].tolist()
+        conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)",
+                         [(vocab[t], p) for t, p in zip(act.tolist(), tok_pid, strict=True)
+                          if known.get(vocab[t]) != p])
+        return final[labels[anchor]].tolist(), merged, merged_into
 
     # -- writes -------------------------------------------------------------------------------
-    def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None) -> AppendResult:
-        """Validate, de-duplicate, link and store a batch in one transaction; durable on return."""
-        checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
-        ev = checked.valid
-        errors = tuple(checked.error_records())
-        n_in = len(ev)
-        batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
-        if not n_in:
-            return AppendResult(0, batch_dups, (), checked.n_rejected, 0, (), errors)
-        ev = ev.drop(columns=[PROFILE_ID], errors="ignore").sort_values(TS, kind="stable").reset_index(drop=True)
-        with self._write() as conn:
-            ids = ev[EVENT_ID].astype(str).tolist()
-            seen = {r[0] for r in self._select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})", ids)}
-            erased = {r[0] for r in self._select_in(conn, "SELECT event_id FROM erased_events WHERE event_id IN ({})",
-                                                    ids)}
-            keep = ~ev[EVENT_ID].isin(seen | erased).to_numpy()
-            suppressed = int(ev[EVENT_ID].isin(erased - seen).sum())
-            ev = ev.loc[keep].reset_index(drop=True)
-            ev, late = self._drop_tombstoned(conn, ev)
-            suppressed += late
-            dups = len(seen) + batch_dups
-            if not len(ev):
-                return AppendResult(0, dups, (), checked.n_rejected, suppressed, (), errors)
-            pids, touched, merged, merged_into = self._link(conn, ev)
-            ev = ev.assign(**{PROFILE_ID: pids})
-            self._insert_events(conn, ev)
-            if sentiment is not None and len(sentiment):
-                conn.executemany("INSERT OR REPLACE INTO sentiment VALUES (?, ?)",
-                                 [(str(k), float(v)) for k, v in sentiment.items()])
-            self._update_states(conn, ev, merged_into)
-        self._invalidate(touched | set(merged))
-        return AppendResult(len(ev), dups, tuple(sorted(set(pids))), checked.n_rejected, suppressed,
-                            tuple(merged), errors)
+    def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
+                      validated: bool = False) -> AppendResult:
+        """Validate, de-duplicate, link and store a batch in one transaction; durable on return.
 
-    def load_events(self, events: pd.DataFrame, batch_size: int = 50_000, progress: bool = True) -> AppendResult:
-        """Bulk seeding (demo, benchmarks): append in large batches, one transaction each."""
+        validated=True: `events` is already `schema.validate_events(...).valid` (the service validates
+        each request once), so the ~10-40 ms of validating again is skipped.
+        """
+        if validated:
+            ev, errors, rejected, batch_dups = events, (), 0, 0
+        else:
+            checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
+            ev, errors, rejected = checked.valid, tuple(checked.error_records()), checked.n_rejected
+            batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
+        if not len(ev):
+            return AppendResult(0, batch_dups, (), rejected, 0, (), errors)
+        b = _batch_from_frame(ev)
+        with self._write() as conn:
+            acc, dups, pids, sup, merged = self._append(conn, b, sentiment)
+        self._invalidate(set(pids) | set(merged))
+        return AppendResult(len(acc), dups + batch_dups, tuple(sorted(set(pids))), rejected, sup, tuple(merged),
+                            errors, tuple(acc))
+
+    def load_events(self, events: pd.DataFrame, batch_size: int = 250_000, progress: bool = True, *,
+                    validated: bool = False) -> AppendResult:
+        """Bulk seeding (demo, benchmarks): validate once, then large vectorised batches, one transaction each.
+
+        One batch links exactly like `append_events` of the same events; across batches a device that
+        becomes shared keeps the links it made before (as for any incremental append).
+        """
         from tqdm.auto import tqdm
 
-        acc = dups = rej = sup = 0
+        if validated:
+            ev, errors, rejected, batch_dups = events, (), 0, 0
+        else:
+            checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
+            ev, errors, rejected = checked.valid, tuple(checked.error_records()), checked.n_rejected
+            batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
+        ev = ev.sort_values(TS, kind="stable") if len(ev) else ev
+        acc: list[str] = []
+        dups, sup = batch_dups, 0
         pids: set[str] = set()
         merged: list[str] = []
-        ordered = events.sort_values(TS, kind="stable") if TS in events else events
-        for start in tqdm(range(0, len(ordered), batch_size), disable=not progress, desc="loading events"):
-            r = self.append_events(ordered.iloc[start:start + batch_size])
-            acc, dups, rej, sup = acc + r.accepted, dups + r.duplicates, rej + r.rejected, sup + r.suppressed
+        for start in tqdm(range(0, len(ev), batch_size), disable=not progress, desc="loading events"):
+            r = self.append_events(ev.iloc[start:start + batch_size], validated=True)
+            acc += r.accepted_ids
+            dups, sup = dups + r.duplicates, sup + r.suppressed
             pids |= set(r.profile_ids)
             merged += r.merged
         pids -= set(merged)
-        return AppendResult(acc, dups, tuple(sorted(pids)), rej, sup, tuple(merged))
+        return AppendResult(len(acc), dups, tuple(sorted(pids)), rejected, sup, tuple(merged), errors, tuple(acc))
 
-    def _drop_tombstoned(self, conn: sqlite3.Connection, ev: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    def _append(self, conn: sqlite3.Connection, b: _Batch, sentiment: pd.Series | None
+                ) -> tuple[list[str], int, list[str], int, list[str]]:
+        """Inside the write transaction: returns accepted ids, duplicates, row profiles, suppressed, merged."""
+        ids = b.cols[EVENT_ID]
+        first: dict[str, int] = {}
+        for i, e in enumerate(ids):
+            first.setdefault(e, i)
+        dups = len(ids) - len(first)  # repeats inside the batch (validated frames have none)
+        seen = {r[0] for r in self._select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})",
+                                              list(first))} \
+            if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() else set()
+        erased = {r[0] for r in self._select_in(conn, "SELECT event_id FROM erased_events WHERE event_id IN ({})",
+                                                list(first))} \
+            if conn.execute("SELECT 1 FROM erased_events LIMIT 1").fetchone() else set()
+        suppressed = len(erased - seen)
+        dups += len(seen)
+        keep = [i for e, i in first.items() if e not in seen and e not in erased]
+        b = b.take(keep)  # ascending: dicts keep insertion order
+        b, late = self._drop_tombstoned(conn, b)
+        suppressed += late
+        if not len(b):
+            return [], dups, [], suppressed, []
+        bulk = len(b) >= self.config.bulk_rows
+        pids, merged, merged_into = (self._link_bulk if bulk else self._link)(conn, b)
+        conn.executemany(_INSERT_EVENTS, zip(b.cols[EVENT_ID], pids, b.ts, *(b.cols[c] for c in _STORED[1:]),
+                                             strict=True))
+        if sentiment is not None and len(sentiment):
+            conn.executemany("INSERT OR REPLACE INTO sentiment VALUES (?, ?)",
+                             [(str(k), float(v)) for k, v in sentiment.items()])
+        (self._states_bulk if bulk else self._update_states)(conn, b, pids, merged_into)
+        return list(b.cols[EVENT_ID]), dups, pids, suppressed, sorted(merged)
+
+    def _drop_tombstoned(self, conn: sqlite3.Connection, b: _Batch) -> tuple[_Batch, int]:
         """Events carrying an erased identifier and older than its erasure never come back."""
-        if not len(ev) or conn.execute("SELECT 1 FROM erased_tokens LIMIT 1").fetchone() is None:
-            return ev, 0
-        drop = np.zeros(len(ev), dtype=bool)
-        ts_ns = ev[TS].dt.as_unit("ns").array.asi8
-        for c in IDENTIFIER_COLUMNS:
-            if c not in ev:
-                continue
-            vals = ev[c].to_numpy(dtype=object)
-            idx = np.flatnonzero(pd.notna(vals))
-            digests = [_tomb(f"{c}:{vals[i]}") for i in idx]
-            when = dict(self._select_in(conn, "SELECT digest, erased_ns FROM erased_tokens WHERE digest IN ({})",
-                                        sorted(set(digests))))
-            for i, d in zip(idx, digests, strict=True):
-                if d in when and ts_ns[i] <= when[d]:
-                    drop[i] = True
-        return ev.loc[~drop].reset_index(drop=True), int(drop.sum())
-
-    def _insert_events(self, conn: sqlite3.Connection, ev: pd.DataFrame) -> None:
-        cols = [c for c in _EVENT_COLUMNS if c != TS]
-        data = {c: (ev[c].astype(object).where(ev[c].notna(), None).tolist() if c in ev else [None] * len(ev))
-                for c in cols}
-        ts_ns = ev[TS].dt.as_unit("ns").array.asi8.tolist()
-        rows = zip(data[EVENT_ID], ev[PROFILE_ID].tolist(), ts_ns, *(data[c] for c in cols if c != EVENT_ID),
-                   strict=True)
-        names = ", ".join(f'"{c}"' for c in [EVENT_ID, PROFILE_ID, "ts_ns"] + [c for c in cols if c != EVENT_ID])
-        conn.executemany(f"INSERT OR IGNORE INTO events ({names}) VALUES ({','.join('?' * (len(cols) + 2))})", rows)
+        if not len(b) or conn.execute("SELECT 1 FROM erased_tokens LIMIT 1").fetchone() is None:
+            return b, 0
+        digests = {i: [_tomb(f"{c}:{v}") for c in IDENTIFIER_COLUMNS if (v := b.cols[c][i]) is not None]
+                   for i in range(len(b))}
+        when = dict(self._select_in(conn, "SELECT digest, erased_ns FROM erased_tokens WHERE digest IN ({})",
+                                    sorted({d for ds in digests.values() for d in ds})))
+        keep = [i for i, ds in digests.items() if not any(d in when and b.ts[i] <= when[d] for d in ds)]
+        return b.take(keep), len(b) - len(keep)
 
     # -- online state -------------------------------------------------------------------------
-    @staticmethod
-    def _columns(ev: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The few columns the online state needs, as plain arrays (once per batch, not per profile)."""
-        cols: dict[str, np.ndarray] = {}
-        for c in (EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY):
-            cols[c] = (ev[c].astype(object).where(ev[c].notna(), None).to_numpy() if c in ev
-                       else np.full(len(ev), None, dtype=object))
-        cols[RATING] = ev[RATING].to_numpy(dtype=float) if RATING in ev else np.full(len(ev), np.nan)
-        cols[TS] = np.asarray(ev[TS].dt.as_unit("ns").array.asi8)
-        cols["_ids"] = np.array([",".join(c for c in IDENTIFIER_COLUMNS if c in ev and pd.notna(r[c]))
-                                 for r in ev[[c for c in IDENTIFIER_COLUMNS if c in ev]].to_dict("records")]
-                                if len(ev) else [], dtype=object)
-        return cols
-
-    def _apply(self, state: dict[str, Any], cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Any]:
-        """Fold time-ordered events (rows of the batch arrays) into the JSON state."""
+    def _apply(self, state: dict[str, Any], b: _Batch, rows: Sequence[int]) -> dict[str, Any]:
+        """Fold time-ordered events (rows of the batch) into the JSON state (see `_build_states`)."""
         cfg = self.config
         neg_cut = cfg.profile_config.negative_threshold
         ids = set(state["ids"])
-        etypes, chans, items, cats = cols[EVENT_TYPE], cols[CHANNEL], cols[ITEM_ID], cols[CATEGORY]
-        ratings, tss, idcols = cols[RATING], cols[TS], cols["_ids"]
+        etypes, chans, items, cats = b.cols[EVENT_TYPE], b.cols[CHANNEL], b.cols[ITEM_ID], b.cols[CATEGORY]
+        ratings, tss = b.cols[RATING], b.ts
+        idcols = [(c, b.cols[c]) for c in IDENTIFIER_COLUMNS]
         for i in rows:
-            t = int(tss[i])
+            t = tss[i]
             etype, item, cat, chan = etypes[i], items[i], cats[i], chans[i]
-            ids.update(x for x in idcols[i].split(",") if x)
+            ids.update(c for c, vals in idcols if vals[i] is not None)
             state["chan"][chan] = max(state["chan"].get(chan, 0), t)
             state["last"] = max(state["last"], t)
             if cat is not None:
@@ -538,7 +855,7 @@ class SQLiteProfileStore:
             elif etype == RETURN and item is not None:
                 state["returns"].append([item, t])
             rating = ratings[i]
-            if not np.isnan(rating) and (rating - 3.0) / 2.0 <= neg_cut:
+            if rating is not None and (rating - 3.0) / 2.0 <= neg_cut:
                 state["neg"] = max(state["neg"] or 0, t)
         state["views"] = state["views"][-cfg.recent_views:]
         state["purchases"] = state["purchases"][-cfg.max_purchases:]
@@ -546,27 +863,38 @@ class SQLiteProfileStore:
         state["ids"] = sorted(ids)
         return state
 
-    def _update_states(self, conn: sqlite3.Connection, ev: pd.DataFrame, merged_into: set[str]) -> None:
-        cols = self._columns(ev)
-        codes, uniques = pd.factorize(ev[PROFILE_ID])
-        order = np.argsort(codes, kind="stable")  # ev is time-ordered, so each group stays time-ordered
-        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
-        pids = [str(p) for p in uniques]
+    def _update_states(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
+        """Small batch: fold the new events into each stored state (replay the history when merged or late)."""
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(pids):
+            groups.setdefault(p, []).append(i)
         states = dict(self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
-                                      pids))
+                                      list(groups)))
         out = []
-        for k, pid in enumerate(pids):
-            rows = order[bounds[k]:bounds[k + 1]]
+        for pid, rows in groups.items():
             doc = states.get(pid)
             state = json.loads(doc) if doc is not None else None
-            if pid in merged_into or (state is not None and int(cols[TS][rows[0]]) < state["last"]):
-                # merged or late (out of order): replay the whole stored history, exact
-                hist = self._events(conn, [pid])
-                state = self._apply(_empty_state(), self._columns(hist), np.arange(len(hist)))
+            if pid in merged_into or (state is not None and b.ts[rows[0]] < state["last"]):
+                hist, _ = self._history(conn, [pid])  # merged or late (out of order): replay, exact
+                state = self._apply(_empty_state(), hist, range(len(hist)))
             else:
-                state = self._apply(state or _empty_state(), cols, rows)
+                state = self._apply(state or _empty_state(), b, rows)
             out.append((pid, json.dumps(state, separators=(",", ":")), state["last"]))
         conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)", out)
+
+    def _states_bulk(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
+        """Large batch: new profiles' states built vectorised; stored ones folded as in `_update_states`."""
+        had = {r[0] for r in self._select_in(conn, f"SELECT {PROFILE_ID} FROM state WHERE {PROFILE_ID} IN ({{}})",
+                                             sorted(set(pids)))} \
+            if conn.execute("SELECT 1 FROM state LIMIT 1").fetchone() else set()
+        stored = had | merged_into
+        fresh = [i for i, p in enumerate(pids) if p not in stored]
+        if fresh:
+            conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
+                             _build_states(b.take(fresh), [pids[i] for i in fresh], self.config))
+        if stored:
+            rest = [i for i, p in enumerate(pids) if p in stored]
+            self._update_states(conn, b.take(rest), [pids[i] for i in rest], merged_into)
 
     def get_profile(self, profile_id: str) -> OnlineProfile | None:
         """Current online state (one JSON row, LRU-cached until this profile's next write)."""
@@ -575,6 +903,7 @@ class SQLiteProfileStore:
                 if profile_id in self._state_cache:
                     self._state_cache.move_to_end(profile_id)
                     return self._state_cache[profile_id]
+                gen = self._gen
         conn = self._conn()
         row = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (profile_id,)).fetchone()
         if row is None:
@@ -585,9 +914,10 @@ class SQLiteProfileStore:
         prof = self._to_profile(profile_id, json.loads(row[0]))
         if self._cache_on:
             with self._cache_lock:
-                self._state_cache[profile_id] = prof
-                if len(self._state_cache) > self.config.cache_profiles:
-                    self._state_cache.popitem(last=False)
+                if self._gen == gen:  # no write landed while reading (else the row may be stale)
+                    self._state_cache[profile_id] = prof
+                    if len(self._state_cache) > self.config.cache_profiles:
+                        self._state_cache.popitem(last=False)
         return prof
 
     @staticmethod
@@ -604,7 +934,7 @@ class SQLiteProfileStore:
         return OnlineProfile(
             profile_id=pid,
             recent_views=tuple(ViewEntry(i, c, _dt(t)) for i, c, t in reversed(s["views"])),
-            cart_items=tuple(ItemEntry(i, _dt(t)) for i, t in sorted(s["cart"].items(), key=lambda x: -x[1])),
+            cart_items=tuple(ItemEntry(i, _dt(t)) for i, t in sorted(s["cart"].items(), key=lambda x: (-x[1], x[0]))),
             purchases=tuple(ItemEntry(i, _dt(t)) for i, t in reversed(s["purchases"])),
             returns=tuple(ItemEntry(i, _dt(t)) for i, t in reversed(s["returns"])),
             category_counts=dict(s["cats"]),
@@ -616,16 +946,19 @@ class SQLiteProfileStore:
         )
 
     # -- reads --------------------------------------------------------------------------------
+    def _history(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> tuple[_Batch, list[str]]:
+        """Stored events of these profiles as a _Batch (oldest first) and their profile ids."""
+        rows = self._select_in(conn, f"SELECT {_SELECT_NAMES} FROM events WHERE {PROFILE_ID} IN ({{}}) "
+                                     "ORDER BY ts_ns, event_id", list(profile_ids))
+        return _batch_from_rows(rows)
+
     def _events(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None) -> pd.DataFrame:
-        cols = [c for c in _EVENT_COLUMNS if c != TS]
-        names = ", ".join(f'"{c}"' for c in [PROFILE_ID, "ts_ns"] + cols)
         if profile_ids is None:
-            rows = conn.execute(f"SELECT {names} FROM events ORDER BY ts_ns, event_id").fetchall()
+            rows = conn.execute(f"SELECT {_SELECT_NAMES} FROM events ORDER BY ts_ns, event_id").fetchall()
         else:
-            ids = sorted(set(profile_ids))
-            rows = self._select_in(conn, f"SELECT {names} FROM events WHERE {PROFILE_ID} IN ({{}})", ids)
-            rows.sort(key=lambda r: (r[1], r[2]))
-        return _frame(rows, cols)
+            rows = self._select_in(conn, f"SELECT {_SELECT_NAMES} FROM events WHERE {PROFILE_ID} IN ({{}}) "
+                                         "ORDER BY ts_ns, event_id", sorted(set(profile_ids)))
+        return _frame(rows, list(_STORED))
 
     def events_for(self, profile_ids: Sequence[str]) -> pd.DataFrame:
         """Stored events of these profiles (canonical columns + PROFILE_ID), oldest first."""
@@ -649,54 +982,100 @@ class SQLiteProfileStore:
                                list(event_ids))
         return pd.Series(dict(rows), dtype="float64")
 
+    def _as_of_ns(self, as_of: Any) -> int:
+        if as_of is not None:
+            return _to_ns(as_of)
+        g = self.config.feature_granularity_s * _NS
+        return (pd.Timestamp.now(tz="UTC").value // g) * g
+
+    def _build_features(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None,
+                        as_of_ns: int) -> dict[str, tuple[Any, ...]]:
+        """Feature rows of these profiles (None: everyone): one SQL read, one build_profiles call.
+
+        Only the columns build_profiles reads are fetched (event ids and the join only when stored
+        sentiment exists); each profile's events come in (ts, event_id) order, as from events_for,
+        so a row is the same number whichever other profiles it was built with.
+        """
+        scored = conn.execute("SELECT 1 FROM sentiment LIMIT 1").fetchone() is not None
+        cols = [c for c in _FEATURE_INPUT if scored or c != EVENT_ID]
+        names = ", ".join(f'e."{c}"' for c in (PROFILE_ID, "ts_ns", *cols))
+        sql = (f"SELECT {names}, s.score FROM events e LEFT JOIN sentiment s ON s.event_id = e.event_id"
+               if scored else f"SELECT {names} FROM events e") + " WHERE e.ts_ns < ?"
+        params: tuple[Any, ...] = (as_of_ns,)
+        if profile_ids is not None:
+            sql += f" AND e.{PROFILE_ID} IN ({_IN_JSON})"
+            params += (json.dumps(list(profile_ids)),)
+        rows = conn.execute(sql + f" ORDER BY e.{PROFILE_ID}, e.ts_ns, e.event_id", params).fetchall()
+        sent = None
+        if scored and rows:
+            score = np.array([r[-1] for r in rows], dtype=float)
+            rows = [r[:-1] for r in rows]
+            hit = ~np.isnan(score)
+            if hit.any():
+                ids = np.array([r[2] for r in rows], dtype=object)
+                sent = pd.Series(score[hit], index=pd.Index(ids[hit], dtype="string"), dtype="float64")
+        ev = _frame(rows, cols)
+        built = build_profiles(ev, pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config, sentiment=sent)
+        self._set_feature_columns(built)
+        return dict(zip(built[PROFILE_ID].tolist(), built.itertuples(index=False, name=None), strict=True))
+
+    def _set_feature_columns(self, built: pd.DataFrame) -> None:
+        self._feat_columns = list(built.columns)
+        self._feat_text = {c for c in built.columns
+                           if c == PROFILE_ID or not pd.api.types.is_numeric_dtype(built[c].dtype)}
+
     def features_for(self, profile_ids: Sequence[str], as_of: Any = None) -> pd.DataFrame:
         """Exactly build_profiles(events_for(ids), as_of) (with stored sentiment), rows cached per profile.
 
         as_of=None means now, floored to `feature_granularity_s`, so repeated calls reuse cached rows.
+        All misses are built together (one read, one vectorised build).
         """
-        if as_of is None:
-            g = self.config.feature_granularity_s * _NS
-            as_of_ns = (pd.Timestamp.now(tz="UTC").value // g) * g
-        else:
-            as_of_ns = _to_ns(as_of)
+        as_of_ns = self._as_of_ns(as_of)
         wanted = sorted(set(map(str, profile_ids)))
         rows: dict[str, tuple[Any, ...] | None] = {}
+        gen = 0
         if self._cache_on:
             with self._cache_lock:
+                cache = self._feat_cache
                 for pid in wanted:
-                    key = (pid, as_of_ns)
-                    if key in self._feat_cache:
-                        self._feat_cache.move_to_end(key)
-                        rows[pid] = self._feat_cache[key]
+                    entry = cache.get(pid)
+                    if entry is not None and as_of_ns in entry:
+                        cache.move_to_end(pid)
+                        rows[pid] = entry[as_of_ns]
+                gen = self._gen
         missing = [p for p in wanted if p not in rows]
         if missing:
-            ev = self.events_for(missing)
-            sent = self.sentiment_for(ev[EVENT_ID].tolist()) if len(ev) else None
-            built = build_profiles(ev, pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config,
-                                   sentiment=sent if sent is not None and len(sent) else None)
-            self._feat_columns = list(built.columns)
-            got = dict(zip(built[PROFILE_ID].tolist(), built.itertuples(index=False, name=None), strict=True))
-            for pid in missing:
-                rows[pid] = got.get(pid)
-            if self._cache_on:
-                with self._cache_lock:
-                    for pid in missing:
-                        self._feat_cache[(pid, as_of_ns)] = rows[pid]
-                    while len(self._feat_cache) > self.config.cache_profiles:
-                        self._feat_cache.popitem(last=False)
+            built = self._build_features(self._conn(), missing, as_of_ns)
+            fresh = {pid: built.get(pid) for pid in missing}
+            rows.update(fresh)
+            self._cache_features(fresh, as_of_ns, gen)
+        return self._feature_frame([r for p in wanted if (r := rows[p]) is not None], as_of_ns)
+
+    def warm_features(self, as_of: Any = None) -> int:
+        """Build and cache every profile's feature row in one vectorised pass (service start-up).
+
+        Returns the number of profiles with a row.  Cached rows serve `features_for` with the same
+        as_of (None: the current `feature_granularity_s` bucket) until a write to that profile.
+        """
+        as_of_ns = self._as_of_ns(as_of)
+        with self._cache_lock:
+            gen = self._gen
+        conn = self._conn()
+        built = self._build_features(conn, None, as_of_ns)
+        rows: dict[str, tuple[Any, ...] | None] = {p: None for (p,) in conn.execute(f"SELECT {PROFILE_ID} FROM state")}
+        rows.update(built)
+        self._cache_features(rows, as_of_ns, gen)
+        return len(built)
+
+    def _feature_frame(self, records: list[tuple[Any, ...]], as_of_ns: int) -> pd.DataFrame:
+        """Cached/built rows -> the build_profiles frame (text columns "string", the rest float64)."""
         if self._feat_columns is None:
-            self._feat_columns = list(build_profiles(empty_events().assign(**{PROFILE_ID: pd.Series(
-                dtype="string")}), pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config).columns)
-        cols = self._feat_columns
-        records = [rows[p] for p in wanted if rows.get(p) is not None]
-        frame = pd.DataFrame.from_records(records, columns=cols) if records else pd.DataFrame(
-            {c: pd.Series(dtype="float64") for c in cols})
-        for c in cols:
-            if c == PROFILE_ID or frame[c].dtype == object or not pd.api.types.is_numeric_dtype(frame[c]):
-                frame[c] = frame[c].astype("string")
-            else:
-                frame[c] = frame[c].astype("float64")
-        return frame
+            self._set_feature_columns(build_profiles(empty_events().assign(**{PROFILE_ID: pd.Series(
+                dtype="string")}), pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config))
+        cols = self._feat_columns or []
+        data = list(zip(*records, strict=True)) if records else [()] * len(cols)
+        return pd.DataFrame({c: _strings(v) if c in self._feat_text else np.array(v, dtype="float64")
+                             for c, v in zip(cols, data, strict=True)})
 
     # -- consent, contacts, stock -------------------------------------------------------------
     def set_consent(self, profile_id: str, purpose: str, granted: bool) -> None:
@@ -761,6 +1140,11 @@ class SQLiteProfileStore:
         return len(ev_ids)
 
 
+def _strings(vals: Sequence[Any]) -> pd.arrays.ArrowStringArray:
+    """str/None values -> pandas "string" (Arrow), ~4x faster than pd.array(vals, dtype="string")."""
+    return pd.arrays.ArrowStringArray(pa.array(vals, type=pa.string()))
+
+
 def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     """Rows (profile_id, ts_ns, *cols) -> canonical dtypes, PROFILE_ID last."""
     if not rows:
@@ -771,16 +1155,13 @@ def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
         return out
     arr = list(zip(*rows, strict=True))
     data: dict[str, Any] = {}
-    data[TS] = pd.to_datetime(np.asarray(arr[1], dtype=np.int64), utc=True)
+    data[TS] = pd.DatetimeIndex(np.asarray(arr[1], dtype=np.int64).view("M8[ns]"), tz="UTC")
     for j, c in enumerate(cols):
         vals = arr[j + 2]
-        if c in NUMERIC_COLUMNS:
-            data[c] = np.array([np.nan if v is None else v for v in vals], dtype="float64")
-        else:
-            data[c] = pd.array(vals, dtype="string")
-    data[PROFILE_ID] = pd.array(arr[0], dtype="string")
-    order = [EVENT_ID, TS] + [c for c in cols if c != EVENT_ID] + [PROFILE_ID]
-    return pd.DataFrame(data)[order].reset_index(drop=True)
+        data[c] = np.array(vals, dtype="float64") if c in NUMERIC_COLUMNS else _strings(vals)  # None -> NaN/NA
+    data[PROFILE_ID] = _strings(arr[0])
+    order = [c for c in (EVENT_ID,) if c in cols] + [TS] + [c for c in cols if c != EVENT_ID] + [PROFILE_ID]
+    return pd.DataFrame(data)[order]
 
 
 __all__ = ["AppendResult", "ItemEntry", "NEVER_DAYS", "OnlineProfile", "ProfileStore", "SQLiteProfileStore",

@@ -448,7 +448,7 @@ def _seed_store(store: Path, events: Path) -> None:
             typer.echo(f"store {store} already holds events; not seeding", err=True)
             return
         df = _load_events(events)
-        result = db.load_events(df) if hasattr(db, "load_events") else db.append_events(df)
+        result = db.load_events(df, validated=True)
         typer.echo(f"seeded {store} with {result.accepted} events ({len(result.profile_ids)} profiles)", err=True)
     finally:
         close = getattr(db, "close", None)

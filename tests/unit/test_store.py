@@ -1,4 +1,5 @@
-"""Online store: idempotence, crash durability, merges, erasure, caps, and agreement with the offline build."""
+"""Online store: idempotence, crash durability, merges, erasure, caps, agreement with the offline build,
+and the bulk (vectorised) paths giving exactly what the per-event paths give."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import features.store as store_module
+from features.identity import IdentityConfig, resolve_identities
 from features.profiles import build_profiles
-from features.schema import CUSTOMER_ID, DEVICE_ID, EMAIL, EVENT_ID, PROFILE_ID
+from features.schema import CUSTOMER_ID, DEVICE_ID, EMAIL, EVENT_ID, PROFILE_ID, validate_events
 from features.store import SQLiteProfileStore, StoreConfig, profile_id_for
+from features.synthetic import SyntheticConfig, generate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,6 +174,143 @@ def test_contact_cap_never_exceeded_under_threads(tmp_path: Path) -> None:
 def test_stock_defaults_to_in_stock(store: SQLiteProfileStore) -> None:
     store.set_stock("a", False)
     assert store.in_stock(["a", "b"]) == {"a": False, "b": True}
+
+
+# -- bulk paths: same answers as the per-event paths --------------------------------------------
+AS_OF = "2030-01-01T00:00:00Z"
+SMALL_ONLY = 10**9  # bulk_rows no batch reaches: everything goes the per-event way
+
+
+def _synthetic(customers: int = 60, shared_device_rate: float = 0.0) -> pd.DataFrame:
+    return generate(SyntheticConfig(customers=customers, days=14, seed=3,
+                                    shared_device_rate=shared_device_rate)).events
+
+
+def _snapshot(store: SQLiteProfileStore) -> dict[str, object]:
+    """Everything a caller can observe: event -> profile, tokens, aliases, online states, features."""
+    con = store._conn()
+    exported = store.export_events()
+    pids = sorted(exported[PROFILE_ID].unique())
+    return {
+        "event_profile": dict(zip(exported[EVENT_ID], exported[PROFILE_ID], strict=True)),
+        "tokens": sorted(con.execute("SELECT token, profile_id FROM tokens").fetchall()),
+        "aliases": sorted(con.execute("SELECT old_id, new_id FROM aliases").fetchall()),
+        "shared": sorted(con.execute("SELECT device FROM shared_devices").fetchall()),
+        "profiles": {p: store.get_profile(p) for p in pids},
+        "features": store.features_for(pids, AS_OF),
+    }
+
+
+def _assert_same(a: dict[str, object], b: dict[str, object], aliases: bool = True) -> None:
+    for key in ("event_profile", "tokens", "shared", "profiles") + (("aliases",) if aliases else ()):
+        assert a[key] == b[key], key
+    pd.testing.assert_frame_equal(a["features"], b["features"])
+
+
+def test_bulk_load_equals_appending_batch_by_batch(tmp_path: Path) -> None:
+    events = _synthetic()
+    cfg = IdentityConfig().max_profiles_per_device
+    bulk = SQLiteProfileStore(tmp_path / "bulk.db", config=StoreConfig(bulk_rows=100))
+    res = bulk.load_events(events, progress=False)
+    assert res.accepted == len(events) == len(res.accepted_ids)
+    small = SQLiteProfileStore(tmp_path / "small.db", config=StoreConfig(bulk_rows=SMALL_ONLY))
+    ordered = events.sort_values("ts", kind="stable")
+    for start in range(0, len(ordered), 37):  # odd-sized batches: links and merges happen across batches
+        small.append_events(ordered.iloc[start:start + 37])
+    assert cfg >= 3  # no planted shared devices here, so batch boundaries cannot change the links
+    # (aliases differ by design: only merges across batches leave old ids behind)
+    _assert_same(_snapshot(bulk), _snapshot(small), aliases=False)
+    # and the features are the offline build of the same events
+    snap = _snapshot(bulk)
+    offline = build_profiles(bulk.export_events(), AS_OF)
+    pd.testing.assert_frame_equal(snap["features"], offline)
+
+
+def test_bulk_load_links_like_offline_resolution_with_shared_devices(tmp_path: Path) -> None:
+    events = _synthetic(customers=120, shared_device_rate=0.05)
+    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(bulk_rows=100))
+    store.load_events(events, progress=False)
+    stored = store.export_events().set_index(EVENT_ID)[PROFILE_ID]
+    offline = resolve_identities(events).set_index(EVENT_ID)[PROFILE_ID]
+    assert len(store._conn().execute("SELECT * FROM shared_devices").fetchall()) > 0
+    pd.testing.assert_series_equal(stored.sort_index(), offline.sort_index().astype(stored.dtype),
+                                   check_names=False)
+
+
+def test_bulk_and_per_event_paths_agree_on_one_batch_into_an_existing_store(tmp_path: Path) -> None:
+    """Merges with stored profiles, a device that turns shared, events with only shared tokens, late events."""
+    first = pd.DataFrame([
+        ev("a1", "2025-01-01T00:00:00Z", device_id="kiosk", customer_id="c1"),
+        ev("a2", "2025-01-02T00:00:00Z", "add_to_cart", device_id="d2", item_id="x"),
+        ev("a3", "2025-01-03T00:00:00Z", "purchase", customer_id="c3", item_id="y", price=3.0),
+        ev("a4", "2025-01-04T00:00:00Z", email="z@example.com"),
+    ])
+    second = pd.DataFrame([
+        ev("b1", "2025-01-05T00:00:00Z", device_id="kiosk", customer_id="c2"),  # kiosk now shared
+        ev("b2", "2025-01-06T00:00:00Z", "review", "email", device_id="kiosk", rating=1.0, text="no"),
+        ev("b3", "2025-01-07T00:00:00Z", "add_to_cart", customer_id="c3", device_id="d2", item_id="w"),
+        ev("b4", "2025-01-01T12:00:00Z", "view", customer_id="c3", email="z@example.com"),  # late, merges a4
+        ev("b5", "2025-01-08T00:00:00Z", "remove_from_cart", customer_id="c3", item_id="x"),
+        ev("a3", "2025-01-03T00:00:00Z", "purchase", customer_id="c3", item_id="y", price=3.0),  # re-sent
+    ])
+    snaps, results = [], []
+    for name, rows in (("small", SMALL_ONLY), ("bulk", 1)):
+        store = SQLiteProfileStore(tmp_path / f"{name}.db", config=StoreConfig(max_profiles_per_device=1))
+        store.append_events(first)
+        store.config = StoreConfig(max_profiles_per_device=1, bulk_rows=rows)
+        results.append(store.append_events(second))
+        snaps.append(_snapshot(store))
+    _assert_same(*snaps)
+    small, bulk = results
+    assert (small.accepted, small.duplicates, small.profile_ids, small.merged) == \
+        (bulk.accepted, bulk.duplicates, bulk.profile_ids, bulk.merged)
+    assert small.merged  # the batch did merge stored profiles
+    prof = snaps[0]["profiles"][profile_id_for("customer_id:c3")]
+    assert [c.item_id for c in prof.cart_items] == ["w"] and prof.purchases[0].item_id == "y"
+
+
+def test_validated_append_skips_validation_and_stays_idempotent(store: SQLiteProfileStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = validate_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1",
+                                             email="Ann@Example.com"),
+                                          ev("e2", "2025-01-02T00:00:00Z", "purchase", customer_id="c1")]))
+    def boom(*_: object, **__: object) -> None:
+        raise AssertionError("validated frames must not be validated again")
+
+    monkeypatch.setattr(store_module, "validate_events", boom)
+    first = store.append_events(batch.valid, validated=True)
+    assert (first.accepted, first.accepted_ids) == (2, ("e1", "e2"))
+    again = store.append_events(batch.valid, validated=True)
+    assert (again.accepted, again.duplicates, again.accepted_ids) == (0, 2, ())
+    assert store.resolve({EMAIL: "ann@example.com"}) == first.profile_ids[0]
+
+
+def test_warm_features_serves_from_cache_until_a_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    store.load_events(_synthetic(customers=30), progress=False)
+    pids = sorted(store.export_events()[PROFILE_ID].unique())
+    assert store.warm_features(AS_OF) == len(pids)
+    builds: list[int] = []
+    real = store._build_features
+
+    def counting(conn: object, ids: object, as_of_ns: int) -> dict[str, tuple[object, ...]]:
+        builds.append(len(ids) if ids is not None else -1)
+        return real(conn, ids, as_of_ns)
+
+    monkeypatch.setattr(store, "_build_features", counting)
+    warm = store.features_for(pids, AS_OF)
+    assert builds == []  # all from the warmed cache
+    pd.testing.assert_frame_equal(warm, build_profiles(store.events_for(pids), AS_OF))
+    pid = pids[0]
+    cust = store.events_for([pid])[CUSTOMER_ID].dropna().iloc[0]
+    r = store.append_events(pd.DataFrame([ev("late-buy", "2029-12-31T00:00:00Z", "purchase", customer_id=cust,
+                                             price=1000.0)]))
+    assert r.profile_ids == (pid,)
+    after = store.features_for(pids, AS_OF).set_index(PROFILE_ID)
+    assert builds == [1]  # only the written profile was rebuilt
+    before = warm.set_index(PROFILE_ID)
+    assert after.loc[pid, "spend_total"] == before.loc[pid, "spend_total"] + 1000.0
+    pd.testing.assert_frame_equal(after.drop(index=pid), before.drop(index=pid))
 
 
 _WRITER = textwrap.dedent("""
