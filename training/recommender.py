@@ -852,12 +852,11 @@ def _summary(events: pd.DataFrame, user_col: str) -> dict[str, Any]:
 
 
 def _bar_chart(metrics: dict[str, dict[str, float]], keys: list[str]) -> Any:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never switches a notebook's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     width = 0.8 / max(len(metrics), 1)
     for j, (label, m) in enumerate(metrics.items()):
         ax.bar(np.arange(len(keys)) + j * width, [m.get(k, 0.0) for k in keys], width, label=label)
@@ -963,9 +962,6 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
         keys = [f"{n}@{k}" for k in ks for n in ("precision", "recall", "ndcg", "map", "hit_rate")]
         fig = _bar_chart(results, keys)
         mlflow.log_figure(fig, "metrics_vs_baselines.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
         art = final.save(Path(tmp) / "recommender")
         example = pd.DataFrame({"user_id": [str(final._c().user_ids[0])], "k": [10]})
         wrapper = recommender_model.RecommenderModel()

@@ -1,0 +1,236 @@
+"""Request and response bodies of the HTTP API.
+
+Every request model forbids unknown fields, so a typo ("customerid") is a 400 naming the field,
+never a silent drop. Hard limits (k, batch sizes) live in the schema so they show in OpenAPI;
+deployments can lower them with MIRROR_MAX_K / MIRROR_MAX_BATCH (checked in the service).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError, ValidationError
+
+from features.schema import CHANNELS, IDENTIFIER_COLUMNS
+from serving.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_K
+
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+ExportFormat = Literal["csv", "parquet"]
+Id = Field(default=None, min_length=1, max_length=256)
+MAX_EXCLUDE = 1000
+
+
+def _openapi_nullable(schema: dict[str, Any]) -> None:
+    """`X | None` as OpenAPI 3.0's `nullable: true`: BentoML flattens `anyOf` to its first member when
+    it writes /docs.json, which would document optional answers as never null."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            if len(rest) == 1:
+                prop.pop("anyOf")
+                prop.update(rest[0])
+                prop["nullable"] = True
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_openapi_nullable)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra=_openapi_nullable)
+
+
+class Identifiers(_Strict):
+    """Any identifier a channel knows a customer by, named as in the canonical event schema."""
+
+    customer_id: str | None = Id
+    email: str | None = Id
+    phone: str | None = Id
+    loyalty_id: str | None = Id
+    device_id: str | None = Id
+    cookie_id: str | None = Id
+
+    def identifiers(self) -> dict[str, str]:
+        return {c: v for c in IDENTIFIER_COLUMNS if (v := getattr(self, c, None))}
+
+
+class RequiredIdentifiers(Identifiers):
+    @model_validator(mode="after")
+    def _at_least_one(self) -> RequiredIdentifiers:
+        if not self.identifiers():
+            raise PydanticCustomError(
+                "missing_identifier", f"at least one of {', '.join(IDENTIFIER_COLUMNS)} is required"
+            )
+        return self
+
+
+class RecommendContext(_Strict):
+    item_id: str | None = Id
+    category: str | None = Id
+    page: str | None = Field(default=None, max_length=256)
+
+
+class RecommendRequest(Identifiers):
+    k: int = Field(default=10, ge=1, le=DEFAULT_MAX_K)
+    channel: Channel = "web"
+    context: RecommendContext = Field(default_factory=RecommendContext)
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+
+
+class ScoredItem(_Out):
+    item_id: str
+    score: float
+    reason: str | None = None
+
+
+class RecommendResponse(_Out):
+    profile_id: str | None
+    cold_start: bool
+    items: list[ScoredItem]
+    model_version: str | None
+    fallback: bool
+
+
+class SimilarItemsRequest(_Strict):
+    item_id: str = Field(min_length=1, max_length=256)
+    k: int = Field(default=10, ge=1, le=DEFAULT_MAX_K)
+
+
+class SimilarItemsResponse(_Out):
+    item_id: str
+    similar: list[ScoredItem]
+    complements: list[ScoredItem]
+
+
+class NBARequest(RequiredIdentifiers):
+    channel: Channel = "email"
+    campaign: str = Field(default="default", min_length=1, max_length=128)
+
+
+class ActionOut(_Out):
+    action: str
+    score: float
+    expected_value: float | None = None
+    channel: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = None
+
+
+class NBAResponse(_Out):
+    profile_id: str
+    holdout: bool
+    actions: list[ActionOut]
+    decided_at: str | None = None
+
+
+class ScoresRequest(_Strict):
+    """Profile ids (as returned by /recommend or the batch exports) or customer ids."""
+
+    profile_ids: list[str] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    customer_ids: list[str] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _some(self) -> ScoresRequest:
+        if not self.profile_ids and not self.customer_ids:
+            raise PydanticCustomError("missing_ids", "give profile_ids or customer_ids (up to 10,000)")
+        return self
+
+
+class CustomerScore(_Out):
+    id: str
+    profile_id: str | None
+    churn_probability: float | None
+    purchase_propensity: float | None
+    top_action: str | None
+
+
+class ScoresResponse(_Out):
+    scores: list[CustomerScore]
+    unknown: list[str]
+    churn_model_version: str | None
+    purchase_model_version: str | None
+
+
+class SegmentExportRequest(_Strict):
+    """A whole segment (all profiles, or a list) scored in the background into a file."""
+
+    profile_ids: list[str] | None = Field(default=None, max_length=1_000_000)
+    format: ExportFormat = "parquet"
+
+
+class SegmentExportResult(_Out):
+    path: str
+    rows: int
+    format: str
+
+
+class EventsRequest(_Strict):
+    """One event (`event`) or a batch (`events`); each event is a canonical-schema record."""
+
+    event: dict[str, Any] | None = None
+    events: list[dict[str, Any]] | None = Field(default=None, max_length=DEFAULT_MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EventsRequest:
+        if (self.event is None) == (self.events is None):
+            raise PydanticCustomError("one_of", "give exactly one of 'event' or 'events'")
+        return self
+
+    def records(self) -> list[dict[str, Any]]:
+        return [self.event] if self.event is not None else list(self.events or [])
+
+
+class EventRejection(_Out):
+    row: int
+    event_id: str | None
+    field: str
+    reason: str
+
+
+class EventsResponse(_Out):
+    accepted: list[str]
+    duplicates: list[str]
+    rejected: list[EventRejection]
+    #: events of erased profiles: valid, but never stored (erasure is permanent)
+    suppressed: int = 0
+    suppressed_ids: list[str] = Field(default_factory=list)
+    profile_ids: list[str]
+    sentiment_scored: int = 0
+
+
+class ConsentRequest(RequiredIdentifiers):
+    purpose: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    granted: bool
+
+
+class StockItem(_Strict):
+    item_id: str = Field(min_length=1, max_length=256)
+    in_stock: bool
+
+
+class StockRequest(_Strict):
+    """Stock levels from the retailer's inventory feed; unknown items count as in stock."""
+
+    items: list[StockItem] = Field(min_length=1, max_length=DEFAULT_MAX_BATCH)
+
+
+class ConsentResponse(_Out):
+    profile_id: str
+    consent: dict[str, bool]
+
+
+class ReloadResponse(_Out):
+    ready: bool
+    models: dict[str, dict[str, Any]]
+
+
+def field_error(title: str, loc: tuple[str | int, ...], message: str, value: Any = None) -> ValidationError:
+    """A pydantic ValidationError for a check the schema cannot express (configured limits).
+
+    BentoML answers these with a 400 whose `detail` names the field, like any schema error.
+    """
+    return ValidationError.from_exception_data(
+        title, [{"type": PydanticCustomError("limit", message), "loc": loc, "input": value}]
+    )

