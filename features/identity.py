@@ -69,6 +69,40 @@ def token(column: str, value: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # offline
 # ---------------------------------------------------------------------------------------------
+def encode_strings(values: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary-encode a column as strings: int32 codes (-1 = missing) and its distinct values.
+
+    Why: hashing each value once in arrow, with no Python object per row, is what makes factorising
+    millions of string ids cheap.  pandas keeps arrow strings chunked; the chunks of one
+    ``dictionary_encode`` share a single dictionary, so their indices are simply concatenated.
+    """
+    arr = pa.array(values.astype("string").array)
+    if isinstance(arr, pa.Array):
+        arr = pa.chunked_array([arr])
+    enc = pc.dictionary_encode(arr)
+    if enc.num_chunks == 0:
+        return np.empty(0, np.int32), pa.array([], type=arr.type)
+    size = len(enc.chunks[-1].dictionary)
+    if any(len(ch.dictionary) != size for ch in enc.chunks):  # not one shared dictionary: unify first
+        enc = pa.chunked_array([enc.combine_chunks()])
+    codes = np.concatenate([pc.fill_null(ch.indices, -1).to_numpy() for ch in enc.chunks])
+    return codes, enc.chunks[-1].dictionary
+
+
+def _sorted_tokens(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """A column's codes, the sorted rank of each code (-1 for missing or empty: rank[-1] is the slot
+    that code -1 picks) and its non-empty distinct values in sorted order."""
+    codes, dictionary = encode_strings(values)
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order) + 1, np.int64)
+    rank[order] = np.arange(len(order))
+    if len(order) and len(dictionary[int(order[0])].as_py()) == 0:  # "" sorts first: treat it as missing
+        rank -= 1
+        order = order[1:]
+    rank[-1] = -1
+    return codes, rank, pc.take(dictionary, pa.array(order))
+
+
 def resolve_identities(events: pd.DataFrame, config: IdentityConfig = IdentityConfig()) -> pd.DataFrame:
     """A copy of ``events`` with ``profile_id`` added (vectorised; scipy connected components).
 
@@ -78,77 +112,77 @@ def resolve_identities(events: pd.DataFrame, config: IdentityConfig = IdentityCo
     if not present:
         raise ValueError(f"events have none of the identifier columns {', '.join(config.identifier_columns)}")
     n = len(events)
-    out = events.copy()
+    out = events.copy(deep=False)  # copy-on-write: adding a column never reaches the caller's frame
     if n == 0:
         out[PROFILE_ID] = pd.Series(dtype="string")
         return out
 
-    # Token codes: columns ordered by their "<column>:" prefix and values sorted within a column, so
-    # code order is token string order (the smallest code of a component is its min token).
-    # Values are expected canonical (already stripped, as validate_events leaves them).
-    big = np.iinfo(np.int64).max
+    # Token codes: each column factorised once; columns ordered by their "<column>:" prefix and values
+    # sorted within a column, so code order is token string order (a component's smallest code is its
+    # min token).  Token strings are built for distinct values only.  Values are expected canonical.
     ordered = sorted(present, key=lambda c: f"{c}:")
-    codes_by_col: dict[str, np.ndarray] = {}
-    dictionaries: list[tuple[str, pa.Array]] = []
-    offset = 0
-    for col in ordered:
-        arr = pa.array(events[col].astype("string").array)
-        arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
-        arr = pc.if_else(pc.greater(pc.binary_length(arr), 0), arr, pa.scalar(None, pa.string()))
-        enc = pc.dictionary_encode(arr).combine_chunks() if isinstance(arr, pa.ChunkedArray) else pc.dictionary_encode(arr)
-        order = pc.sort_indices(enc.dictionary).to_numpy()
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order))
-        idx = enc.indices.to_numpy(zero_copy_only=False)
-        valid = ~np.isnan(idx) if idx.dtype.kind == "f" else np.ones(len(idx), bool)
-        c = np.full(n, big, np.int64)
-        c[valid] = offset + rank[idx[valid].astype(np.int64)]
-        codes_by_col[col] = c
-        dictionaries.append((col, pc.take(enc.dictionary, pa.array(order))))
-        offset += len(order)
-    n_tok = offset
+    local = {col: _sorted_tokens(events[col]) for col in ordered}
+    offsets = np.cumsum([0] + [len(local[c][2]) for c in ordered])
+    n_tok = int(offsets[-1])
     if n_tok == 0:
         out[PROFILE_ID] = pd.Series(pd.NA, index=out.index, dtype="string")
         return out
-    codes = [codes_by_col[c] for c in present]
-    uniq = pa.chunked_array([pc.binary_join_element_wise(f"{col}:", d, "") for col, d in dictionaries],
-                            type=pa.string()).combine_chunks()
+    missing = n_tok  # code of "no token"; arrays indexed by code get one extra slot for it
+    itype = np.int32 if n_tok < np.iinfo(np.int32).max else np.int64  # half the memory traffic of int64
+    codes: dict[str, np.ndarray] = {}
+    for col, off in zip(ordered, offsets[:-1], strict=True):
+        c, rank, _ = local[col]
+        codes[col] = np.where(rank >= 0, rank + off, missing).astype(itype)[c]  # one gather per row
 
     # shared-device guard: device/cookie tokens seen with too many distinct customer ids
-    shared = np.zeros(n_tok, bool)
-    if CUSTOMER_ID in present:
-        cust = codes[present.index(CUSTOMER_ID)]
+    shared = np.zeros(n_tok + 1, bool)
+    if CUSTOMER_ID in codes:
+        cust = codes[CUSTOMER_ID]
         for colname in config.shared_token_columns:
-            if colname not in present:
+            if colname not in codes:
                 continue
-            dev = codes[present.index(colname)]
-            both = (dev < big) & (cust < big)
+            dev = codes[colname]
+            both = (dev < missing) & (cust < missing)
             if both.any():
-                keys = pd.unique(dev[both] * n_tok + cust[both])
-                shared |= np.bincount(keys // n_tok, minlength=n_tok) > config.max_profiles_per_device
+                keys = pd.unique(dev[both].astype(np.int64) * n_tok + cust[both])
+                shared[:n_tok] |= np.bincount(keys // n_tok, minlength=n_tok) > config.max_profiles_per_device
 
-    # anchor of each row: its smallest non-shared token (or smallest token when all are shared)
-    anchor = np.full(n, big, np.int64)
-    fallback = np.full(n, big, np.int64)
-    linking: list[np.ndarray] = []
-    for c in codes:
-        present_c = c < big
-        lk = present_c & ~shared[np.where(present_c, c, 0)]
-        linking.append(lk)
-        anchor = np.where(lk, np.minimum(anchor, c), anchor)
-        fallback = np.minimum(fallback, c)
-    has_tok = fallback < big
-    anchor_ok = anchor < big
-    src = np.concatenate([anchor[lk] for lk in linking])
-    dst = np.concatenate([c[lk] for c, lk in zip(codes, linking, strict=True)])
+    # anchor of each row: its smallest non-shared token (or smallest token when all are shared);
+    # each linking token of a row is joined to the row's anchor.  Only guard columns can be shared.
+    link_map = np.arange(n_tok + 1, dtype=itype)
+    link_map[shared] = missing
+    guarded = set(config.shared_token_columns) if shared.any() else set()
+    linking = [link_map[codes[col]] if col in guarded else codes[col] for col in present]
+    anchor = np.minimum(linking[0], linking[1]) if len(linking) > 1 else linking[0].copy()
+    for lk in linking[2:]:
+        np.minimum(anchor, lk, out=anchor)
+    src_parts, dst_parts = [], []
+    edge = np.empty(n, bool)
+    for lk in linking:
+        np.not_equal(lk, anchor, out=edge)  # skip self-loops: they link nothing
+        edge &= lk < missing
+        src_parts.append(anchor[edge])
+        dst_parts.append(lk[edge])
+    src = np.concatenate(src_parts)
+    dst = np.concatenate(dst_parts)
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n_tok, n_tok)).tocsr()
     n_comp, labels = connected_components(graph, directed=False)
     _, first = np.unique(labels, return_index=True)  # tokens are sorted: first member = min token
-    min_tokens = pc.take(uniq, pa.array(first)).to_pylist()
-    comp_ids = np.array([profile_id_for(t) for t in min_tokens], dtype=object)
-    node = np.where(anchor_ok, anchor, fallback)
-    row_comp = np.where(has_tok, labels[np.where(has_tok, node, 0)], -1)
-    taken = pc.take(pa.array(comp_ids, type=pa.string()), pa.array(row_comp, mask=row_comp < 0))
+    big_str = pa.large_string()
+    uniq = pa.chunked_array(
+        [pc.binary_join_element_wise(pa.scalar(f"{col}:", big_str), local[col][2].cast(big_str),
+                                     pa.scalar("", big_str)) for col in ordered], type=big_str)
+    # profile_id_for, inlined: one sha1 per component is the only per-profile Python left
+    min_tokens = pc.take(uniq, pa.array(first)).cast(pa.large_binary()).to_pylist()
+    sha1 = hashlib.sha1
+    comp_ids = pa.array([PROFILE_PREFIX + sha1(t).hexdigest()[:16] for t in min_tokens] + [None],
+                        type=pa.large_string())
+    node = anchor
+    alone = np.flatnonzero(anchor == missing)  # only shared tokens (or none): the smallest token on its own
+    if len(alone):
+        node[alone] = np.min(np.stack([codes[col][alone] for col in present]), axis=0)
+    row_comp = np.append(labels, n_comp)[node]  # no token at all: the trailing null
+    taken = pc.take(comp_ids, pa.array(row_comp))
     out[PROFILE_ID] = pd.Series(pd.arrays.ArrowStringArray(taken), index=out.index)
     return out
 

@@ -23,8 +23,11 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import sparse
 
+from features.identity import encode_strings, resolve_identities
 from features.schema import (
     ADD_TO_CART,
     CATEGORY,
@@ -130,11 +133,37 @@ def _ts_ns(s: pd.Series) -> np.ndarray:
     return np.asarray(s.dt.as_unit("ns").array.asi8)  # epoch ns, UTC whatever the display zone
 
 
+def _factorize(s: pd.Series, sort: bool = False) -> tuple[np.ndarray, pa.Array]:
+    """Codes (-1 = missing) and the distinct values as arrow strings (in sorted order when asked).
+
+    Arrow-backed strings (what validated events hold) are hashed once in arrow with no Python object
+    per row; anything else goes through pandas and has its distinct values converted to strings.
+    """
+    arrow_str = isinstance(s.dtype, pd.ArrowDtype) and s.dtype.pyarrow_dtype in (pa.string(), pa.large_string())
+    if not (isinstance(s.dtype, pd.StringDtype) or arrow_str):
+        codes, uniques = pd.factorize(s, sort=sort, use_na_sentinel=True)
+        return codes, pa.array(pd.array(np.asarray(uniques, dtype=object), dtype="string"))
+    codes, uniques = encode_strings(s)
+    if sort and len(uniques):
+        order = pc.sort_indices(uniques).to_numpy()
+        rank = np.empty(len(order) + 1, np.int64)
+        rank[order] = np.arange(len(order))
+        rank[-1] = -1  # code -1 stays -1
+        codes, uniques = rank[codes], uniques.take(pa.array(order))
+    return codes, uniques
+
+
+def _strings(uniques: pa.Array, codes: np.ndarray, default: str) -> pd.arrays.ArrowStringArray:
+    """uniques[codes] as a pandas string array, ``default`` where the code is -1."""
+    table = pa.concat_arrays([uniques.cast(pa.large_string()), pa.array([default], pa.large_string())])
+    return pd.arrays.ArrowStringArray(table.take(pa.array(np.where(codes < 0, len(uniques), codes))))
+
+
 def _codes(s: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
     """Index into vocabulary (-1 for missing or unknown); factorize first so the map is tiny."""
-    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    codes, uniques = _factorize(s)
     lookup = {v: i for i, v in enumerate(vocabulary)}
-    mapped = np.array([lookup.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)
+    mapped = np.array([lookup.get(str(u), -1) for u in uniques.to_pylist()] + [-1], dtype=np.int64)
     return mapped[codes]  # code -1 picks the trailing -1
 
 
@@ -156,10 +185,9 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros(len(b), dtype=float), where=b > 0)
 
 
-def _pair_codes(a: np.ndarray, b: pd.Series) -> np.ndarray:
-    """One int64 code per (profile code, value) pair."""
-    bc, buniq = pd.factorize(b, use_na_sentinel=True)
-    return a.astype(np.int64) * (len(buniq) + 1) + (bc + 1)
+def _pair_codes(a: np.ndarray, b: np.ndarray, n_b: int) -> np.ndarray:
+    """One int64 code per (profile code, value code) pair; value code -1 (missing) is a value of its own."""
+    return a.astype(np.int64) * (n_b + 1) + (b + 1)
 
 
 def _sentiment_scores(ev: pd.DataFrame, sentiment: pd.Series | None) -> np.ndarray:
@@ -174,15 +202,16 @@ def _sentiment_scores(ev: pd.DataFrame, sentiment: pd.Series | None) -> np.ndarr
     return score
 
 
-def _prepare(events: pd.DataFrame, as_of: pd.Timestamp | str) -> tuple[pd.DataFrame, int]:
+def _prepare(events: pd.DataFrame, as_of: pd.Timestamp | str,
+             columns: tuple[str, ...]) -> tuple[pd.DataFrame, int]:
+    """The events before as_of, reduced to the columns a build reads (so the cutoff copies nothing else)."""
     as_of_ns = _as_of_ns(as_of)
     missing = [c for c in (TS, EVENT_TYPE, CHANNEL) if c not in events]
     if missing:
         raise ValueError(f"events lack required columns: {missing}")
     if PROFILE_ID not in events:
-        from features.identity import resolve_identities  # lazy: only when ids are not resolved yet
-
         events = resolve_identities(events)
+    events = events[[c for c in (PROFILE_ID, TS, EVENT_TYPE, CHANNEL, *columns) if c in events]]
     ts = _ts_ns(events[TS])
     keep = ts < as_of_ns
     ev = events.loc[keep] if not keep.all() else events
@@ -209,7 +238,7 @@ def category_affinity(events: pd.DataFrame, as_of: pd.Timestamp | str,
     Scores of a profile sum to 1 (profiles with no categorised interaction have no rows).  Sorted by
     profile, then score descending, so the first row of each profile is its top category.
     """
-    ev, as_of_ns = _prepare(events, as_of)
+    ev, as_of_ns = _prepare(events, as_of, (CATEGORY,))
     cols = [PROFILE_ID, CATEGORY, AFFINITY_SCORE]
     if CATEGORY not in ev or not len(ev):
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == AFFINITY_SCORE else "string") for c in cols})
@@ -235,9 +264,10 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     `sentiment`: score in [-1, 1] indexed by event_id (from the sentiment model); without it ratings stand in.
     The input frame is never modified.
     """
-    ev, as_of_ns = _prepare(events, as_of)
+    needed = (QUANTITY, PRICE, ITEM_ID, CATEGORY, RATING) + ((EVENT_ID,) if sentiment is not None else ())
+    ev, as_of_ns = _prepare(events, as_of, needed)
     feature_cols = _feature_columns(config)
-    pid_codes, pid_uniques = pd.factorize(ev[PROFILE_ID], sort=True)
+    pid_codes, pid_uniques = _factorize(ev[PROFILE_ID], sort=True)
     n_p = len(pid_uniques)
     out: dict[str, np.ndarray] = {}
     if n_p == 0:
@@ -275,8 +305,11 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     qty = ev[QUANTITY].to_numpy(dtype=float)[is_purchase] if QUANTITY in ev else np.ones(len(p_pid))
     price = ev[PRICE].to_numpy(dtype=float)[is_purchase] if PRICE in ev else np.zeros(len(p_pid))
     spend = np.nan_to_num(price, nan=0.0) * np.where(np.isnan(qty), 1.0, qty)
-    order_key = np.unique(np.stack([p_pid, p_ts]), axis=1) if len(p_pid) else np.zeros((2, 0), np.int64)
-    o_pid, o_ts = order_key[0], order_key[1]  # sorted by profile, then time
+    o_sort = np.lexsort((p_ts, p_pid))
+    o_pid, o_ts = p_pid[o_sort], p_ts[o_sort]
+    distinct = np.ones(len(o_pid), bool)
+    distinct[1:] = (o_pid[1:] != o_pid[:-1]) | (o_ts[1:] != o_ts[:-1])
+    o_pid, o_ts = o_pid[distinct], o_ts[distinct]  # sorted by profile, then time
     o_age = (as_of_ns - o_ts) / _NS_PER_DAY
     for w in config.windows_days:
         out[f"n_events_{w}d"] = np.bincount(pid[age <= w], minlength=n_p).astype(float)
@@ -303,9 +336,11 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     # expected next = last purchase + the profile's own median interval for that item
     until = np.full(n_p, NEVER_DAYS)
     n_rep = np.zeros(n_p)
+    if ITEM_ID in ev:
+        item, item_uniques = _factorize(ev[ITEM_ID])  # once, for replenishment and carts
+        n_item = len(item_uniques)
     if ITEM_ID in ev and len(p_pid) > 1:
-        items = ev[ITEM_ID].loc[is_purchase]
-        pair = _pair_codes(p_pid, items)
+        pair = _pair_codes(p_pid, item[is_purchase], n_item)
         order = np.lexsort((p_ts, pair))
         sp, st, spid = pair[order], p_ts[order], p_pid[order]
         gap = np.diff(st) / _NS_PER_DAY
@@ -332,13 +367,17 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     top1 = np.zeros(n_p)
     topk = np.zeros(n_p)
     entropy = np.zeros(n_p)
-    top_name = np.full(n_p, "", dtype=object)
+    top_code = np.full(n_p, -1, dtype=np.int64)
+    cat_uniques = pa.array([], pa.large_string())
     if CATEGORY in ev:
-        has = ev[CATEGORY].notna().to_numpy()
+        cat_all, cat_dict = _factorize(ev[CATEGORY])
+        has = cat_all >= 0
         w = _category_weights(ev, et[has], age[has], config)
         pos = w > 0
         cpid = pid[has][pos]
-        cat_codes, cat_uniques = pd.factorize(ev[CATEGORY].to_numpy()[has][pos])
+        # numbered by first appearance among the weighted events (ties in share rank by this number)
+        cat_codes, cat_first = pd.factorize(cat_all[has][pos])
+        cat_uniques = cat_dict.take(pa.array(cat_first))
         if len(cpid):
             # sum weights per (profile, category) via a sparse matrix (duplicates are summed), then rank
             mat = sparse.csr_matrix((w[pos], (cpid, cat_codes)), shape=(n_p, len(cat_uniques)))
@@ -353,7 +392,7 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
             n_cat = np.bincount(p_arr, minlength=n_p).astype(float)
             head = rank == 0
             top1[p_arr[head]] = s_arr[head]
-            top_name[p_arr[head]] = np.asarray(cat_uniques, dtype=object)[c_arr[head]]
+            top_code[p_arr[head]] = c_arr[head]
             in_k = rank < k
             topk = np.bincount(p_arr[in_k], weights=s_arr[in_k], minlength=n_p)
             entropy = np.bincount(p_arr, weights=-s_arr * np.log(s_arr), minlength=n_p)
@@ -378,7 +417,7 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     is_cart = et == EVENT_TYPES.index(ADD_TO_CART)
     if ITEM_ID in ev and is_cart.any():
         sel = is_cart | is_purchase
-        pair = _pair_codes(pid[sel], ev[ITEM_ID].loc[sel])
+        pair = _pair_codes(pid[sel], item[sel], n_item)
         s_cart = is_cart[sel]
         carts = pd.DataFrame({"pair": pair[s_cart], "ts": ts[sel][s_cart], "pid": pid[sel][s_cart]})
         buys = pd.DataFrame({"pair": pair[~s_cart], "bought": ts[sel][~s_cart]})
@@ -411,13 +450,18 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     cnt = np.bincount(pid[scored], minlength=n_p).astype(float)
     out["sentiment_mean"] = _safe_div(np.bincount(pid[scored], weights=score[scored], minlength=n_p), cnt)
     out["sentiment_count"] = cnt
-    neg = scored & (np.nan_to_num(score, nan=0.0) <= config.negative_threshold)
+    neg = score <= config.negative_threshold  # NaN (unscored) compares False
     out["n_negative"] = np.bincount(pid[neg], minlength=n_p).astype(float)
     out["days_since_negative"] = _days_since(_group_max(pid[neg], ts[neg], n_p), as_of_ns)
 
-    frame = pd.DataFrame({c: np.asarray(out[c], dtype="float64") for c in feature_cols})
-    frame.insert(0, PROFILE_ID, pd.array(np.asarray(pid_uniques, dtype=object), dtype="string"))
-    frame[TOP_CATEGORY] = pd.array(top_name, dtype="string")
+    # one preallocated float block in pandas' own layout: a frame built from a dict of a million-row
+    # columns spends far longer consolidating them than computing them
+    block = np.empty((len(feature_cols), n_p), dtype=np.float64)
+    for i, c in enumerate(feature_cols):
+        block[i] = out[c]
+    frame = pd.DataFrame(block.T, columns=list(feature_cols), copy=False)
+    frame.insert(0, PROFILE_ID, pd.arrays.ArrowStringArray(pid_uniques.cast(pa.large_string())))
+    frame[TOP_CATEGORY] = _strings(cat_uniques, top_code, "")
     return frame
 
 

@@ -244,13 +244,9 @@ def _ids(prefix: str, x: np.ndarray, salt: int) -> np.ndarray:
 def _take_str(values: np.ndarray, codes: np.ndarray) -> pd.Series:
     """values[codes] as a pandas string Series, missing where code < 0 (arrow take: fast at 10M rows)."""
     codes = np.asarray(codes, dtype=np.int64)
-    taken = pc.take(pa.array(values, type=pa.string()), pa.array(codes, mask=codes < 0))
+    # large_string: what pandas stores, so no per-row cast after the take
+    taken = pc.take(pa.array(values, type=pa.large_string()), pa.array(codes, mask=codes < 0))
     return pd.Series(pd.arrays.ArrowStringArray(taken))
-
-
-def _obj_str(values: np.ndarray) -> pd.Series:
-    """An object array (None = missing) as a pandas string Series."""
-    return pd.Series(pd.arrays.ArrowStringArray(pa.array(values, type=pa.string(), from_pandas=True)))
 
 
 def _utc(start: pd.Timestamp, days: np.ndarray) -> pd.Series:
@@ -282,9 +278,9 @@ class _Block:
     channel: np.ndarray
     item: np.ndarray  # -1 = none
     session: np.ndarray  # -1 = none; used to share identifiers within a session
-    text: np.ndarray | None = None  # object or None
+    text: np.ndarray | None = None  # object (None = none); after _concat: index into its pool, -1 = none
     rating: np.ndarray | None = None
-    query: np.ndarray | None = None
+    query: np.ndarray | None = None  # like text
     label: np.ndarray | None = None  # sentiment label code, -1 none
     shared: np.ndarray | None = None  # planted shared device index, -1 none
 
@@ -305,22 +301,44 @@ def _block(person, t, etype, channel, item=None, session=None, **kw) -> _Block: 
     )
 
 
-def _concat(blocks: list[_Block]) -> _Block:
+def _concat(blocks: list[_Block]) -> tuple[_Block, dict[str, np.ndarray]]:
+    """One block, plus the pooled values of the text fields (which it holds as int indices into them).
+
+    Why indices: sorting and filtering millions of mostly-empty object arrays is slow; ints are not.
+    """
     n_total = sum(len(b) for b in blocks)
 
     def cat(name: str, fill: object, dtype: object) -> np.ndarray:
-        parts = []
+        out = np.full(n_total, fill, dtype=dtype)  # blocks without the field keep the fill (no per-block filler)
+        start = 0
         for b in blocks:
             v = getattr(b, name)
-            parts.append(np.full(len(b), fill, dtype=dtype) if v is None else np.asarray(v, dtype=dtype))
-        return np.concatenate(parts) if parts else np.empty(n_total, dtype=dtype)
+            if v is not None:
+                out[start:start + len(b)] = v
+            start += len(b)
+        return out
 
-    return _Block(
+    pools: dict[str, np.ndarray] = {}
+
+    def pooled(name: str) -> np.ndarray:
+        parts = [np.asarray(getattr(b, name), dtype=object) for b in blocks if getattr(b, name) is not None]
+        pools[name] = np.concatenate(parts) if parts else np.empty(0, dtype=object)
+        idx = np.full(n_total, -1, dtype=np.int64)
+        start = at = 0
+        for b in blocks:
+            if getattr(b, name) is not None:
+                idx[start:start + len(b)] = np.arange(at, at + len(b))
+                at += len(b)
+            start += len(b)
+        return idx
+
+    block = _Block(
         person=cat("person", 0, np.int64), t=cat("t", 0.0, np.float64), etype=cat("etype", 0, np.int16),
         channel=cat("channel", 0, np.int16), item=cat("item", -1, np.int64), session=cat("session", -1, np.int64),
-        text=cat("text", None, object), rating=cat("rating", np.nan, np.float64), query=cat("query", None, object),
+        text=pooled("text"), rating=cat("rating", np.nan, np.float64), query=pooled("query"),
         label=cat("label", -1, np.int16), shared=cat("shared", -1, np.int64),
     )
+    return block, pools
 
 
 def _subset(b: _Block, mask: np.ndarray) -> _Block:
@@ -609,10 +627,10 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
         blocks.append(_block(m_p, m_t, _ET[VIEW], _CH["app"], pick_items(pref[m_p, 0]), shared=m_dev))
     bar.update()
 
-    ev = _concat(blocks)
+    ev, pools = _concat(blocks)
     order = np.lexsort((ev.etype, ev.person, ev.t))
-    ev = _subset(ev, order)
-    ev = _subset(ev, (ev.t >= join_day[ev.person]) & (ev.t < end_day[ev.person]) & (ev.t < days))
+    inside = (ev.t >= join_day[ev.person]) & (ev.t < end_day[ev.person]) & (ev.t < days)
+    ev = _subset(ev, order[inside[order]])  # sort and filter in one pass over the columns
     events, truth_ids, shared = _identifiers(ev, rng, n, has_phone, has_loyalty, n_cookies, n_devices)
     bar.update()
 
@@ -630,18 +648,19 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
     has_price = is_buy | is_ret | (ev.etype == _ET[ADD_TO_CART])
     events[QUANTITY] = np.where(has_price, 1.0, np.nan)
     events[PRICE] = np.where(has_price, price[np.maximum(ev.item, 0)], np.nan)
-    events[TEXT] = _obj_str(ev.text)
+    events[TEXT] = _take_str(pools["text"], ev.text)
     events[RATING] = ev.rating
     store_of = (_scramble(ev.person, 7) % np.uint64(cfg.stores)).astype(np.int64)
     events[STORE_ID] = _take_str(np.array([f"store-{i:03d}" for i in range(cfg.stores)], dtype=object),
                                  np.where(ev.channel == _CH["store"], store_of, -1))
-    events[QUERY] = _obj_str(ev.query)
+    events[QUERY] = _take_str(pools["query"], ev.query)
     events = pd.DataFrame({c: events[c] for c in CANONICAL_COLUMNS})
     for c in CANONICAL_COLUMNS:
         if c in NUMERIC_COLUMNS:
             events[c] = events[c].astype("float64")
 
     person_ids = np.array([f"person-{i:07d}" for i in range(n)], dtype=object)
+    cat_names = cats_arr.tolist()
     lab_rows = np.flatnonzero(ev.label >= 0)
     sentiment = pd.DataFrame({
         EVENT_ID: events[EVENT_ID].iloc[lab_rows].to_numpy(),
@@ -655,7 +674,7 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
         "churned": churned,
         "churn_date": _utc(start, churn_day),
         "join_date": _utc(start, join_day),
-        "preferred_categories": [list(cats_arr[r[r >= 0]]) for r in pref],
+        "preferred_categories": [[cat_names[c] for c in r if c >= 0] for r in pref.tolist()],
         "preferred_channel": pd.array(np.array(CHANNELS, dtype=object)[pref_channel], dtype="string"),
         "timezone": pd.array(np.array(TIMEZONES, dtype=object)[tz], dtype="string"),
         "unhappy": unhappy,
@@ -763,13 +782,15 @@ def _identifiers(ev: _Block, rng: np.random.Generator, n: int, has_phone: np.nda
     truth_parts = []
     for col in _ID_COLS:
         c = codes[col]
-        out[col] = _take_str(values[col], c)
-        used = np.unique(c[c >= 0])
+        if col == DEVICE_ID and on_shared.any():  # planted shared devices take their own values
+            out[col] = _take_str(np.concatenate([values[col], shared_values]),
+                                 np.where(on_shared, len(values[col]) + shared_dev, c))
+        else:
+            out[col] = _take_str(values[col], c)
+        used = np.flatnonzero(np.bincount(c[c >= 0], minlength=len(values[col])))  # sorted, no sort
         owner = used // 3 if col in (DEVICE_ID, COOKIE_ID) else used
         truth_parts.append(pd.DataFrame({"_p": owner, IDENTIFIER_TYPE: col,
                                          IDENTIFIER_VALUE: pd.array(values[col][used], dtype="string")}))
-    if on_shared.any():
-        out[DEVICE_ID] = out[DEVICE_ID].mask(pd.Series(on_shared), _take_str(shared_values, shared_dev))
     truth = pd.concat(truth_parts, ignore_index=True)
     truth[IDENTIFIER_TYPE] = truth[IDENTIFIER_TYPE].astype("string")
     shared_rows[IDENTIFIER_TYPE] = shared_rows[IDENTIFIER_TYPE].astype("string")

@@ -153,3 +153,15 @@ def test_bad_input() -> None:
         resolve_identities(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="max_profiles_per_device"):
         IdentityConfig(max_profiles_per_device=0)
+
+
+def test_empty_strings_missing_and_chunked_input_agree() -> None:
+    """"" is no identifier; arrow chunking (what concat and parquet give) never changes a profile id."""
+    a = _frame([{CUSTOMER_ID: "a", COOKIE_ID: ""}, {COOKIE_ID: ""}, {COOKIE_ID: "k1", CUSTOMER_ID: "a"}])
+    b = _frame([{DEVICE_ID: "d", COOKIE_ID: "k1"}, {LOYALTY_ID: "L1"}])
+    one = resolve_identities(_frame(_records(a) + _records(b)))
+    chunked = resolve_identities(pd.concat([a, b], ignore_index=True))
+    assert one[PROFILE_ID].equals(chunked[PROFILE_ID])
+    ids = one[PROFILE_ID]
+    assert ids.iloc[0] == ids.iloc[2] == ids.iloc[3] == _pid("cookie_id:k1") and pd.isna(ids.iloc[1])
+    assert ids.iloc[4] == _pid("loyalty_id:L1")

@@ -139,6 +139,14 @@ def test_email_return_and_sentiment_series() -> None:
     assert scored["n_negative"] == 1 and scored["days_since_negative"] == pytest.approx(7 + 10 / 24)
 
 
+def test_id_and_category_dtypes_do_not_change_features(three_purchases: pd.DataFrame) -> None:
+    """Arrow strings take a fast path; object columns the pandas one: same profiles, same order."""
+    fast = build_profiles(three_purchases, AS_OF)
+    slow = build_profiles(three_purchases.astype({PROFILE_ID: object, "category": object, "item_id": object}), AS_OF)
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
+    assert list(fast[PROFILE_ID]) == ["a", "b"]
+
+
 def test_category_affinity_long_format() -> None:
     ev = make([e("v1", "2025-03-01T00:00:00Z", "view", category="shoes"),
                e("v2", "2025-03-01T00:00:00Z", "view", category="shoes"),
