@@ -341,7 +341,7 @@ def validate_events(
         if present.any():
             vals = s[present]
             already = vals.map(hasher.is_hashed).astype(bool)
-            normed = vals.where(already, vals.map(lambda v: norm(v)))
+            normed = vals.where(already, vals.map(norm))
             bad = normed.isna()
             report(bad.reindex(src.index, fill_value=False), name, f"not a valid {name}")
             hashed = normed.where(already, normed.map(hasher.hash, na_action="ignore"))

@@ -164,7 +164,6 @@ class Server:
 def tracking(uri: str) -> Iterator[None]:
     """Point this process's MLflow client at `uri` for a block (the server gets it by env var)."""
     import mlflow
-
     import mlflow.tracking.fluent as fluent
 
     keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
