@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -124,16 +123,28 @@ class Server:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server we started and its workers (its own process group), politely then firmly."""
+    """Stop the server we started and every worker it spawned, politely then firmly.
+
+    BentoML starts each worker in a session of its own, so a process-group kill misses them: the
+    workers are found through psutil (before the parent goes) and stopped one by one.
+    """
+    import psutil
+
     if proc.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -159,6 +161,48 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def store_path(self) -> Path:
+        """The SQLite profile store this server writes (env MIRROR_STORE)."""
+        return self.tmp / "store.db"
+
+    def kill(self) -> None:
+        """kill -9 of the whole server: `bentoml serve` and every worker it spawned, then reap it."""
+        _kill_tree(self.proc, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def _tree(proc: subprocess.Popen[bytes]) -> list[Any]:
+    """The server process and its descendants (BentoML's workers run in sessions of their own, so a
+    signal to the server's process group does not reach them), as psutil handles: safe from pid reuse."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], sig: int, procs: list[Any] | None = None) -> None:
+    """Signal the server first (after a SIGKILL it cannot respawn workers), then every worker."""
+    import psutil
+
+    for p in procs if procs is not None else _tree(proc):
+        with suppress(psutil.NoSuchProcess):  # already gone
+            p.send_signal(sig)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server (it stops its workers), then SIGKILL whatever is left, workers included."""
+    procs = _tree(proc)
+    if proc.poll() is None:
+        proc.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    _kill_tree(proc, signal.SIGKILL, procs)  # stray workers of a server that exited or was killed
+    proc.wait()
+
 
 @contextmanager
 def tracking(uri: str) -> Iterator[None]:
@@ -226,6 +270,7 @@ def start_server(tmp: Path, extra_env: dict[str, str] | None = None, *, tiny_cha
         proc = subprocess.Popen(
             [str(bentoml_bin), "serve", "serving.service:Mirror", "--port", str(port), "--host", "127.0.0.1"],
             cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,  # a signal to the test's process group (Ctrl-C) is not the server's
         )
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=30)
@@ -249,12 +294,11 @@ def start_server(tmp: Path, extra_env: dict[str, str] | None = None, *, tiny_cha
         yield srv
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+#: `with running_server(tmp) as srv:` — start_server as a context manager (same arguments).
+running_server = contextmanager(start_server)
 
 
 def event(eid: str, customer: str, etype: str, item: int | None = None, days_ago: float = 0.0,
