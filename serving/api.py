@@ -14,8 +14,10 @@ from pydantic_core import PydanticCustomError, ValidationError
 
 from features.schema import CHANNELS, IDENTIFIER_COLUMNS
 from serving.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_K
+from serving.guard import PURPOSES
 
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+Purpose = Literal[PURPOSES]  # type: ignore[valid-type]
 ExportFormat = Literal["csv", "parquet"]
 Id = Field(default=None, min_length=1, max_length=256)
 MAX_EXCLUDE = 1000
@@ -201,7 +203,9 @@ class EventsResponse(_Out):
 
 
 class ConsentRequest(RequiredIdentifiers):
-    purpose: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    #: One of the guard's consent purposes (`serving.guard.PURPOSES`); anything else is a 422 naming
+    #: `purpose` and listing them, never a flag stored that nothing reads.
+    purpose: Purpose
     granted: bool
 
 

@@ -2,8 +2,11 @@
 
 Pure decisions, no I/O. Every action is one `Action` entry in `ACTIONS`: its eligibility and expected
 value are written once, as numpy expressions over a table of per-customer features, so the single
-customer path (`decide_actions`, for `/next_best_action`) and the batch path
-(`decide_top_actions_batch`, for `/scores`) run the same code and cannot drift apart.
+customer path (`decide_actions`, for `/next_best_action`) and the batch path (`decide_top_actions`,
+for `/scores`) run the same code and cannot drift apart. Both read their inputs from ONE derivation,
+`contexts_from_profiles` (store profile + feature row + model scores -> `NBAContext`), and both drop
+the actions a caller-supplied contact rule (the guard's suppression, quiet hours) refuses, so `/scores`'
+top action is `/next_best_action`'s first action for the same customer, window and campaign.
 
 Two guarantees the channels rely on:
 - Consistency: the decision uses the profile and the time bucket `floor(now / window)` (ages are
@@ -16,11 +19,12 @@ Two guarantees the channels rely on:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
@@ -53,6 +57,10 @@ REPLENISHMENT_DUE: Final = "replenishment_due"  # value of the items due for rep
 ORDER_COUNT: Final = "order_count"
 LIFETIME_VALUE: Final = "lifetime_value"
 HAS_CANDIDATES: Final = "has_candidates"
+# Feature-row columns (features.profiles) `contexts_from_profiles` reads besides the profile itself.
+FEATURE_ORDER_VALUE: Final = "avg_order_value"
+FEATURE_LIFETIME_VALUE: Final = "spend_total"
+FEATURE_ORDER_COUNT: Final = "n_orders"
 #: Required batch columns; the others default (see `BATCH_DEFAULTS`).
 BATCH_REQUIRED: Final[tuple[str, ...]] = (PROFILE_ID, CHURN_PROBABILITY, PURCHASE_PROPENSITY)
 BATCH_DEFAULTS: Final[Mapping[str, float]] = {
@@ -179,6 +187,10 @@ class NBAContext:
     churn_probability: float = 0.0
     purchase_propensity: float = 0.0
     expected_order_value: float | None = None
+    #: Whether cross-sell has candidates; None means "whether `candidate_items` is non-empty". Set by
+    #: `contexts_from_profiles` (the recommender always has candidates: it falls back to popular items),
+    #: so a decision never depends on a recommender call the batch path does not make.
+    has_candidates: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -360,12 +372,9 @@ ACTION_NAMES: Final[tuple[str, ...]] = tuple(a.name for a in ACTIONS) + (DO_NOTH
 # Time and hashing helpers
 # ---------------------------------------------------------------------------------------------
 def to_epoch(t: Instant) -> float:
-    """Seconds since the epoch; naive datetimes are taken as UTC."""
+    """Seconds since the epoch; naive datetimes are taken as UTC (hot path: no pandas per call)."""
     if isinstance(t, datetime):
-        ts = pd.Timestamp(t)
-        if ts.tzinfo is None:
-            ts = ts.tz_localize("UTC")
-        return ts.value / 1e9
+        return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
     return float(t)
 
 
@@ -399,8 +408,14 @@ def is_holdout(campaign_id: str, profile_id: str, share: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The decision
 # ---------------------------------------------------------------------------------------------
-def _features_from_context(ctx: NBAContext, c: NBAConfig) -> dict[str, np.ndarray]:
-    ref = _bucket_start(ctx.now, c)
+_FEATURE_KEYS: Final = (
+    "churn", "propensity", "order_value", "cart_value", "replenish_value", "days_since", "recovery",
+    "order_count", "lifetime_value", "has_candidates",
+)
+
+
+def _feature_row(ctx: NBAContext, c: NBAConfig, ref: float) -> tuple[float, ...]:
+    """The numbers one decision reads from a context (`ref`: its bucket start), in `_FEATURE_KEYS` order."""
     if ctx.last_purchase_ts is not None:
         days_since = _age_days(ctx.last_purchase_ts, ref)
     elif ctx.days_since_last_purchase is not None:
@@ -409,19 +424,32 @@ def _features_from_context(ctx: NBAContext, c: NBAConfig) -> dict[str, np.ndarra
         days_since = math.nan
     recovery = min(_age_days(ctx.last_negative_sentiment_ts, ref), _age_days(ctx.last_return_ts, ref))
     eov = ctx.expected_order_value
-    one = {
-        "churn": float(ctx.churn_probability),
-        "propensity": float(ctx.purchase_propensity),
-        "order_value": math.nan if eov is None else float(eov),
-        "cart_value": float(sum(max(0.0, i.value) for i in ctx.cart)),
-        "replenish_value": float(sum(max(0.0, i.value) for i in ctx.replenishment_due)),
-        "days_since": days_since,
-        "recovery": float(recovery <= c.recovery_days),
-        "order_count": float(ctx.order_count),
-        "lifetime_value": float(ctx.lifetime_value),
-        "has_candidates": float(len(ctx.candidate_items) > 0),
-    }
-    return {k: np.array([v], dtype=float) for k, v in one.items()}
+    has_candidates = ctx.has_candidates if ctx.has_candidates is not None else len(ctx.candidate_items) > 0
+    return (
+        float(ctx.churn_probability),
+        float(ctx.purchase_propensity),
+        math.nan if eov is None else float(eov),
+        float(sum(max(0.0, i.value) for i in ctx.cart)),
+        float(sum(max(0.0, i.value) for i in ctx.replenishment_due)),
+        days_since,
+        float(recovery <= c.recovery_days),
+        float(ctx.order_count),
+        float(ctx.lifetime_value),
+        float(bool(has_candidates)),
+    )
+
+
+def _features_from_contexts(ctxs: Sequence[NBAContext], c: NBAConfig) -> dict[str, np.ndarray]:
+    """Feature table (one entry per context) for `_evaluate`: the same code for one customer or 10,000."""
+    refs: dict[Any, float] = {}  # bucket start per distinct `now` (a batch shares one)
+    rows = []
+    for ctx in ctxs:
+        ref = refs.get(ctx.now)
+        if ref is None:
+            ref = refs[ctx.now] = _bucket_start(ctx.now, c)
+        rows.append(_feature_row(ctx, c, ref))
+    table = np.array(rows, dtype=float).reshape(len(ctxs), len(_FEATURE_KEYS))
+    return {k: np.ascontiguousarray(table[:, j]) for j, k in enumerate(_FEATURE_KEYS)}
 
 
 def _evaluate(f: Features, c: NBAConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -464,7 +492,7 @@ def decide_actions(ctx: NBAContext, config: NBAConfig = NBAConfig()) -> NBADecis
     never on `ctx.channel`; held-out customers get only `do_nothing` flagged holdout."""
     c = config
     bucket = time_bucket(ctx.now, c.window_s)
-    f = _features_from_context(ctx, c)
+    f = _features_from_contexts((ctx,), c)
     elig, val = _evaluate(f, c)
     scored: list[tuple[tuple[int, int, float, int], ScoredAction]] = []
     for i, a in enumerate(ACTIONS):
@@ -501,6 +529,8 @@ def context_from_profile(
     candidate_items: tuple[CandidateItem, ...] = (),
     item_values: Mapping[str, float] | None = None,
     item_categories: Mapping[str, str | None] | None = None,
+    has_candidates: bool | None = None,
+    _ref: float | None = None,
 ) -> NBAContext:
     """An NBAContext from a store `OnlineProfile` (duck-typed: cart_items, purchases, returns,
     channel_last_seen, last_negative_ts, replenish_days), so every caller derives the facts the same way.
@@ -516,24 +546,28 @@ def context_from_profile(
         if expected_order_value and expected_order_value > 0
         else config.default_order_value
     )
-    ref = _bucket_start(now, config)
+    ref = _bucket_start(now, config) if _ref is None else _ref
 
     def item(i: str) -> ItemValue:
         return ItemValue(i, float(values.get(i, default_value)), cats.get(i))
 
-    purchases = tuple(getattr(profile, "purchases", ()) or ())
-    last_bought: dict[str, float] = {}
-    for e in purchases:
-        last_bought[e.item_id] = max(last_bought.get(e.item_id, -math.inf), to_epoch(e.ts))
+    # every timestamp converted once (this runs per customer on the /scores path)
+    bought = [(e.item_id, to_epoch(e.ts)) for e in getattr(profile, "purchases", ()) or ()]
     due = []
-    for i, interval in sorted((getattr(profile, "replenish_days", None) or {}).items()):
-        if i in last_bought and interval and interval > 0:
-            age = max(0.0, ref - last_bought[i]) / SECONDS_PER_DAY
-            if config.replenish_due_from * interval <= age <= config.replenish_due_until * interval:
-                due.append(item(i))
-    returns = tuple(getattr(profile, "returns", ()) or ())
-    seen = dict(getattr(profile, "channel_last_seen", None) or {})
-    by_recency = sorted(seen, key=lambda ch: (-to_epoch(seen[ch]), ch))
+    replenish = getattr(profile, "replenish_days", None)
+    if replenish:
+        last_bought: dict[str, float] = {}
+        for i, t in bought:
+            if t > last_bought.get(i, -math.inf):
+                last_bought[i] = t
+        for i, interval in sorted(replenish.items()):
+            if i in last_bought and interval and interval > 0:
+                age = max(0.0, ref - last_bought[i]) / SECONDS_PER_DAY
+                if config.replenish_due_from * interval <= age <= config.replenish_due_until * interval:
+                    due.append(item(i))
+    returned = [to_epoch(e.ts) for e in getattr(profile, "returns", ()) or ()]
+    seen = {ch: to_epoch(t) for ch, t in (getattr(profile, "channel_last_seen", None) or {}).items()}
+    by_recency = sorted(seen, key=lambda ch: (-seen[ch], ch))
     cart_ids = list(dict.fromkeys(e.item_id for e in (getattr(profile, "cart_items", ()) or ())))
     return NBAContext(
         profile_id=profile.profile_id,
@@ -543,17 +577,86 @@ def context_from_profile(
         cart=tuple(item(i) for i in cart_ids),
         replenishment_due=tuple(due),
         candidate_items=candidate_items,
-        last_purchase_ts=max((to_epoch(e.ts) for e in purchases), default=None),
+        last_purchase_ts=max((t for _, t in bought), default=None),
         last_negative_sentiment_ts=getattr(profile, "last_negative_ts", None),
-        last_return_ts=max((to_epoch(e.ts) for e in returns), default=None),
+        last_return_ts=max(returned, default=None),
         lifetime_value=lifetime_value,
-        order_count=len({to_epoch(e.ts) for e in purchases}) if order_count is None else order_count,
+        order_count=len({t for _, t in bought}) if order_count is None else order_count,
         reachable_channels=tuple(by_recency),
         preferred_channel=by_recency[0] if by_recency else None,
         churn_probability=churn_probability,
         purchase_propensity=purchase_propensity,
         expected_order_value=expected_order_value,
+        has_candidates=has_candidates,
     )
+
+
+def contexts_from_profiles(
+    profiles: Sequence[Any | None],
+    features: pd.DataFrame,
+    churn: np.ndarray | Sequence[float],
+    propensity: np.ndarray | Sequence[float],
+    *,
+    now: Instant,
+    config: NBAConfig = NBAConfig(),
+    campaign_id: str = "default",
+    channel: str | None = None,
+) -> list[NBAContext]:
+    """THE derivation of decision inputs, shared by `/next_best_action` (one customer) and `/scores`
+    (thousands): one context per feature row, in row order.
+
+    `features` are the store's feature rows (PROFILE_ID, `avg_order_value`, `spend_total`, `n_orders`);
+    `profiles[i]` is row i's store profile (None: no online state) and gives cart, replenishment due,
+    returns, negative sentiment, last purchase and channels (`context_from_profile`); `churn` and
+    `propensity` are the models' scores of the rows (NaN counts as 0). Cross-sell candidates count as
+    available (the recommender falls back to popular items); callers may add the items themselves.
+    """
+    n = len(features)
+    if not (len(profiles) == len(churn) == len(propensity) == n):
+        raise ValueError("profiles, churn and propensity must have one entry per feature row")
+    pids = features[PROFILE_ID].astype(str).tolist() if n else []
+
+    def col(name: str) -> list[float | None]:
+        if name not in features:
+            return [None] * n
+        vals = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        return [float(v) if math.isfinite(v) else None for v in vals]
+
+    aov, ltv, orders = col(FEATURE_ORDER_VALUE), col(FEATURE_LIFETIME_VALUE), col(FEATURE_ORDER_COUNT)
+    ch = np.nan_to_num(np.asarray(churn, dtype=float), nan=0.0).tolist()
+    pr = np.nan_to_num(np.asarray(propensity, dtype=float), nan=0.0).tolist()
+    ref = _bucket_start(now, config)
+    out = []
+    for i, pid in enumerate(pids):
+        prof = profiles[i]
+        if prof is None:
+            prof = _NoProfile(pid)
+        ctx = context_from_profile(
+            prof,
+            now=now,
+            config=config,
+            channel=channel,
+            campaign_id=campaign_id,
+            churn_probability=ch[i],
+            purchase_propensity=pr[i],
+            expected_order_value=aov[i] if aov[i] is not None and aov[i] > 0 else None,
+            lifetime_value=ltv[i] or 0.0,
+            order_count=int(orders[i] or 0),
+            has_candidates=True,
+            _ref=ref,
+        )
+        out.append(ctx if ctx.profile_id == pid else dataclasses.replace(ctx, profile_id=pid))
+    return out
+
+
+@dataclass(frozen=True)
+class _NoProfile:
+    profile_id: str
+
+
+#: A contact rule: may this (non do_nothing) action be sent to this customer now? (`/scores` and
+#: `/next_best_action` pass the same one: the guard's suppression and quiet hours.)
+ContactRule = Callable[[NBAContext, ScoredAction], bool]
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -562,13 +665,87 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return np.full(len(frame), BATCH_DEFAULTS[name], dtype=float)
 
 
+def _top_actions(
+    f: Features,
+    pids: list[str],
+    c: NBAConfig,
+    campaign_id: str,
+    contexts: Sequence[NBAContext] | None = None,
+    allowed: ContactRule | None = None,
+) -> pd.DataFrame:
+    """Vectorised `decide_actions(...).actions[0]` (after dropping what `allowed` refuses) per customer."""
+    n = len(pids)
+    elig, val = _evaluate(f, c)
+    worth = elig & (val > 0)
+    prio = np.array([a.priority for a in ACTIONS], dtype=float)[:, None]
+    index = np.broadcast_to(np.arange(len(ACTIONS))[:, None], elig.shape)
+    # the ranking of `_rank_key` among the actions worth doing; the others sort last
+    order = np.lexsort((index, -val, np.where(worth, -prio, np.inf)), axis=0)
+    cols = np.arange(n)
+    first = order[0]
+    has = worth[first, cols]
+    names = np.array(ACTION_NAMES, dtype=object)
+    top = np.where(has, names[first], DO_NOTHING).astype(object)
+    ev = np.where(has, val[first, cols], 0.0)
+    hold = np.fromiter(
+        (holdout_draw(campaign_id, p) < c.holdout_share for p in pids), dtype=bool, count=n
+    )
+    counterfactual = pd.Series(np.where(hold, top, None), dtype=object)
+    if allowed is not None and contexts is not None:
+        guarded_top, guarded_ev = top.copy(), ev.copy()
+        for j in np.flatnonzero(has & ~hold):
+            ctx = contexts[j]
+            guarded_top[j], guarded_ev[j] = DO_NOTHING, 0.0
+            for i in order[:, j]:
+                if not worth[i, j]:
+                    break
+                a = ACTIONS[i]
+                sa = ScoredAction(a.name, float(val[i, j]), choose_channel(a, ctx, c), a.params(ctx, c))
+                if allowed(ctx, sa):
+                    guarded_top[j], guarded_ev[j] = a.name, float(val[i, j])
+                    break
+        top, ev = guarded_top, guarded_ev
+    return pd.DataFrame(
+        {
+            PROFILE_ID: pids,
+            TOP_ACTION: np.where(hold, DO_NOTHING, top),
+            EXPECTED_VALUE: np.where(hold, 0.0, ev),
+            HOLDOUT: hold,
+            # object dtype keeps None (JSON null) for customers not held out
+            COUNTERFACTUAL_ACTION: counterfactual,
+        }
+    )
+
+
+def decide_top_actions(
+    contexts: Sequence[NBAContext],
+    config: NBAConfig = NBAConfig(),
+    allowed: ContactRule | None = None,
+) -> pd.DataFrame:
+    """The first action `decide_actions` would rank for each context, vectorised (for `/scores`).
+
+    With `allowed`, an action it refuses is skipped as `/next_best_action` skips what the guard
+    suppresses (the next worth-doing action, else `do_nothing`); it is called only for customers not
+    held out, best action first, until one passes. Holdout uses each context's campaign (the first's
+    for the whole call: `/scores` decides for one campaign). Returns PROFILE_ID, TOP_ACTION,
+    EXPECTED_VALUE, HOLDOUT, COUNTERFACTUAL_ACTION (the unguarded top action of held-out customers).
+    """
+    c = config
+    f = _features_from_contexts(contexts, c)
+    campaign = contexts[0].campaign_id if contexts else "default"
+    if any(ctx.campaign_id != campaign for ctx in contexts):
+        raise ValueError("decide_top_actions decides for one campaign per call")
+    return _top_actions(f, [ctx.profile_id for ctx in contexts], c, campaign, contexts, allowed)
+
+
 def decide_top_actions_batch(
     frame: pd.DataFrame,
     config: NBAConfig = NBAConfig(),
     now: Instant | None = None,
     campaign_id: str = "default",
 ) -> pd.DataFrame:
-    """Top action per customer for `/scores`, vectorised over the same `ACTIONS` as `decide_actions`.
+    """Top action per customer from a table of already-derived facts, vectorised over the same
+    `ACTIONS` as `decide_actions` (exports and tests; the service uses `decide_top_actions`).
 
     `frame` has PROFILE_ID, CHURN_PROBABILITY, PURCHASE_PROPENSITY and optionally the other batch
     columns (`BATCH_DEFAULTS`); recency flags are booleans already evaluated by the caller, so `now`
@@ -579,7 +756,6 @@ def decide_top_actions_batch(
     missing = [col for col in BATCH_REQUIRED if col not in frame]
     if missing:
         raise ValueError(f"missing columns: {', '.join(missing)}")
-    c = config
     neg = _column(frame, NEGATIVE_SENTIMENT_RECENT)
     ret = _column(frame, RETURNED_RECENTLY)
     f = {
@@ -594,28 +770,4 @@ def decide_top_actions_batch(
         "lifetime_value": np.nan_to_num(_column(frame, LIFETIME_VALUE)),
         "has_candidates": np.nan_to_num(_column(frame, HAS_CANDIDATES)),
     }
-    elig, val = _evaluate(f, c)
-    worth = elig & (val > 0)
-    prio = np.array([a.priority for a in ACTIONS])[:, None]
-    best_prio = np.where(worth, prio, -1).max(axis=0) if len(ACTIONS) else np.full(len(frame), -1)
-    contender = worth & (prio == best_prio[None, :])
-    masked = np.where(contender, val, -np.inf)
-    best = masked.argmax(axis=0)  # first in registry order on ties, as the stable sort in decide_actions
-    names = np.array(ACTION_NAMES, dtype=object)
-    none = best_prio < 0
-    top = np.where(none, DO_NOTHING, names[best])
-    ev = np.where(none, 0.0, masked[best, np.arange(len(frame))])
-    pids = frame[PROFILE_ID].astype(str).tolist()
-    hold = np.fromiter(
-        (holdout_draw(campaign_id, p) < c.holdout_share for p in pids), dtype=bool, count=len(pids)
-    )
-    return pd.DataFrame(
-        {
-            PROFILE_ID: pids,
-            TOP_ACTION: np.where(hold, DO_NOTHING, top),
-            EXPECTED_VALUE: np.where(hold, 0.0, ev),
-            HOLDOUT: hold,
-            # object dtype keeps None (JSON null) for customers not held out
-            COUNTERFACTUAL_ACTION: pd.Series(np.where(hold, top, None), dtype=object),
-        }
-    )
+    return _top_actions(f, frame[PROFILE_ID].astype(str).tolist(), config, campaign_id)

@@ -11,6 +11,7 @@ Run: `bentoml serve serving.service:Mirror --port 3000` (settings: serving/confi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -237,7 +238,7 @@ class Mirror:
     """Opens the store and loads the champions at start; every request reads one champion snapshot."""
 
     def __init__(self) -> None:
-        from serving.guard import load_policy
+        from serving.guard import consent_from_flags, load_policy
 
         self.settings = Settings.from_env()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactClientErrors())
@@ -253,6 +254,7 @@ class Mirror:
         if self.settings.registry_uri:
             mlflow.set_registry_uri(self.settings.registry_uri)
         self.policy = load_policy(self.settings.guard_config)
+        self._default_consent = consent_from_flags({})
         self.store = _open_store(self.settings)
         self.metrics = ServiceMetrics.get()
         self.champions = ChampionSet(fallback_factory=self._popularity_fallback)
@@ -397,49 +399,30 @@ class Mirror:
     @bentoml.api(route="/next_best_action")
     def next_best_action(self, req: api.NBARequest, /) -> api.NBAResponse:
         """serving.nba decides; every action's message passes the guard (suppressed ones are dropped)."""
-        from serving.guard import NBA_MESSAGE, ContactContext, GuardRequest, guard
+        from serving.guard import NBA_MESSAGE, GuardRequest, guard
 
         pid = self.store.resolve(req.identifiers())
         if pid is None:
             raise NotFound(f"{', '.join(req.identifiers())}: unknown customer")
-        profile = self.store.get_profile(pid)
-        feats = self.store.features_for([pid])
-        scored = self._score_features(feats)
-        f = feats.iloc[0] if len(feats) else pd.Series(dtype=float)
+        now = datetime.now(UTC)
+        ctx, profile = self._nba_context(pid, now=now, campaign_id=req.campaign, channel=req.channel)
         rec = self.champions.current.recommender
         cart = profile_items(profile, "cart_items")
         recent = profile_items(profile, "recent_views")
         candidates = rec.recommend(pid, 5, exclude=sorted(blocked_purchases(profile, time.time())),
                                    recent_items=cart + recent)
-        aov = _nan_none(f.get("avg_order_value"))
-        churn = _nan_none(scored[nba.CHURN_PROBABILITY].iloc[0]) if len(scored) else None
-        prop = _nan_none(scored[nba.PURCHASE_PROPENSITY].iloc[0]) if len(scored) else None
-        seen = dict(getattr(profile, "channel_last_seen", None) or {})
-        now = datetime.now(UTC)
-        ctx = nba.NBAContext(
-            profile_id=pid, now=now, channel=req.channel, campaign_id=req.campaign,
-            cart=tuple(nba.ItemValue(i, aov or nba.NBAConfig().default_order_value) for i in cart),
-            candidate_items=tuple(nba.CandidateItem(i, s, rec.item_category(i)) for i, s in candidates),
-            days_since_last_purchase=_nan_none(f.get("days_since_last_purchase")),
-            last_purchase_ts=getattr(profile.purchases[0], TS) if profile and profile.purchases else None,
-            last_negative_sentiment_ts=getattr(profile, "last_negative_ts", None),
-            last_return_ts=getattr(profile.returns[0], TS) if profile and profile.returns else None,
-            lifetime_value=_nan_none(f.get("spend_total")) or 0.0,
-            order_count=int(_nan_none(f.get("n_orders")) or 0),
-            reachable_channels=tuple(seen),
-            preferred_channel=max(seen, key=lambda c: seen[c]) if seen else None,
-            churn_probability=churn or 0.0, purchase_propensity=prop or 0.0, expected_order_value=aov,
-        )
+        # the items only fill the cross-sell message; whether to cross-sell does not depend on them
+        ctx = dataclasses.replace(
+            ctx, candidate_items=tuple(nba.CandidateItem(i, s, rec.item_category(i)) for i, s in candidates))
         decision = nba.decide_actions(ctx)
         consent = self._consent(pid)
         signals = tuple(_signals_from_profile(profile))
-        contact = ContactContext(
-            profile_id=pid,
-            purchases={e.item_id: e.ts for e in (profile.purchases if profile else ())},
-            last_purchase_ts=ctx.last_purchase_ts, last_return_ts=ctx.last_return_ts,
-            last_negative_sentiment_ts=ctx.last_negative_sentiment_ts)
+        contact = nba_contact_context(ctx, profile)
+        allowed = nba_contact_rule(self.policy, now, consent, {pid: profile})
         actions = []
         for a in decision.actions:
+            if not allowed(ctx, a):  # the same rule /scores applies, so both give the same first action
+                continue
             channel = a.channel or req.channel
             d = guard(GuardRequest(NBA_MESSAGE, channel, consent, signals, action=a.name, params=dict(a.params),
                                    now=now, logged_in=True, context=contact), self.policy)
@@ -536,16 +519,48 @@ class Mirror:
         return self._score_features(feats)
 
     def _score_features(self, feats: pd.DataFrame) -> pd.DataFrame:
-
-        champ = self.champions.current
+        """Churn, propensity and top action per feature row: `/next_best_action`'s first action for the
+        default campaign (same contexts, same ranking, same contact rule), decided vectorised."""
         if not len(feats):
             return pd.DataFrame({PROFILE_ID: [], nba.CHURN_PROBABILITY: [], nba.PURCHASE_PROPENSITY: [],
                                  nba.TOP_ACTION: []})
-        churn = _predict_proba(champ.churn, feats)
-        prop = _predict_proba(champ.purchase, feats)
-        top = nba.decide_top_actions_batch(nba_batch_frame(feats, churn, prop))
+        now = datetime.now(UTC)
+        churn, prop, ctxs, profiles = self._nba_inputs(feats, now=now)
+        # Consent enters the contact rule only through the customer's time zone (quiet hours), which the
+        # store does not keep (`_consent` builds every customer's state without one): the default state
+        # is what a per-customer read would give, without 10,000 consent reads.
+        rule = nba_contact_rule(self.policy, now, self._default_consent, profiles)
+        top = nba.decide_top_actions(ctxs, allowed=rule)
         return pd.DataFrame({PROFILE_ID: feats[PROFILE_ID].astype(str).to_numpy(), nba.CHURN_PROBABILITY: churn,
                              nba.PURCHASE_PROPENSITY: prop, nba.TOP_ACTION: top[nba.TOP_ACTION].to_numpy()})
+
+    def _nba_inputs(self, feats: pd.DataFrame, *, now: datetime, campaign_id: str = "default",
+                    channel: str | None = None) -> tuple[np.ndarray, np.ndarray, list[nba.NBAContext],
+                                                          dict[str, Any]]:
+        """Model scores, decision contexts and store profiles of feature rows: the one place both
+        `/scores` and `/next_best_action` get their decision inputs from (`nba.contexts_from_profiles`)."""
+        champ = self.champions.current
+        churn = _predict_proba(champ.churn, feats)
+        prop = _predict_proba(champ.purchase, feats)
+        pids = feats[PROFILE_ID].astype(str).tolist()
+        get = self.store.get_profile
+        profiles = [get(p) for p in pids]
+        ctxs = nba.contexts_from_profiles(profiles, feats, churn, prop, now=now, campaign_id=campaign_id,
+                                          channel=channel)
+        return churn, prop, ctxs, dict(zip(pids, profiles, strict=True))
+
+    def _nba_context(self, pid: str, *, now: datetime, campaign_id: str,
+                     channel: str | None) -> tuple[nba.NBAContext, Any]:
+        """One customer's decision context (as `/scores` builds it) and store profile."""
+        feats = self.store.features_for([pid])
+        if len(feats):
+            _, _, ctxs, profiles = self._nba_inputs(feats, now=now, campaign_id=campaign_id, channel=channel)
+            return ctxs[0], profiles[pid]
+        # no feature row yet (first events in the current feature bucket): no scores, /scores says unknown
+        profile = self.store.get_profile(pid)
+        ctx = nba.contexts_from_profiles([profile], pd.DataFrame({PROFILE_ID: [pid]}), [np.nan], [np.nan],
+                                         now=now, campaign_id=campaign_id, channel=channel)[0]
+        return ctx, profile
 
     @bentoml.api(route="/scores")
     def scores(self, req: api.ScoresRequest, /) -> api.ScoresResponse:
@@ -668,29 +683,51 @@ def _predict_proba(model: Any, features: pd.DataFrame) -> np.ndarray:
         return np.full(len(features), np.nan)
 
 
-def nba_batch_frame(feats: pd.DataFrame, churn: np.ndarray, propensity: np.ndarray) -> pd.DataFrame:
-    """The `serving.nba` batch input from profile features (the same facts `decide_actions` reads)."""
+def _aware_ts(t: Any) -> datetime | None:
+    """An NBAContext instant (epoch seconds or datetime) as the aware datetime the guard expects."""
+    if t is None:
+        return None
+    if isinstance(t, datetime):
+        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(t), tz=UTC)
 
-    def col(name: str, default: float = 0.0) -> np.ndarray:
-        if name in feats:
-            return pd.to_numeric(feats[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        return np.full(len(feats), default)
 
-    aov = col("avg_order_value", np.nan)
-    value = np.where(np.isfinite(aov) & (aov > 0), aov, nba.NBAConfig().default_order_value)
-    due = (col("n_replenish_items") > 0) & (col("days_until_replenishment", np.inf) <= 0)
-    return pd.DataFrame({
-        PROFILE_ID: feats[PROFILE_ID].astype(str).to_numpy() if PROFILE_ID in feats else [],
-        nba.CHURN_PROBABILITY: np.nan_to_num(churn),
-        nba.PURCHASE_PROPENSITY: np.nan_to_num(propensity),
-        nba.EXPECTED_ORDER_VALUE: aov,
-        nba.CART_VALUE: np.where(col("open_cart_items") > 0, value, 0.0),
-        nba.DAYS_SINCE_LAST_PURCHASE: col("days_since_last_purchase", np.nan),
-        nba.NEGATIVE_SENTIMENT_RECENT: (col("days_since_negative", np.inf) <= nba.NBAConfig().recovery_days),
-        nba.REPLENISHMENT_DUE: np.where(due, value, 0.0),
-        nba.ORDER_COUNT: col("n_orders"),
-        nba.LIFETIME_VALUE: col("spend_total"),
-    })
+def nba_contact_context(ctx: nba.NBAContext, profile: Any) -> Any:
+    """The guard's ContactContext of a decision context. `purchases` (item -> latest purchase) holds the
+    cart's items only: all the contact policy reads it for (a cart reminder for an item just bought;
+    the thank-you window reads `last_purchase_ts`), and this runs per customer on the /scores path."""
+    from serving.guard import ContactContext
+
+    purchases: dict[str, datetime] = {}
+    cart = {i.item_id for i in ctx.cart}
+    for e in (getattr(profile, "purchases", None) or ()) if cart else ():
+        item = _entry_item(e)
+        ts = _aware_ts(getattr(e, TS, None)) if item in cart else None
+        if item is not None and ts is not None and (item not in purchases or ts > purchases[item]):
+            purchases[item] = ts
+    return ContactContext(profile_id=ctx.profile_id, purchases=purchases,
+                          last_purchase_ts=_aware_ts(ctx.last_purchase_ts),
+                          last_return_ts=_aware_ts(ctx.last_return_ts),
+                          last_negative_sentiment_ts=_aware_ts(ctx.last_negative_sentiment_ts))
+
+
+def nba_contact_rule(policy: Any, now: datetime, consent: Any, profiles: Mapping[str, Any]) -> nba.ContactRule:
+    """The guard's contact policy (`serving.guard.check_contact`: no upsell/cross-sell/reminders after a
+    return or negative sentiment, no cart reminder for an item just bought, quiet hours) as the one rule
+    `/next_best_action` and `/scores` both apply to a ranked action. Every cart item is checked, so the
+    guard's own check (on the message's items) never refuses what this allowed. No frequency-cap slot
+    is reserved here."""
+    from serving.guard import check_contact
+
+    def allowed(ctx: nba.NBAContext, action: nba.ScoredAction) -> bool:
+        if action.name == nba.DO_NOTHING:
+            return True
+        contact = nba_contact_context(ctx, profiles.get(ctx.profile_id))
+        check = check_contact(action.channel or "web", action.name, now, consent, policy, contact,
+                              [i.item_id for i in ctx.cart])
+        return check.allowed
+
+    return allowed
 
 
 def _jsonable(x: Any) -> Any:

@@ -507,7 +507,7 @@ def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
         post("scores", {"customer_ids": [customer_id]}),
         post("events", {"event": {"event_id": "demo-1", "ts": "2030-01-01T12:00:00Z", "channel": "web",
                                   "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
-        post("consent", {"customer_id": customer_id, "purpose": "email_marketing", "granted": True}, "PUT"),
+        post("consent", {"customer_id": customer_id, "purpose": "email_engagement", "granted": True}, "PUT"),
         f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",
     ]
 

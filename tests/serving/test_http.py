@@ -209,6 +209,37 @@ def test_next_best_action_is_consistent_across_channels(server):
     assert all(a in nba.ACTION_NAMES for a in names[0])
 
 
+def test_scores_top_action_is_next_best_actions_first_action(server):
+    """Channels never contradict each other: /scores and /next_best_action decide from the same facts,
+    rank the same way and drop what the guard's contact policy suppresses, so they agree."""
+    extra = {  # situations beyond the seeded history: an open cart, a return, a lapsed loyal buyer
+        "nba-cart": [event("nba-cart-buy", "nba-cart", "purchase", 9, days_ago=20),
+                     event("nba-cart-add", "nba-cart", "add_to_cart", 8, days_ago=2)],
+        "nba-return": [event("nba-ret-buy", "nba-return", "purchase", 10, days_ago=6),
+                       event("nba-ret-add", "nba-return", "add_to_cart", 11, days_ago=2),
+                       event("nba-ret-ret", "nba-return", "return", 10, days_ago=2)],
+        "nba-lapsed": [event(f"nba-lap-{i}", "nba-lapsed", "purchase", i, days_ago=60 + 9 * i) for i in range(6)],
+    }
+    r = server.post("/events", {"events": [e for evs in extra.values() for e in evs]}, key="write-key")
+    assert r.status_code == 200 and not r.json()["rejected"], r.text
+    customers = [*CUSTOMERS, *extra]
+    for _ in range(3):  # the decision window is an hour: ask again if the calls straddled its end
+        bucket = int(time.time() // 3600)
+        scores = server.post("/scores", {"customer_ids": customers})
+        assert scores.status_code == 200, scores.text
+        assert scores.json()["unknown"] == []
+        top = {s["id"]: s["top_action"] for s in scores.json()["scores"]}
+        first = {}
+        for c in customers:
+            r = server.post("/next_best_action", {"customer_id": c})
+            assert r.status_code == 200, r.text
+            first[c] = r.json()["actions"][0]["action"]
+        if int(time.time() // 3600) == bucket:
+            break
+    assert top == first
+    assert set(top.values()) <= set(nba.ACTION_NAMES)
+
+
 # -- /scores and the segment task -----------------------------------------------------------------
 def test_scores(server):
     r = server.post("/scores", {"customer_ids": [*CUSTOMERS[:4], "ghost"], "profile_ids": [profile_id_for("c5")]})
@@ -284,6 +315,21 @@ def test_consent_changes_the_profile_view(server):
     bad = server.client.put("/consent", json={"customer_id": "c5", "purpose": "x", "granted": "maybe"},
                             headers=server.headers("write-key"))
     assert bad.status_code == 422 and "granted" in bad.text
+
+
+def test_consent_purpose_must_be_one_the_guard_knows(server):
+    from serving.guard import PURPOSES
+
+    r = server.client.put("/consent", json={"customer_id": "c5", "purpose": "email_marketing", "granted": True},
+                          headers=server.headers("write-key"))
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert [e["loc"] for e in errors] == [["body", "purpose"]]
+    assert all(p in errors[0]["msg"] for p in PURPOSES)
+    ok = server.client.put("/consent", json={"customer_id": "c5", "purpose": "email_engagement", "granted": False},
+                           headers=server.headers("write-key"))
+    assert ok.status_code == 200 and ok.json()["consent"]["email_engagement"] is False, ok.text
+    assert "email_marketing" not in ok.json()["consent"]  # the rejected purpose was never stored
 
 
 def test_erasure_is_complete(server):

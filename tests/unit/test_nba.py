@@ -455,3 +455,109 @@ def test_context_from_profile_derives_facts() -> None:
     assert d.top.name == SERVICE_RECOVERY
     assert d.top.params == {"reasons": ["negative_sentiment", "return"]}
     assert d.top.channel == "app"
+
+
+# ---------------------------------------------------------------------------------------------
+# /scores and /next_best_action: one derivation, one contact rule, the same first action
+# ---------------------------------------------------------------------------------------------
+def consistency_profiles() -> list:
+    """Profiles covering every situation the two endpoints must agree on."""
+    return [
+        store_profile(profile_id="cart", cart_items=("a", "b"), purchases=[("x", NOW - 10 * DAY)],
+                      channel_last_seen={"app": NOW - DAY}),
+        store_profile(profile_id="cart_bought", cart_items=("soap",), purchases=[("soap", NOW - 5 * DAY)],
+                      channel_last_seen={"email": NOW - DAY}),
+        store_profile(profile_id="replenish", purchases=[("soap", NOW - 28 * DAY), ("soap", NOW - 58 * DAY)],
+                      replenish_days={"soap": 30.0}, channel_last_seen={"email": NOW - 2 * DAY}),
+        store_profile(profile_id="returned", cart_items=("c",), purchases=[("tv", NOW - 9 * DAY)],
+                      returns=[("tv", NOW - 2 * DAY)], channel_last_seen={"web": NOW - 2 * DAY}),
+        store_profile(profile_id="negative", cart_items=("d",), purchases=[("e", NOW - 20 * DAY)],
+                      last_negative_ts=NOW - 3 * DAY, channel_last_seen={"email": NOW - 3 * DAY}),
+        store_profile(profile_id="lapsed", purchases=[("f", NOW - 120 * DAY), ("g", NOW - 150 * DAY)],
+                      channel_last_seen={"email": NOW - 100 * DAY}),
+        store_profile(profile_id="loyal", purchases=[(f"l{i}", NOW - (3 + 7 * i) * DAY) for i in range(8)],
+                      channel_last_seen={"app": NOW - DAY, "email": NOW - 4 * DAY}),
+        store_profile(profile_id="empty"),
+    ]
+
+
+def _holdout_id() -> str:
+    return next(p for p in (f"hold_{i}" for i in range(10_000)) if is_holdout("default", p, NBAConfig().holdout_share))
+
+
+def _consistency_case(now: datetime, churn: float, propensity: float):
+    from serving.nba import contexts_from_profiles
+
+    profiles = [*consistency_profiles(), store_profile(profile_id=_holdout_id(), cart_items=("h",))]
+    n = len(profiles)
+    feats = pd.DataFrame({
+        PROFILE_ID: [p.profile_id for p in profiles],
+        "avg_order_value": [60.0] * n,
+        "spend_total": [60.0 * len({t for _, t in p.purchases}) for p in profiles],
+        "n_orders": [float(len({t for _, t in p.purchases})) for p in profiles],
+    })
+    ctxs = contexts_from_profiles(profiles, feats, np.full(n, churn), np.full(n, propensity), now=now)
+    return profiles, ctxs
+
+
+def _first_allowed(ctx: NBAContext, allowed) -> str:
+    """What /next_best_action answers first: decide_actions, then drop what the contact rule refuses."""
+    d = decide_actions(ctx)
+    return next((a.name for a in d.actions if allowed(ctx, a)), DO_NOTHING)
+
+
+@pytest.mark.parametrize("hour", [12, 18])  # 12:00 UTC is quiet hours in New York (email refused), 18:00 not
+def test_scores_top_action_is_next_best_actions_first_action(hour: int) -> None:
+    from serving.guard import consent_from_flags, load_policy
+    from serving.nba import decide_top_actions
+    from serving.service import nba_contact_rule
+
+    now = NOW.replace(hour=hour)
+    policy = load_policy()
+    seen: dict[str, set[str]] = {}
+    for churn, propensity in [(0.1, 0.9), (0.5, 0.5), (0.9, 0.2), (0.2, 0.05)]:
+        profiles, ctxs = _consistency_case(now, churn, propensity)
+        rule = nba_contact_rule(policy, now, consent_from_flags({}), {p.profile_id: p for p in profiles})
+        batch = decide_top_actions(ctxs, allowed=rule)
+        assert list(batch[PROFILE_ID]) == [c.profile_id for c in ctxs]
+        for ctx, top, hold in zip(ctxs, batch[TOP_ACTION], batch[HOLDOUT], strict=True):
+            assert top == _first_allowed(ctx, rule), (ctx.profile_id, churn, propensity)
+            assert bool(hold) == decide_actions(ctx).holdout
+            seen.setdefault(ctx.profile_id, set()).add(top)
+    assert seen[_holdout_id()] == {DO_NOTHING}
+    # the guard's suppression ran in the batch: a recent return or negative review stops the cart
+    # reminder (service recovery first), and a cart item bought days ago gets no reminder
+    assert CART_REMINDER not in seen["returned"] | seen["negative"] | seen["cart_bought"]
+    assert SERVICE_RECOVERY in seen["returned"] or hour == 12
+    if hour == 18:
+        assert CART_REMINDER in seen["cart"] and REPLENISHMENT_REMINDER in seen["replenish"]
+        assert WINBACK_OFFER in seen["lapsed"] and LOYALTY_REWARD in seen["loyal"]
+
+
+def test_contexts_from_profiles_derive_replenishment_returns_and_scores() -> None:
+    from serving.nba import contexts_from_profiles
+
+    profiles, ctxs = _consistency_case(NOW, 0.3, 0.6)
+    by_id = {c.profile_id: c for c in ctxs}
+    assert [i.item_id for i in by_id["replenish"].replenishment_due] == ["soap"]
+    assert by_id["returned"].last_return_ts is not None
+    assert by_id["cart"].cart and by_id["cart"].cart[0].value == 60.0
+    assert all(c.churn_probability == 0.3 and c.purchase_propensity == 0.6 for c in ctxs)
+    assert all(c.has_candidates for c in ctxs)
+    # a feature row without a profile still decides (nothing known beyond the scores)
+    lone = contexts_from_profiles([None], pd.DataFrame({PROFILE_ID: ["ghost"]}), [np.nan], [0.5], now=NOW)
+    assert lone[0].profile_id == "ghost" and lone[0].churn_probability == 0.0 and not lone[0].cart
+    with pytest.raises(ValueError, match="one entry per feature row"):
+        contexts_from_profiles(profiles[:1], pd.DataFrame({PROFILE_ID: ["a", "b"]}), [0.1], [0.1], now=NOW)
+
+
+def test_decide_top_actions_without_a_rule_is_decide_actions_top() -> None:
+    from serving.nba import decide_top_actions
+
+    for churn, propensity in [(0.1, 0.9), (0.9, 0.2)]:
+        _, ctxs = _consistency_case(NOW, churn, propensity)
+        out = decide_top_actions(ctxs)
+        for ctx, top, ev in zip(ctxs, out[TOP_ACTION], out[EXPECTED_VALUE], strict=True):
+            d = decide_actions(ctx)
+            assert top == d.top.name and ev == pytest.approx(d.top.expected_value)
+    assert decide_top_actions([]).empty
