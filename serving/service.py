@@ -543,8 +543,7 @@ class Mirror:
         churn = _predict_proba(champ.churn, feats)
         prop = _predict_proba(champ.purchase, feats)
         pids = feats[PROFILE_ID].astype(str).tolist()
-        get = self.store.get_profile
-        profiles = [get(p) for p in pids]
+        profiles = self.store.get_profiles(pids)
         ctxs = nba.contexts_from_profiles(profiles, feats, churn, prop, now=now, campaign_id=campaign_id,
                                           channel=channel)
         return churn, prop, ctxs, dict(zip(pids, profiles, strict=True))

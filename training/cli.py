@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
@@ -496,6 +497,7 @@ def _example_item(events: Path | None) -> str | None:
 def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
     """curl calls for every public endpoint, for a real customer and item (bodies as serving/api.py)."""
     j = "-H 'Content-Type: application/json'"
+    now = datetime.now(UTC).isoformat(timespec="seconds")  # a view happening now: it shows in /recommend
 
     def post(path: str, body: dict[str, Any], method: str = "POST") -> str:
         return f"curl -s -X {method} {base_url}/{path} {j} -d '{json.dumps(body)}'"
@@ -505,7 +507,7 @@ def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
         post("similar_items", {"item_id": item_id, "k": 5}),
         post("next_best_action", {"customer_id": customer_id, "channel": "email"}),
         post("scores", {"customer_ids": [customer_id]}),
-        post("events", {"event": {"event_id": "demo-1", "ts": "2030-01-01T12:00:00Z", "channel": "web",
+        post("events", {"event": {"event_id": "demo-1", "ts": now, "channel": "web",
                                   "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
         post("consent", {"customer_id": customer_id, "purpose": "email_engagement", "granted": True}, "PUT"),
         f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",

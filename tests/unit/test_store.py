@@ -85,6 +85,24 @@ def test_merge_keeps_both_histories_and_state(store: SQLiteProfileStore) -> None
     assert store.get_profile(a.profile_ids[0]).profile_id == pid
 
 
+def test_get_profiles_equals_get_profile_one_by_one(tmp_path: Path) -> None:
+    """The bulk read (batch scoring) answers exactly what single reads do: merged ids followed, unknown None,
+    and a write after a cached bulk read is seen by the next one."""
+    fresh = SQLiteProfileStore(tmp_path / "a.db")
+    fresh.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", device_id="d9", item_id="x"),
+                                      ev("e2", "2025-01-02T00:00:00Z", "purchase", customer_id="c1", item_id="y"),
+                                      ev("e3", "2025-01-02T00:00:00Z", "purchase", customer_id="c2", item_id="w")]))
+    old = fresh.resolve({"device_id": "d9"})
+    fresh.append_events(pd.DataFrame([ev("e4", "2025-01-03T00:00:00Z", customer_id="c1", device_id="d9")]))
+    ids = [profile_id_for("customer_id:c1"), old, "p_nobody", profile_id_for("customer_id:c2")]
+    single = SQLiteProfileStore(tmp_path / "a.db")  # own cache: the single path from cold
+    expected = [single.get_profile(i) for i in ids]
+    assert fresh.get_profiles(ids) == expected == SQLiteProfileStore(tmp_path / "a.db").get_profiles(ids)
+    assert expected[0] == expected[1] and expected[2] is None
+    fresh.append_events(pd.DataFrame([ev("e5", "2025-01-04T00:00:00Z", "purchase", customer_id="c2", item_id="v")]))
+    assert {p.item_id for p in fresh.get_profiles(ids)[3].purchases} == {"w", "v"}
+
+
 def test_shared_device_stops_linking(tmp_path: Path) -> None:
     store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(max_profiles_per_device=1))
     store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1", device_id="kiosk")]))
