@@ -5,7 +5,9 @@ Models (all `Recommender`s, all passing tests/unit/test_recommender_contract.py)
 - `ComplementsRecommender`: directional item-to-item co-occurrence with lift (bought together;
   viewed, then bought) for product pages.
 - `PopularityRecommender`: overall / recent-window popularity, optionally per the user's categories.
-- `EASERecommender`: closed-form item-item model (Steck 2019), strong on small catalogs.
+- `EASERecommender`: closed-form item-item model (Steck 2019), strong on small catalogs; optionally
+  asymmetric (weighted input, binary target).
+- `RP3BetaRecommender`: graph random-walk item-item model with a popularity penalty (RP3beta).
 - `RandomRecommender`: the floor every model must clear.
 - `EnsembleRecommender`: a weighted sum of members' per-user z-scored scores (EASE + ALS is the
   best MovieLens-100k model here); weights tuned on validation via `with_weights`.
@@ -209,6 +211,7 @@ class PopularityConfig:
     recent_days: float = 14.0
     recent_share: float = 0.5
     personal_categories: bool = True  # rank within the user's own categories first
+    log_scale: bool = False  # PopularityRecommender: log(1 + popularity), e.g. as a popularity-penalty member
 
 
 def _popularity(inter: pd.DataFrame, items: np.ndarray, recent_days: float) -> tuple[np.ndarray, np.ndarray]:
@@ -571,6 +574,8 @@ class PopularityRecommender(_HistoryRecommender):
 
     def _fit_state(self, inter, mx, items):  # noqa: ANN001, ANN202
         overall, recent = _popularity(inter, mx.items, self.config.recent_days)
+        if self.config.log_scale:
+            overall, recent = np.log1p(overall), np.log1p(recent)
         score = (1 - self.config.recent_share) * overall / max(overall.max(), 1e-12)
         score = score + self.config.recent_share * recent / max(recent.max(), 1e-12)
         self._state = {"score": score}
@@ -620,6 +625,9 @@ class EASEConfig:
 
     l2: float = 300.0
     binary: bool = True
+    #: with weighted input (binary=False): learn to reproduce the binary interaction matrix from the
+    #: weighted one (asymmetric EASE: strong signals weigh more as evidence, every item counts as a target)
+    binary_target: bool = False
     max_items: int = 20_000  # memory guard: the model is a dense items x items matrix
 
 
@@ -644,12 +652,76 @@ class EASERecommender(_HistoryRecommender):
         g = (x.T @ x).toarray()
         g[np.diag_indices(n)] += self.config.l2
         p = np.linalg.inv(g)
-        b = -p / np.diag(p)
+        if self.config.binary_target and not self.config.binary:
+            # min ||X01 - X B||^2 + l2 ||B||^2, diag(B) = 0:  B = P X'X01 - P diag(mu)
+            xt = x.copy()
+            xt.data = np.ones_like(xt.data)
+            b = p @ (x.T @ xt).toarray()
+            b -= p * (np.diag(b) / np.diag(p))[None, :]
+        else:
+            b = -p / np.diag(p)
         b[np.diag_indices(n)] = 0.0
         self._state = {"b": b.astype(np.float32)}
 
     def _scores(self, x, uidx):  # noqa: ANN001, ANN202
         return np.asarray(x @ self._state["b"]).ravel()
+
+
+@dataclass(frozen=True)
+class RP3BetaConfig:
+    """RP3beta (Paudel et al. 2017): 3-step random walk item -> user -> item, damped by popularity.
+
+    W[i, j] = sum_u P(u | i)^alpha P(j | u)^alpha / pop(j)^beta, the `top_k` largest kept per row
+    (None: all); a user's scores are their history times W.
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.5
+    top_k: int | None = 100
+    binary: bool = True
+
+
+class RP3BetaRecommender(_HistoryRecommender):
+    """Graph-based item-item model: a popularity-penalised random walk of length 3 on the user-item graph."""
+
+    name = "rp3beta"
+
+    def __init__(self, config: RP3BetaConfig = RP3BetaConfig(), user_col: str = PROFILE_ID) -> None:
+        super().__init__(user_col)
+        self.config = config
+
+    def _fit_state(self, inter, mx, items):  # noqa: ANN001, ANN202
+        cfg = self.config
+        x = mx.matrix.astype(np.float64).tocsr()
+        if cfg.binary:
+            x = x.copy()
+            x.data = np.ones_like(x.data)
+            self._hist = x.astype(np.float32)
+        user_deg = np.asarray(x.sum(axis=1)).ravel()
+        item_deg = np.asarray(x.sum(axis=0)).ravel()
+        p_ui = sp.diags(1.0 / np.maximum(user_deg, 1e-12)) @ x  # P(item | user)
+        p_iu = sp.diags(1.0 / np.maximum(item_deg, 1e-12)) @ x.T.tocsr()  # P(user | item)
+        p_ui.data **= cfg.alpha
+        p_iu.data **= cfg.alpha
+        w = (p_iu @ p_ui).tocsr()
+        w = w @ sp.diags(1.0 / np.power(np.maximum(item_deg, 1e-12), cfg.beta))
+        w = w.tolil()
+        w.setdiag(0.0)
+        w = w.tocsr()
+        w.eliminate_zeros()
+        if cfg.top_k is not None:
+            w = _top_k_per_row(w, cfg.top_k)
+        w = w.astype(np.float32)
+        self._state = {"w_data": w.data, "w_indices": w.indices, "w_indptr": w.indptr}
+        self._restore()
+
+    def _restore(self) -> None:
+        n = len(self._items)
+        s = self._state
+        self._w = sp.csr_matrix((s["w_data"], s["w_indices"], s["w_indptr"]), shape=(n, n))
+
+    def _scores(self, x, uidx):  # noqa: ANN001, ANN202
+        return (x @ self._w).toarray().ravel()
 
 
 @dataclass(frozen=True)
@@ -666,6 +738,23 @@ def _standardise(x: np.ndarray) -> np.ndarray:
         return x
     mu, sd = float(x[ok].mean()), float(x[ok].std())
     return np.where(ok, (x - mu) / (sd if sd > 0 else 1.0), -np.inf)
+
+
+class _Sum:
+    """Weighted sum of score vectors; an item any member could not score (-inf) stays -inf, whatever the
+    sign of that member's weight (a negative weight, e.g. a popularity penalty, must not turn it into +inf)."""
+
+    def __init__(self, n: int) -> None:
+        self.total = np.zeros(n)
+        self.bad = np.zeros(n, bool)
+
+    def add(self, w: float, z: np.ndarray) -> None:
+        ok = np.isfinite(z)
+        self.total += w * np.where(ok, z, 0.0)
+        self.bad |= ~ok
+
+    def value(self) -> np.ndarray:
+        return np.where(self.bad, -np.inf, self.total)
 
 
 class EnsembleRecommender(Recommender):
@@ -718,11 +807,11 @@ class EnsembleRecommender(Recommender):
 
     def score_vector(self, user_id: str | None, recent_items: Iterable[str] = ()) -> np.ndarray:
         recent = list(recent_items) if not isinstance(recent_items, str) else [recent_items]
-        total = np.zeros(len(self._items))
+        total = _Sum(len(self._items))
         for w, m in zip(self.config.weights, self.members, strict=True):
             if w:
-                total += w * _standardise(m.score_vector(user_id, recent))  # type: ignore[attr-defined]
-        return total
+                total.add(w, _standardise(m.score_vector(user_id, recent)))  # type: ignore[attr-defined]
+        return total.value()
 
     def recommend(self, user_id, k=10, exclude=(), recent_items=()):  # noqa: ANN001, ANN201
         k = RecommenderCore._check_k(k)
@@ -732,15 +821,15 @@ class EnsembleRecommender(Recommender):
         k = RecommenderCore._check_k(k)
         if not self.has_item(item_id):
             return []
-        total = np.zeros(len(self._items))
+        total = _Sum(len(self._items))
         for w, m in zip(self.config.weights, self.members, strict=True):
             if not w:
                 continue
             v = np.full(len(self._items), -np.inf)
             for it, s in m.similar_items(item_id, len(self._items)):
                 v[self._iidx[it]] = s
-            total += w * _standardise(v)
-        return self._top(total, k, (item_id,))
+            total.add(w, _standardise(v))
+        return self._top(total.value(), k, (item_id,))
 
     def _top(self, scores: np.ndarray, k: int, exclude: Iterable[str]) -> list[tuple[str, float]]:
         if isinstance(exclude, str):
@@ -783,7 +872,7 @@ class EnsembleRecommender(Recommender):
 def _loadable() -> dict[str, type[Recommender]]:
     """Classes an ensemble can hold, by name (a function: they are defined above, the ensemble too)."""
     return {c.__name__: c for c in (ALSRecommender, BlendRecommender, ComplementsRecommender, PopularityRecommender,
-                                    EASERecommender, RandomRecommender, EnsembleRecommender)}
+                                    EASERecommender, RP3BetaRecommender, RandomRecommender, EnsembleRecommender)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,12 @@ from training.recommender import (
     EnsembleConfig,
     EnsembleRecommender,
     EventWeights,
+    PopularityConfig,
     PopularityRecommender,
     RandomRecommender,
     Recommender,
+    RP3BetaConfig,
+    RP3BetaRecommender,
     interactions_from_events,
 )
 
@@ -181,6 +184,44 @@ class TestComplements(RecommenderContract):
 class TestEASE(RecommenderContract):
     def make(self) -> Recommender:
         return EASERecommender(EASEConfig(l2=5.0))
+
+
+class TestEASEWeightedInputBinaryTarget(RecommenderContract):
+    def make(self) -> Recommender:
+        return EASERecommender(EASEConfig(l2=5.0, binary=False, binary_target=True))
+
+
+class TestRP3Beta(RecommenderContract):
+    def make(self) -> Recommender:
+        return RP3BetaRecommender(RP3BetaConfig(alpha=0.8, beta=0.3, top_k=10))
+
+    def test_walk_scores_match_a_dense_reference(self, fitted: RP3BetaRecommender) -> None:
+        """W = (P_iu^a P_ui^a) / pop^beta, diagonal removed: row A04 against a dense recomputation."""
+        x = fitted._hist.toarray().astype(float)
+        p_ui = (x / x.sum(1, keepdims=True)) ** 0.8
+        p_iu = (x.T / x.sum(0)[:, None]) ** 0.8
+        w = (p_iu @ p_ui) / x.sum(0)[None, :] ** 0.3
+        np.fill_diagonal(w, 0.0)
+        i = fitted.item_ids.index("A04")
+        want = np.sort(w[i])[::-1][:10]
+        got = [s for _, s in fitted.similar_items("A04", k=10)]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+class TestEnsembleOfThree(RecommenderContract):
+    def make(self) -> Recommender:
+        return EnsembleRecommender(
+            [EASERecommender(EASEConfig(l2=5.0)), ALSRecommender(FAST_ALS), RP3BetaRecommender()],
+            EnsembleConfig((0.4, 0.4, 0.2)),
+        )
+
+
+class TestEnsembleWithPopularityPenalty(RecommenderContract):
+    """A log-popularity member with a negative weight: a popularity penalty that keeps the contract."""
+
+    def make(self) -> Recommender:
+        pop = PopularityRecommender(PopularityConfig(recent_share=0.0, personal_categories=False, log_scale=True))
+        return EnsembleRecommender([EASERecommender(EASEConfig(l2=5.0)), pop], EnsembleConfig((1.0, -0.1)))
 
 
 class TestEnsemble(RecommenderContract):
