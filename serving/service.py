@@ -110,6 +110,15 @@ def profile_items(profile: Any, attr: str) -> list[str]:
     return out
 
 
+def recent_interest(profile: Any) -> list[str]:
+    """Items the customer viewed or put in the cart, newest first, de-duplicated: the order is the
+    weight the recommender gives them (what was just seen steers most)."""
+    entries = [e for attr in ("recent_views", "cart_items") for e in (getattr(profile, attr, None) or ())]
+    stamped = [(_entry_ts(e) or 0.0, i, _entry_item(e)) for i, e in enumerate(entries)]
+    stamped.sort(key=lambda x: (-x[0], x[1]))  # newest first; ties keep the store's order
+    return list(dict.fromkeys(item for _, _, item in stamped if item))
+
+
 def blocked_purchases(profile: Any, now: float) -> set[str]:
     """Items bought recently enough to leave out; a consumable comes back at its replenishment time
     (the profile's own re-buy interval for that item)."""
@@ -260,6 +269,7 @@ class Mirror:
         self.champions = ChampionSet(fallback_factory=self._popularity_fallback)
         self._reload_lock = threading.Lock()
         self.reload_models()
+        self._warmed = threading.Event()  # ready only after the first warm-up: no stall after /readyz
         threading.Thread(target=self._keep_features_warm, name="mirror-feature-warmer", daemon=True).start()
 
     def _keep_features_warm(self) -> None:
@@ -270,6 +280,7 @@ class Mirror:
         """
         warm = getattr(self.store, "warm_features", None)
         if warm is None:
+            self._warmed.set()
             return
         bucket = float(getattr(getattr(self.store, "config", None), "feature_granularity_s", 3600))
         while True:
@@ -278,11 +289,13 @@ class Mirror:
                 logger.info("feature cache warmed for %d profiles", n)
             except Exception:  # a cold cache is slower, never wrong
                 logger.exception("feature cache warm-up failed")
+            finally:
+                self._warmed.set()
             time.sleep(bucket - (time.time() % bucket) + 1.0)
 
     # -- readiness and models ------------------------------------------------------------------
     def __is_ready__(self) -> bool:
-        return self.store is not None and self.champions.loaded_once
+        return self.store is not None and self.champions.loaded_once and self._warmed.is_set()
 
     def _popularity_fallback(self) -> PopularityFallback:
         try:
@@ -339,8 +352,7 @@ class Mirror:
         pid = self.store.resolve(ids) if ids else None
         profile = self.store.get_profile(pid) if pid else None
         ctx_item = req.context.item_id
-        cart, recent = profile_items(profile, "cart_items"), profile_items(profile, "recent_views")
-        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + cart + recent))
+        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + recent_interest(profile)))
         exclude = set(req.exclude) | blocked_purchases(profile, time.time())
         exclude |= set(profile_items(profile, "returns"))
         if ctx_item:

@@ -277,6 +277,7 @@ class ALSConfig:
     bm25_b: float = 0.8
     recent_item_weight: float = 1.0  # weight a just-seen item gets in the fold-in
     recent_blend: float = 0.5  # known user: share of the fold-in of recent items in the query
+    recent_decay: float = 0.6  # weight of each recent item relative to the next newer one
     seed: int = 0
     num_threads: int = 0
     show_progress: bool = False
@@ -401,6 +402,7 @@ class BlendRecommender(_CoreRecommender):
                 "regularization": cfg.als.regularization,
                 "recent_item_weight": cfg.als.recent_item_weight,
                 "recent_blend": cfg.als.recent_blend,
+                "recent_decay": cfg.als.recent_decay,
                 "recent_popularity_share": cfg.popularity.recent_share,
                 "model": type(self).__name__,
                 "params": json.loads(json.dumps(asdict(cfg))),

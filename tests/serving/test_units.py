@@ -15,7 +15,7 @@ from features.schema import CHURN_MODEL, RECOMMENDER_MODEL
 from serving.auth import Access, GatekeeperMiddleware, KeyRing, required_access
 from serving.config import Settings
 from serving.models import ChampionSet, PopularityFallback
-from serving.service import blocked_purchases, rank_candidates
+from serving.service import blocked_purchases, rank_candidates, recent_interest
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -185,3 +185,38 @@ def test_blocked_purchases_consumables_come_back_at_replenishment_time():
     )
     assert blocked_purchases(profile, now.timestamp()) == {"shampoo", "sofa"}
     assert blocked_purchases(None, now.timestamp()) == set()
+
+
+# -- recent interest ------------------------------------------------------------------------------
+def test_recent_interest_is_newest_first_over_views_and_cart():
+    view = lambda i, t: SimpleNamespace(item_id=i, ts=pd.Timestamp(t, tz="UTC"))  # noqa: E731
+    profile = SimpleNamespace(recent_views=[view("v2", "2025-01-03"), view("v1", "2025-01-01")],
+                              cart_items=[view("c1", "2025-01-02"), view("v2", "2025-01-01")])
+    assert recent_interest(profile) == ["v2", "c1", "v1"]
+    assert recent_interest(None) == []
+
+
+def test_newest_recent_item_steers_the_fold_in_most():
+    """With recency decay the order of recent items matters (newest first); without it, it does not."""
+    import numpy as np
+
+    from training.mlflow_models.recommender_model import RecommenderCore
+
+    rng = np.random.default_rng(3)
+    n_items = 30
+
+    def core(decay: float) -> RecommenderCore:
+        return RecommenderCore(
+            user_ids=["u"], item_ids=[f"i{j}" for j in range(n_items)], item_categories=["c"] * n_items,
+            user_factors=rng.normal(size=(1, 4)), item_factors=np.eye(4)[np.arange(n_items) % 4] + 0.01 * j_noise,
+            comp_indptr=np.zeros(n_items + 1, dtype=np.int64), comp_indices=np.zeros(0, dtype=np.int64),
+            comp_scores=np.zeros(0), popularity=np.ones(n_items), recent_popularity=np.ones(n_items),
+            config={"alpha": 10.0, "regularization": 0.1, "recent_decay": decay})
+
+    j_noise = rng.normal(size=(n_items, 4))
+    fresh, older = ["i0"], ["i1", "i5", "i9"]  # i0 points along axis 0; i1, i5, i9 along axis 1
+    decayed = core(0.3)
+    top = decayed.recommend(None, 3, exclude=fresh + older, recent_items=fresh + older)
+    assert all(int(i[1:]) % 4 == 0 for i, _ in top)  # the newest view's direction wins
+    flat = core(1.0)
+    assert flat.recommend(None, 5, recent_items=fresh + older) == flat.recommend(None, 5, recent_items=older + fresh)

@@ -79,6 +79,7 @@ class RecommenderCore:
         self.regularization = float(self.config.get("regularization", 0.01))
         self.recent_item_weight = float(self.config.get("recent_item_weight", 1.0))
         self.recent_blend = float(self.config.get("recent_blend", 0.5))
+        self.recent_decay = float(self.config.get("recent_decay", 1.0))
         self.recent_popularity_share = float(self.config.get("recent_popularity_share", 0.5))
         f = self.item_factors.astype(np.float64)
         self._yty = f.T @ f + self.regularization * np.eye(f.shape[1])
@@ -111,7 +112,7 @@ class RecommenderCore:
         exclude: Iterable[str] = (),
         recent_items: Iterable[str] = (),
     ) -> list[tuple[str, float]]:
-        """Top-k for a user; `recent_items` (newest events, not yet trained on) shift the result."""
+        """Top-k for a user; `recent_items` (newest first, not yet trained on) shift the result."""
         k = self._check_k(k)
         recent = self._indices(recent_items)
         uidx = None if user_id is None else self.user_index.get(str(user_id))
@@ -119,7 +120,9 @@ class RecommenderCore:
         if uidx is not None:
             query = self.user_factors[uidx].astype(np.float64)
         if len(recent):
-            folded = self.fold_in(recent)
+            # newest first: each older item weighs `recent_decay` times the one after it, so the item
+            # just seen moves the list even behind a long history of views
+            folded = self.fold_in(recent, self.recent_item_weight * self.recent_decay ** np.arange(len(recent)))
             if query is None:
                 query = folded
             else:  # blend directions, keep the user's scale: the fold-in of a few items is much shorter
