@@ -53,6 +53,7 @@ class Sample:
     latency_s: float  # from scheduled send time to answer
     status: int  # 0 = transport error
     path: str
+    detail: str = ""  # for errors: the answer's start, or the transport error's type
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +107,17 @@ def memory_growth(
         "growth_pct": round((last / first - 1) * 100, 2),
         "slope_mib_per_min": round(slope, 2),
     }
+
+
+def _error_examples(samples: Sequence[Sample], limit: int = 10) -> list[dict[str, Any]]:
+    """Distinct failed answers (endpoint, status, start of the body) with how often each came."""
+    counts: dict[tuple[str, int, str], int] = {}
+    for s in samples:
+        if not 200 <= s.status < 300:
+            key = (s.path, s.status, s.detail)
+            counts[key] = counts.get(key, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [{"path": k[0], "status": k[1], "detail": k[2], "count": n} for k, n in top]
 
 
 def build_schedule(n: int, mix: dict[str, float], seed: int) -> list[str]:
@@ -170,11 +182,15 @@ async def _drive(
             return {"event": ev}
 
         async def one(sched: float, path: str, payload: dict[str, Any]) -> None:
+            detail = ""
             try:
-                status = (await client.post(path, json=payload)).status_code
-            except httpx.HTTPError:
-                status = 0
-            samples.append(Sample(sched - t0, loop.time() - sched, status, path))
+                resp = await client.post(path, json=payload)
+                status = resp.status_code
+                if not 200 <= status < 300:
+                    detail = resp.text[:300]
+            except httpx.HTTPError as exc:
+                status, detail = 0, f"{type(exc).__name__}: {exc}"[:300]
+            samples.append(Sample(sched - t0, loop.time() - sched, status, path, detail))
 
         async def sampler() -> None:
             end = t0 + args.minutes * 60
@@ -217,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with bs.serve("serving.service:Mirror", prep.env, tmp / "mirror.log") as srv:
             samples, rss = asyncio.run(_drive(bs, srv.url, srv.proc.pid, prep, args))
             alive = srv.proc.poll() is None
+        log = (tmp / "mirror.log").read_text(errors="replace")
+        tracebacks = log.count("Traceback (most recent call last)")
+        first_traceback = log[log.find("Traceback"):][:2000] if tracebacks else ""
 
     warmup_s = min(args.warmup_minutes, max(args.minutes - 1, 0)) * 60.0
     growth = memory_growth(rss, warmup_s)
@@ -230,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "requests": len(samples),
         "errors": errors,
         "server_alive_at_end": alive,
+        "error_examples": _error_examples(samples),
+        "server_tracebacks": tracebacks,
+        "first_server_traceback": first_traceback,
         "p99_ms_after_warmup": bs.percentiles_ms(post)["p99_ms"],
         "memory": growth,
         "per_minute": per_minute(samples, rss, args.minutes),
