@@ -237,6 +237,10 @@ def _as_string(s: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+#: Batches up to this many rows are validated row by row (pandas overhead dominates small batches).
+FAST_PATH_MAX_ROWS: Final = 32
+
+
 def validate_events(
     df: pd.DataFrame,
     hasher: IdentifierHasher | None = None,
@@ -248,7 +252,24 @@ def validate_events(
     Good rows come back with `ts` as UTC, strings stripped, numbers as floats and email/phone
     replaced by their keyed hashes (already-hashed values pass through).  The caller's frame is
     never modified.  Rows are reported by their position in the input (`row`).
+
+    Small batches (up to FAST_PATH_MAX_ROWS rows) take a row-wise path that returns exactly what
+    the vectorised path would; input shapes it does not handle fall back to the vectorised path.
     """
+    if len(df) <= FAST_PATH_MAX_ROWS:
+        result = _validate_rowwise(df, hasher, allow_unknown_columns=allow_unknown_columns)
+        if result is not None:
+            return result
+    return _validate_vectorised(df, hasher, allow_unknown_columns=allow_unknown_columns)
+
+
+def _validate_vectorised(
+    df: pd.DataFrame,
+    hasher: IdentifierHasher | None = None,
+    *,
+    allow_unknown_columns: bool = False,
+) -> ValidationResult:
+    """The reference implementation: vectorised with pandas, fast for big batches."""
     hasher = hasher or IdentifierHasher.from_env()
     n = len(df)
     errs: list[pd.DataFrame] = []
@@ -394,6 +415,273 @@ def validate_events(
         c for c in OPTIONAL_COLUMNS if c in src.columns
     ]
     return ValidationResult(valid=valid[cols].reset_index(drop=True), errors=errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-wise fast path for small batches: same result as _validate_vectorised, without the
+# per-column pandas overhead.  Anything it does not handle exactly returns None (vectorised path).
+# ---------------------------------------------------------------------------------------------
+_TZ_SUFFIX = re.compile(r"(?:Z|[+-][0-9][0-9]:?[0-9][0-9])[\t\n\f\r ]*\Z")
+_OBJECT_SCALARS: Final = (str, int, float, type(None), type(pd.NA), np.integer)
+_NS_MIN: Final = pd.Timestamp.min.tz_localize("UTC")
+_NS_MAX: Final = pd.Timestamp.max.tz_localize("UTC")
+
+
+class _Unsupported(Exception):
+    """An input shape the row-wise path does not reproduce exactly."""
+
+
+def _na(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def _strip(v: str) -> str:
+    if v.isascii():
+        return v.strip()
+    return str(pd.Series([v], dtype="string").str.strip().iloc[0])  # non-ASCII whitespace: pandas rules
+
+
+def _values(s: pd.Series, *, allow_timestamps: bool = False) -> list[object]:
+    dt = s.dtype
+    if isinstance(dt, pd.StringDtype):
+        return s.to_numpy(dtype=object).tolist()
+    if dt == np.dtype(object):
+        vals = s.tolist()
+        for v in vals:
+            if not isinstance(v, _OBJECT_SCALARS) and not (
+                allow_timestamps and isinstance(v, pd.Timestamp) and v is not pd.NaT
+            ):
+                raise _Unsupported
+        return vals
+    if dt in (np.dtype("int64"), np.dtype("float64"), np.dtype("bool")):
+        return s.tolist()
+    raise _Unsupported
+
+
+def _validate_rowwise(
+    df: pd.DataFrame,
+    hasher: IdentifierHasher | None = None,
+    *,
+    allow_unknown_columns: bool = False,
+) -> ValidationResult | None:
+    """Row-by-row validation of a small batch; None where the input needs the vectorised path."""
+    n = len(df)
+    names = list(df.columns)
+    if n == 0 or not df.columns.is_unique or not all(type(c) is str for c in names):
+        return None
+    try:
+        return _rowwise(df, names, hasher or IdentifierHasher.from_env(), allow_unknown_columns)
+    except _Unsupported:
+        return None
+
+
+def _rowwise(
+    df: pd.DataFrame, names: list[str], hasher: IdentifierHasher, allow_unknown_columns: bool
+) -> ValidationResult:
+    n = len(df)
+    present = set(names)
+    errs: list[tuple[tuple[int, ...], int, str, str]] = []
+    rows = range(n)
+
+    def report(stage: tuple[int, ...], i: int, fld: str, reason: str) -> None:
+        errs.append((stage, i, fld, reason))
+
+    if not allow_unknown_columns:
+        for k, name in enumerate(sorted(present - KNOWN_COLUMNS)):
+            for i in np.flatnonzero(df[name].notna().to_numpy(dtype=bool, na_value=False)):
+                report((0, k), int(i), name, "unknown field")
+    for k, name in enumerate(REQUIRED_COLUMNS):
+        if name not in present:
+            for i in rows:
+                report((1, k), i, name, "required field is missing")
+
+    out: dict[str, list] = {}
+    none_col = [None] * n
+    for k, name in enumerate(STRING_COLUMNS):
+        if name not in present:
+            out[name] = none_col
+            continue
+        col: list[str | None] = []
+        for i, v in enumerate(_values(df[name])):
+            if _na(v):
+                col.append(None)
+            elif isinstance(v, str):
+                v = _strip(v)
+                col.append(v or None)
+            elif isinstance(v, (int, np.integer)):
+                col.append(str(v) or None)
+            else:
+                report((2, k), i, name, "must be a string")
+                col.append(None)
+        out[name] = col
+
+    for k, name in enumerate((EVENT_ID, CHANNEL, EVENT_TYPE)):
+        if name in present:
+            for i in rows:
+                if out[name][i] is None:
+                    report((3, k), i, name, "required field is empty")
+
+    ts_ns = np.full(n, np.datetime64("NaT", "ns"))
+    if TS in present:
+        raw = _values(df[TS], allow_timestamps=True)
+        txt_rows: list[int] = []
+        txts: list[str] = []
+        for i, v in enumerate(raw):
+            t = None if _na(v) else (v if isinstance(v, str) else str(v))
+            if t is None or not _strip(t):
+                report((4, 0), i, TS, "required field is empty")
+            else:
+                txt_rows.append(i)
+                txts.append(t)
+        if txts:
+            parsed = pd.to_datetime(pd.Series(txts, dtype="string"), utc=True, errors="coerce",
+                                    format="ISO8601")
+            ok = parsed.notna().to_numpy()
+            if ok.any() and (parsed[ok].min() < _NS_MIN or parsed[ok].max() > _NS_MAX):
+                raise _Unsupported
+            ns = parsed.dt.as_unit("ns").dt.tz_localize(None).to_numpy()
+            for j, i in enumerate(txt_rows):
+                if not ok[j]:
+                    report((4, 1), i, TS, "not an ISO-8601 timestamp")
+                elif _TZ_SUFFIX.search(txts[j]) is None:
+                    report((4, 2), i, TS, "timestamp has no time zone")
+                else:
+                    ts_ns[i] = ns[j]
+
+    for i in rows:
+        ch = out[CHANNEL][i]
+        if ch is not None and ch not in CHANNELS:
+            report((5, 0), i, CHANNEL, f"unknown channel (expected one of {', '.join(CHANNELS)})")
+        et = out[EVENT_TYPE][i]
+        if et is not None and et not in EVENT_TYPES:
+            report((5, 1), i, EVENT_TYPE, "unknown event type")
+        if all(out[c][i] is None for c in IDENTIFIER_COLUMNS):
+            report((5, 2), i, "identifiers", f"at least one of {', '.join(IDENTIFIER_COLUMNS)} is required")
+
+    for k, (name, norm) in enumerate(((EMAIL, normalise_email), (PHONE, normalise_phone))):
+        if name not in present:
+            continue
+        col = list(out[name])
+        for i, v in enumerate(col):
+            if v is None:
+                continue
+            if hasher.is_hashed(v):
+                continue
+            normed = norm(v)
+            if normed is None:
+                report((5, 3 + k), i, name, f"not a valid {name}")
+                col[i] = None
+            else:
+                col[i] = hasher.hash(normed)
+        out[name] = col
+
+    nums: dict[str, np.ndarray] = {}
+    for k, name in enumerate(NUMERIC_COLUMNS):
+        if name not in present:
+            nums[name] = np.full(n, np.nan)
+            continue
+        s = df[name]
+        dt = s.dtype
+        if dt == np.dtype("float64") or dt == np.dtype("int64"):
+            num = s.to_numpy(dtype="float64")
+            bad = [False] * n
+        elif dt == np.dtype("bool"):
+            num = np.full(n, np.nan)
+            bad = [True] * n
+        else:
+            raw = _values(s)
+            conv = pd.to_numeric(s, errors="coerce")
+            if not (pd.api.types.is_numeric_dtype(conv.dtype) or pd.api.types.is_bool_dtype(conv.dtype)):
+                raise _Unsupported
+            num = conv.to_numpy(dtype="float64", na_value=np.nan)
+            is_obj = dt == np.dtype(object)
+            bad = [
+                (not _na(v) and not (isinstance(v, str) and not _strip(v)) and num[i] != num[i])
+                or (is_obj and isinstance(v, bool))
+                for i, v in enumerate(raw)
+            ]
+        vals = np.full(n, np.nan)
+        for i in rows:
+            x = float(num[i])
+            if bad[i]:
+                report((6, k, 0), i, name, "must be a number")
+            elif x != x:
+                pass
+            elif not np.isfinite(x):
+                report((6, k, 1), i, name, "must be finite")
+            else:
+                vals[i] = x
+        nums[name] = vals
+
+    for i in rows:
+        q, p, r, d = (nums[c][i] for c in (QUANTITY, PRICE, RATING, DURATION_S))
+        if q <= 0:
+            report((7, 0), i, QUANTITY, "must be positive")
+        if p < 0:
+            report((7, 1), i, PRICE, "must not be negative")
+        if r < RATING_MIN or r > RATING_MAX:
+            report((7, 2), i, RATING, f"must be between {RATING_MIN} and {RATING_MAX}")
+        if d < 0:
+            report((7, 3), i, DURATION_S, "must not be negative")
+        et = out[EVENT_TYPE][i]
+        if et in ITEM_EVENT_TYPES and out[ITEM_ID][i] is None:
+            report((8, 0), i, ITEM_ID, "required for this event type")
+        if et in TEXT_EVENT_TYPES and out[TEXT][i] is None and r != r:
+            report((8, 1), i, TEXT, "a review or support message needs text or a rating")
+
+    errors = _rowwise_errors(df, errs)
+    bad_rows = {e[1] for e in errs}
+    keep: list[int] = []
+    seen: set[str | None] = set()
+    for i in rows:
+        if i in bad_rows:
+            continue
+        eid = out[EVENT_ID][i]
+        if eid in seen:
+            continue
+        seen.add(eid)
+        keep.append(i)
+
+    data: dict[str, object] = {}
+    cols = list(CANONICAL_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in present]
+    for c in cols:
+        if c == TS:
+            data[c] = pd.DatetimeIndex(ts_ns[keep]).tz_localize("UTC")
+        elif c in NUMERIC_COLUMNS:
+            data[c] = nums[c][keep]
+        else:
+            vals = out[c]
+            data[c] = pd.array([vals[i] for i in keep], dtype="string")
+    valid = pd.DataFrame(data, index=pd.RangeIndex(len(keep)))
+    return ValidationResult(valid=valid, errors=errors)
+
+
+def _rowwise_errors(df: pd.DataFrame, errs: list[tuple[tuple[int, ...], int, str, str]]) -> pd.DataFrame:
+    """The error frame, assembled exactly as the vectorised path assembles it."""
+    if not errs:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in ERROR_COLUMNS})
+    errs.sort(key=lambda e: (e[0], e[1]))
+    pieces: list[pd.DataFrame] = []
+    start = 0
+    for end in range(1, len(errs) + 1):
+        if end < len(errs) and errs[end][0] == errs[start][0]:
+            continue
+        stage, _, fld, reason = errs[start]
+        idx = np.array([e[1] for e in errs[start:end]], dtype=np.intp)
+        ev = df[EVENT_ID].iloc[idx] if EVENT_ID in df.columns else pd.Series([None] * len(idx))
+        pieces.append(
+            pd.DataFrame(
+                {
+                    ERROR_ROW: idx,
+                    EVENT_ID: ev.astype("string").to_numpy(),
+                    ERROR_FIELD: fld,
+                    ERROR_REASON: reason,
+                }
+            )
+        )
+        start = end
+    errors = pd.concat(pieces, ignore_index=True)
+    return errors.sort_values([ERROR_ROW, ERROR_FIELD], kind="stable").reset_index(drop=True)
 
 
 def empty_events() -> pd.DataFrame:
