@@ -33,6 +33,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from features.schema import IDENTIFIER_COLUMNS, ITEM_ID, PROFILE_ID, TS  # noqa: E402
+from training.evaluation import pairwise_precision_recall  # noqa: E402
 
 CUSTOMERS_ENV = "MIRROR_ACC_SYNTH_CUSTOMERS"
 DEFAULT_CUSTOMERS = 100_000
@@ -76,17 +77,6 @@ class _Clock:
 # ---------------------------------------------------------------------------------------------
 # Identity
 # ---------------------------------------------------------------------------------------------
-def _pairs(counts: pd.Series) -> float:
-    x = counts.to_numpy(dtype=float)
-    return float((x * (x - 1) / 2).sum())
-
-
-def pairwise(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
-    """(precision, recall) of 'same cluster' over all pairs; the measure of tests/unit/test_identity.py."""
-    both = _pairs(pd.DataFrame({"t": truth.to_numpy(), "p": pred.to_numpy()}).value_counts())
-    return both / _pairs(pred.value_counts()), both / _pairs(truth.value_counts())
-
-
 def identifier_profiles(resolved: pd.DataFrame) -> pd.DataFrame:
     """(identifier_type, identifier_value, profile_id, n_profiles): the profile(s) of each identifier's events."""
     from features.synthetic import IDENTIFIER_TYPE, IDENTIFIER_VALUE
@@ -123,8 +113,8 @@ def _identity(data: Any, resolved: pd.DataFrame, person: pd.Series) -> dict[str,
     m = t.merge(got, on=[IDENTIFIER_TYPE, IDENTIFIER_VALUE], how="left")
     if m[PROFILE_ID].isna().any():
         raise RuntimeError(f"{int(m[PROFILE_ID].isna().sum())} true identifiers never seen on an event")
-    id_p, id_r = pairwise(m[PERSON_ID], m[PROFILE_ID])
-    ev_p, ev_r = pairwise(person, resolved[PROFILE_ID].astype(str))
+    id_p, id_r = pairwise_precision_recall(m[PERSON_ID], m[PROFILE_ID])
+    ev_p, ev_r = pairwise_precision_recall(person, resolved[PROFILE_ID].astype(str))
     shared = data.truth[SHARED_DEVICES]
     sh_vals = set(shared[IDENTIFIER_VALUE].astype(str))
     sh = got.loc[got[IDENTIFIER_VALUE].isin(sh_vals)]

@@ -27,29 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"
 
 import schemathesis  # noqa: E402
 from _results import emit, record  # noqa: E402
+from fuzz_plan import SKIP, checks_for  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from mirror_server import running_server  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.core.failures import FailureGroup  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-#: Same exclusions as tests/serving/test_fuzz.py (kept in step by hand; see the notes written below).
-SKIP = r"^/(score_segment/(status|get|retry|cancel)|admin/reload|metrics|livez|healthz|readyz)$"
 EXAMPLES_PER_OPERATION = 100
 MAX_FAILURE_EXAMPLES = 20  # distinct failures reported in full (request and response)
-
-
-def _checks_for(path: str) -> list[Any]:
-    # BentoML's own task-submit answer lacks fields its OpenAPI marks required: 5xx check only there
-    return [not_a_server_error] if path.endswith("/submit") else [not_a_server_error, response_schema_conformance]
 
 
 def fuzz_operation(url: str, headers: dict[str, str], op: Any, examples: int, seed: int,
                    failures: list[dict[str, Any]], seen: set[tuple[str, ...]]) -> dict[str, Any]:
     """Send `examples` cases to one operation; count statuses and check failures (never raise)."""
     label = f"{op.method.upper()} {op.path}"
-    checks = _checks_for(op.path)
+    checks = checks_for(op.path)
     stats: dict[str, Any] = {"cases": 0, "status": Counter(), "5xx": 0, "schema_violations": 0,
                              "transport_errors": 0, "checks": [c.__name__ for c in checks]}
 

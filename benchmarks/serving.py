@@ -395,7 +395,7 @@ def scores_body(customer_ids: Sequence[str]) -> dict[str, Any]:
     return {"customer_ids": list(customer_ids)}
 
 
-def view_event(customer_id: str, item_id: str, category: str | None, event_type: str | None = None) -> dict[str, Any]:
+def event_body(customer_id: str, item_id: str, category: str | None, event_type: str | None = None) -> dict[str, Any]:
     from features.schema import (
         CATEGORY,
         CHANNEL,
@@ -461,7 +461,7 @@ def event_visibility(
             top_cat = by_id.get(before[0]) if before else None
             pool = [(i, c) for i, c in prep.items if c != top_cat and i not in before] or prep.items
             item, cat = pool[int(rng.integers(len(pool)))]
-            r = client.post("/events", json={"event": view_event(cid, item, cat)})
+            r = client.post("/events", json={"event": event_body(cid, item, cat)})
             r.raise_for_status()
             if not r.json().get("accepted"):
                 rejected += 1
@@ -484,7 +484,7 @@ def event_visibility(
             before = _items_of(client.post("/recommend", json=recommend_body(cid)))
             if not before:
                 continue
-            r = client.post("/events", json={"event": view_event(cid, before[0], by_id.get(before[0]), "purchase")})
+            r = client.post("/events", json={"event": event_body(cid, before[0], by_id.get(before[0]), "purchase")})
             r.raise_for_status()
             t0 = time.perf_counter()
             after = _items_of(client.post("/recommend", json=recommend_body(cid)))

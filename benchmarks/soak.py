@@ -176,7 +176,7 @@ async def _drive(
             if path == SCORES:
                 return bs.scores_body([str(c) for c in rng.choice(ids, size=args.scores_batch)])
             item, cat = prep.items[int(rng.integers(len(prep.items)))]
-            ev = bs.view_event(cid, item, cat)
+            ev = bs.event_body(cid, item, cat)
             ev[EVENT_TYPE] = str(rng.choice([VIEW, VIEW, VIEW, ADD_TO_CART, PURCHASE]))
             ev[EVENT_ID] = f"soak-{uuid.uuid4().hex}"
             return {"event": ev}

@@ -899,6 +899,7 @@ class SQLiteProfileStore:
 
     def get_profile(self, profile_id: str) -> OnlineProfile | None:
         """Current online state (one JSON row, LRU-cached until this profile's next write)."""
+        gen = 0
         if self._cache_on:
             with self._cache_lock:
                 if profile_id in self._state_cache:
@@ -913,13 +914,19 @@ class SQLiteProfileStore:
                 return self.get_profile(canon)
             return None
         prof = self._to_profile(profile_id, json.loads(row[0]))
-        if self._cache_on:
-            with self._cache_lock:
-                if self._gen == gen:  # no write landed while reading (else the row may be stale)
-                    self._state_cache[profile_id] = prof
-                    if len(self._state_cache) > self.config.cache_profiles:
-                        self._state_cache.popitem(last=False)
+        self._remember_states({profile_id: prof}, gen)
         return prof
+
+    def _remember_states(self, states: Mapping[str, OnlineProfile], gen: int) -> None:
+        """Cache states read at generation `gen`, unless a write landed since (they may be stale)."""
+        if not self._cache_on:
+            return
+        with self._cache_lock:
+            if self._gen != gen:
+                return
+            self._state_cache.update(states)
+            while len(self._state_cache) > self.config.cache_profiles:
+                self._state_cache.popitem(last=False)
 
     def get_profiles(self, profile_ids: Sequence[str]) -> list[OnlineProfile | None]:
         """`get_profile` for many ids in one query for all cache misses (batch scoring reads 10,000)."""
@@ -938,13 +945,7 @@ class SQLiteProfileStore:
             rows = self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
                                    missing)
             fresh = {pid: self._to_profile(pid, json.loads(doc)) for pid, doc in rows}
-            if self._cache_on:
-                with self._cache_lock:
-                    if self._gen == gen:  # no write landed while reading
-                        for pid, prof in fresh.items():
-                            self._state_cache[pid] = prof
-                        while len(self._state_cache) > self.config.cache_profiles:
-                            self._state_cache.popitem(last=False)
+            self._remember_states(fresh, gen)
             found.update(fresh)
             for pid in missing:
                 if pid not in found:  # merged away or unknown: the single path follows merges

@@ -764,10 +764,14 @@ def nba_contact_rule(policy: Any, now: datetime, consent: Any, profiles: Mapping
     is reserved here."""
     from serving.guard import check_contact
 
+    contacts: dict[str, Any] = {}  # one ContactContext per customer, however many actions are checked
+
     def allowed(ctx: nba.NBAContext, action: nba.ScoredAction) -> bool:
         if action.name == nba.DO_NOTHING:
             return True
-        contact = nba_contact_context(ctx, profiles.get(ctx.profile_id))
+        contact = contacts.get(ctx.profile_id)
+        if contact is None:
+            contact = contacts[ctx.profile_id] = nba_contact_context(ctx, profiles.get(ctx.profile_id))
         check = check_contact(action.channel or "web", action.name, now, consent, policy, contact,
                               [i.item_id for i in ctx.cart])
         return check.allowed

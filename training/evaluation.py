@@ -112,6 +112,19 @@ def catalog_coverage(recs: pd.DataFrame, catalog: Iterable[str], k: int | None =
 # ---------------------------------------------------------------------------------------------
 # Splits
 # ---------------------------------------------------------------------------------------------
+def pairwise_precision_recall(truth: pd.Series | np.ndarray, pred: pd.Series | np.ndarray) -> tuple[float, float]:
+    """(precision, recall) of 'in the same cluster' over all pairs of rows, position by position:
+    how identity resolution is scored against the true person of each event or identifier."""
+
+    def pairs(counts: pd.Series) -> float:
+        x = counts.to_numpy(dtype=float)
+        return float((x * (x - 1) / 2).sum())
+
+    t, p = np.asarray(truth), np.asarray(pred)
+    both = pairs(pd.DataFrame({"t": t, "p": p}).value_counts())
+    return both / pairs(pd.Series(p).value_counts()), both / pairs(pd.Series(t).value_counts())
+
+
 def time_split(
     events: pd.DataFrame, as_of: pd.Timestamp | str | None, test_days: float = 14.0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

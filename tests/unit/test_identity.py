@@ -21,6 +21,7 @@ from features.schema import (
     PROFILE_ID,
 )
 from features.synthetic import SyntheticConfig, event_person_ids, generate
+from training.evaluation import pairwise_precision_recall
 
 
 def _pid(tok: str) -> str:
@@ -29,15 +30,6 @@ def _pid(tok: str) -> str:
 
 def _frame(rows: list[dict[str, str]]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.array([r.get(c) for r in rows], dtype="string") for c in IDENTIFIER_COLUMNS})
-
-
-def _pairwise(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
-    def pairs(counts: pd.Series) -> float:
-        x = counts.to_numpy(dtype=float)
-        return float((x * (x - 1) / 2).sum())
-
-    both = pairs(pd.DataFrame({"t": truth, "p": pred}).value_counts())
-    return both / pairs(pred.value_counts()), both / pairs(truth.value_counts())
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def test_precision_recall_against_truth(synthetic) -> None:  # type: ignore[no-u
     resolved = resolve_identities(synthetic.events)
     truth = event_person_ids(synthetic)
     assert truth.notna().all()
-    precision, recall = _pairwise(truth, resolved[PROFILE_ID])
+    precision, recall = pairwise_precision_recall(truth, resolved[PROFILE_ID])
     assert precision >= 0.99 and recall >= 0.99
     assert resolved[PROFILE_ID].nunique() == pytest.approx(truth.nunique(), rel=0.01)
     # the caller's frame is untouched
@@ -59,7 +51,7 @@ def test_precision_recall_against_truth(synthetic) -> None:  # type: ignore[no-u
 def test_shared_device_guard_protects_precision(synthetic) -> None:  # type: ignore[no-untyped-def]
     truth = event_person_ids(synthetic)
     loose = resolve_identities(synthetic.events, IdentityConfig(max_profiles_per_device=100))
-    precision, _ = _pairwise(truth, loose[PROFILE_ID])
+    precision, _ = pairwise_precision_recall(truth, loose[PROFILE_ID])
     assert precision < 0.99  # the planted shared devices merge unrelated persons without the guard
 
 

@@ -99,6 +99,8 @@ def test_get_profiles_equals_get_profile_one_by_one(tmp_path: Path) -> None:
     expected = [single.get_profile(i) for i in ids]
     assert fresh.get_profiles(ids) == expected == SQLiteProfileStore(tmp_path / "a.db").get_profiles(ids)
     assert expected[0] == expected[1] and expected[2] is None
+    uncached = SQLiteProfileStore(tmp_path / "a.db", cache=False)
+    assert [uncached.get_profile(i) for i in ids] == uncached.get_profiles(ids) == expected
     fresh.append_events(pd.DataFrame([ev("e5", "2025-01-04T00:00:00Z", "purchase", customer_id="c2", item_id="v")]))
     assert {p.item_id for p in fresh.get_profiles(ids)[3].purchases} == {"w", "v"}
 
