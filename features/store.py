@@ -741,12 +741,7 @@ class SQLiteProfileStore:
         validated=True: `events` is already `schema.validate_events(...).valid` (the service validates
         each request once), so the ~10-40 ms of validating again is skipped.
         """
-        if validated:
-            ev, errors, rejected, batch_dups = events, (), 0, 0
-        else:
-            checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
-            ev, errors, rejected = checked.valid, tuple(checked.error_records()), checked.n_rejected
-            batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
+        ev, errors, rejected, batch_dups = self._checked(events, validated)
         if not len(ev):
             return AppendResult(0, batch_dups, (), rejected, 0, (), errors)
         b = _batch_from_frame(ev)
@@ -755,6 +750,15 @@ class SQLiteProfileStore:
         self._invalidate(set(pids) | set(merged))
         return AppendResult(len(acc), dups + batch_dups, tuple(sorted(set(pids))), rejected, sup, tuple(merged),
                             errors, tuple(acc))
+
+    def _checked(self, events: pd.DataFrame, validated: bool) -> tuple[pd.DataFrame, tuple[dict[str, object], ...],
+                                                                      int, int]:
+        """(good rows, error records, rejected row count, in-batch duplicate ids) of an incoming batch."""
+        if validated:
+            return events, (), 0, 0
+        checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
+        batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
+        return checked.valid, tuple(checked.error_records()), checked.n_rejected, batch_dups
 
     def load_events(self, events: pd.DataFrame, batch_size: int = 250_000, progress: bool = True, *,
                     validated: bool = False) -> AppendResult:
@@ -765,12 +769,7 @@ class SQLiteProfileStore:
         """
         from tqdm.auto import tqdm
 
-        if validated:
-            ev, errors, rejected, batch_dups = events, (), 0, 0
-        else:
-            checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
-            ev, errors, rejected = checked.valid, tuple(checked.error_records()), checked.n_rejected
-            batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
+        ev, errors, rejected, batch_dups = self._checked(events, validated)
         ev = ev.sort_values(TS, kind="stable") if len(ev) else ev
         acc: list[str] = []
         dups, sup = batch_dups, 0

@@ -93,9 +93,13 @@ def _recommender_dir(out: Path, seed: int) -> Path:
 
 
 def log_recommender(tmp: Path, seed: int = 0) -> str:
+    return log_recommender_dir(_recommender_dir(tmp / f"rec-{seed}", seed))
+
+
+def log_recommender_dir(art: Path) -> str:
+    """Register a recommender artifact folder (good or deliberately broken) as a new version."""
     import mlflow
 
-    art = _recommender_dir(tmp / f"rec-{seed}", seed)
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="recommender",

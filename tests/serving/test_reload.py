@@ -7,29 +7,17 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from mirror_server import Server, log_recommender, set_champion, tracking
+from mirror_server import Server, log_recommender, log_recommender_dir, set_champion, tracking
 
 from features.schema import RECOMMENDER_MODEL
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def log_corrupt_recommender(tmp: Path) -> str:
     """A registered version whose artifact cannot be loaded (an unknown format version)."""
-    import mlflow
-
     art = tmp / "corrupt-recommender"
     art.mkdir(exist_ok=True)
     (art / "meta.json").write_text('{"format_version": 999}')
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="recommender",
-            python_model=str(REPO / "training" / "mlflow_models" / "recommender_model.py"),
-            artifacts={"recommender": str(art)},
-            registered_model_name=RECOMMENDER_MODEL,
-            pip_requirements=["mlflow"],
-        )
-    return str(info.registered_model_version)
+    return log_recommender_dir(art)
 
 
 def test_swap_under_load_drops_no_request(server: Server):
