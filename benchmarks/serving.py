@@ -8,19 +8,19 @@ What it does, end to end, in a temporary directory that is removed afterwards:
 2. serves the bare endpoint (`benchmarks/bare_service.py`) and loads it with wrk: the baseline;
 3. serves `serving.service:Mirror` and loads `/recommend`, `/next_best_action` and `/scores` with wrk
    at fixed concurrency (closed loop: p50, p99, throughput), `/recommend` at a fixed 100 requests/s
-   with an asyncio+httpx open-loop generator (latency counted from each request's scheduled send time,
-   so a stall is not hidden by the client waiting: no coordinated omission), and the time from a
+   with an asyncio+httpx open-loop generator (benchmarks/open_loop.py, a lean process of its own;
+   latency counted from each request's scheduled send time, so a stall is not hidden by the client
+   waiting: no coordinated omission), the bare endpoint at the same rate, and the time from a
    `POST /events` view returning to `/recommend` showing a changed list.
 
 Load generators: wrk 4.1 (Debian package `wrk`; Lua script for POST bodies) for fixed concurrency;
-the open-loop generator below for the fixed rate. Loopback only; every loop is bounded.
+benchmarks/open_loop.py for the fixed rate. Loopback only; every loop is bounded.
 Figures go to benchmarks/RESULTS.md (section "serving") and one JSON object on the last stdout line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -225,42 +225,17 @@ def run_wrk(
 # ---------------------------------------------------------------------------------------------
 # Open-loop generator
 # ---------------------------------------------------------------------------------------------
-async def _open_loop(
-    url: str, requests: Sequence[tuple[str, dict[str, Any]]], rate: float, timeout_s: float
-) -> list[tuple[float, float, int, str]]:
-    """Send requests[i] at t0 + i/rate whatever the earlier ones are doing. Returns, per request,
-    (scheduled offset s, latency from scheduled time s, status (0 = transport error), path)."""
-    import httpx
-
-    out: list[tuple[float, float, int, str]] = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.05
-
-        async def one(i: int, path: str, body: dict[str, Any]) -> None:
-            sched = t0 + i / rate
-            try:
-                r = await client.post(path, json=body)
-                status = r.status_code
-            except httpx.HTTPError:
-                status = 0
-            out.append((sched - t0, loop.time() - sched, status, path))
-
-        tasks = []
-        for i, (path, body) in enumerate(requests):
-            delay = t0 + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, path, body)))
-        await asyncio.gather(*tasks)
-    return out
-
-
 def open_loop(
-    url: str, requests: Sequence[tuple[str, dict[str, Any]]], rate: float, timeout_s: float = 10.0
+    url: str, requests: Sequence[tuple[str, dict[str, Any]]], rate: float, workdir: Path
 ) -> list[tuple[float, float, int, str]]:
-    return asyncio.run(_open_loop(url, requests, rate, timeout_s))
+    """benchmarks/open_loop.py in a lean process of its own (see there why)."""
+    path = workdir / f"open_loop_{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps([[p, b] for p, b in requests]))
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("open_loop.py")), url, str(path), str(rate)],
+        capture_output=True, text=True, check=True, timeout=len(requests) / rate + 120,
+    )
+    return [(float(a), float(b), int(c), str(d)) for a, b, c, d in json.loads(out.stdout)]
 
 
 def open_loop_figures(
@@ -578,8 +553,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             figures["scores"] = sc
             n = int(args.rate * args.rate_seconds)
             reqs = [("/recommend", recommend_body(sample[i % len(sample)])) for i in range(n)]
+            # the bare endpoint at the same rate, right before: the framework's own tail on this machine
+            figures["bare_fixed_rate"] = open_loop_figures(open_loop(bare.url, reqs, args.rate, tmp), args.rate)
             figures["recommend_fixed_rate"] = open_loop_figures(
-                open_loop(srv.url, reqs, args.rate), args.rate
+                open_loop(srv.url, reqs, args.rate, tmp), args.rate
             )
             figures["event_visibility"] = event_visibility(srv.url, prep, args.visibility_trials, args.seed)
 
@@ -632,7 +609,11 @@ trivial async `@bentoml.api` (benchmarks/bare_service.py) measured in the same r
 both servers are up together and loaded in alternation (bare, Mirror, bare, Mirror, ...), and the run
 with the median throughput of each is reported (every round's figure is listed beside it).
 `/recommend` at a fixed rate uses an open-loop asyncio+httpx generator whose latencies count from each
-request's scheduled send time. Event visibility is the time from a `POST /events` view returning until a
+request's scheduled send time; it runs in a lean process of its own (benchmarks/open_loop.py: httpx only,
+heap frozen, collector off), because the benchmark's own process holds the training libraries and its
+full garbage collections (~100 ms) used to land in the figures. The bare endpoint is run at the same rate
+just before (`bare_fixed_rate`); it keeps CPython's default collector settings, so its tail shows the
+~100 ms full collections that Mirror makes rare (serving/service.py, `_freeze_startup_heap`). Event visibility is the time from a `POST /events` view returning until a
 `/recommend` answer for that customer changes (each poll's own latency included); a view that leaves a
 top-10 unchanged counts as not visible, although it is stored and in the profile. Purchase visibility: the
 customer buys their top recommendation and the very next `/recommend` (timed) must leave it out. The load
