@@ -14,6 +14,7 @@
 | MIRROR_MAX_BATCH             | most customers per /scores call and events per /events call      | 10000              |
 | MIRROR_MAX_K                 | largest `k`                                                     | 100                |
 | MIRROR_EXPORT_DIR            | where the segment-scoring task writes its files                 | `mirror-exports`   |
+| MIRROR_GC_INTERVAL_S         | seconds between the worker's scheduled full garbage collections | 120                |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DEFAULT_STORE_BACKEND = "features.store:SQLiteProfileStore"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_BATCH = 10_000
 DEFAULT_MAX_K = 100
+DEFAULT_GC_INTERVAL_S = 120
 DEFAULT_GUARD_CONFIG = Path(__file__).resolve().parent / "guard.yaml"
 
 
@@ -63,6 +65,7 @@ class Settings:
     max_batch: int = DEFAULT_MAX_BATCH
     max_k: int = DEFAULT_MAX_K
     export_dir: Path = Path("mirror-exports")
+    gc_interval_s: int = DEFAULT_GC_INTERVAL_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,4 +84,5 @@ class Settings:
             max_batch=_int(env, "MIRROR_MAX_BATCH", DEFAULT_MAX_BATCH),
             max_k=_int(env, "MIRROR_MAX_K", DEFAULT_MAX_K),
             export_dir=Path(env.get("MIRROR_EXPORT_DIR", "mirror-exports")),
+            gc_interval_s=_int(env, "MIRROR_GC_INTERVAL_S", DEFAULT_GC_INTERVAL_S),
         )

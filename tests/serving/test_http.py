@@ -87,6 +87,23 @@ def test_events_show_in_the_next_call(server):
     assert shifted != after  # a just-viewed item shifts the results
 
 
+def test_a_view_in_this_session_brings_its_look_alikes_up(server):
+    """Views older than the session window steer only through the model; a fresh one gets slots of its
+    own (serving.service.SESSION_SLOTS: ranks 2 and 5), filled with that item's look-alikes."""
+    old = [event(f"sess-old-{i}", "sess-c", "view", i, days_ago=3) for i in (0, 4, 8)]
+    assert server.post("/events", {"events": old}, key="write-key").status_code == 200
+    before = server.post("/recommend", {"customer_id": "sess-c", "k": 5}).json()
+    assert before["cold_start"] is False
+    r = server.post("/events", {"event": event("sess-new-13", "sess-c", "view", 13)}, key="write-key")
+    assert r.status_code == 200 and r.json()["accepted"] == ["sess-new-13"], r.text
+    after = server.post("/recommend", {"customer_id": "sess-c", "k": 5}).json()["items"]
+    closest = ids(server.post("/similar_items", {"item_id": item_id(13), "k": 2}).json()["similar"])
+    assert set(closest) & set(ids(after)[:2]) and set(closest) <= set(ids(after)[:5])
+    assert all(x["reason"] for x in after) and ids(after) != ids(before["items"])
+    scores = [x["score"] for x in after]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_out_of_stock_items_leave_the_results(server):
     body = {"k": 3, "context": {"category": "hats"}}  # most popular hats: i03, i07, i11, then i15
     assert ids(server.post("/recommend", body).json()["items"]) == [item_id(3), item_id(7), item_id(11)]

@@ -15,7 +15,13 @@ from features.schema import CHURN_MODEL, RECOMMENDER_MODEL
 from serving.auth import Access, GatekeeperMiddleware, KeyRing, required_access
 from serving.config import Settings
 from serving.models import ChampionSet, PopularityFallback
-from serving.service import blocked_purchases, rank_candidates, recent_interest
+from serving.service import (
+    blend_session,
+    blocked_purchases,
+    rank_candidates,
+    recent_interest,
+    session_views,
+)
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -27,6 +33,9 @@ def test_settings_from_env_and_bad_values():
         Settings.from_env({"MIRROR_MAX_BATCH": "lots"})
     with pytest.raises(ValueError, match="MIRROR_MAX_K"):
         Settings.from_env({"MIRROR_MAX_K": "0"})
+    assert Settings.from_env({}).gc_interval_s == 120 and Settings.from_env({"MIRROR_GC_INTERVAL_S": "30"}).gc_interval_s == 30
+    with pytest.raises(ValueError, match="MIRROR_GC_INTERVAL_S"):
+        Settings.from_env({"MIRROR_GC_INTERVAL_S": "-5"})
 
 
 # -- keys and scopes ------------------------------------------------------------------------------
@@ -194,6 +203,37 @@ def test_recent_interest_is_newest_first_over_views_and_cart():
                               cart_items=[view("c1", "2025-01-02"), view("v2", "2025-01-01")])
     assert recent_interest(profile) == ["v2", "c1", "v1"]
     assert recent_interest(None) == []
+
+
+def test_session_views_are_the_recent_window_newest_first():
+    now = pd.Timestamp("2025-01-01 12:00", tz="UTC")
+    view = lambda i, c, minutes: SimpleNamespace(item_id=i, category=c, ts=now - pd.Timedelta(minutes=minutes))  # noqa: E731
+    profile = SimpleNamespace(recent_views=[view("a", "shoes", 40), view("b", "hats", 5), view("c", None, 1),
+                                            view("b", "hats", 20)])
+    assert session_views(profile, now.timestamp()) == [("c", None), ("b", "hats")]
+    assert session_views(profile, now.timestamp(), window_s=3600) == [("c", None), ("b", "hats"), ("a", "shoes")]
+    assert session_views(None, now.timestamp()) == []
+
+
+def test_blend_session_gives_the_slots_to_the_session_and_keeps_scores_descending():
+    personal = [("p1", 0.9), ("p2", 0.8), ("p3", 0.7), ("p4", 0.6), ("p5", 0.5), ("p6", 0.4)]
+    out = blend_session(personal, [("s1", 0.99), ("s2", 0.98)], k=6, slots=(1, 4))
+    assert [i for i, _, _ in out] == ["p1", "s1", "p2", "p3", "s2", "p4"]
+    assert [x for _, _, x in out] == [False, True, False, False, True, False]
+    scores = [s for _, s, _ in out]
+    assert scores == sorted(scores, reverse=True)
+    # a session item the model ranks lower moves up; one it already ranks high counts where it stands
+    out = blend_session(personal, [("p3", 0.7), ("s8", 0.1)], k=6, slots=(1, 4))
+    assert [i for i, _, _ in out] == ["p1", "p3", "p2", "p4", "s8", "p5"]
+    assert [s for _, s, _ in out] == [0.9, 0.8, 0.8, 0.6, 0.5, 0.5]
+    assert blend_session(personal, [("p1", 0.9), ("p5", 0.5)], k=6, slots=(1, 4)) == \
+        [(i, s, False) for i, s in personal]
+    # nothing to add, or slots beyond k: the model's list unchanged
+    assert [i for i, _, _ in blend_session(personal, [], k=3)] == ["p1", "p2", "p3"]
+    assert [i for i, _, _ in blend_session(personal, [("s1", 1.0)], k=1, slots=(1,))] == ["p1"]
+    # a short personal list still gets its session items, scores not above the last
+    out = blend_session([("p1", 0.9)], [("s1", 2.0), ("s2", 0.1)], k=5, slots=(1, 4))
+    assert [i for i, _, _ in out] == ["p1", "s1", "s2"] and [s for _, s, _ in out] == [0.9, 0.9, 0.1]
 
 
 def test_newest_recent_item_steers_the_fold_in_most():
