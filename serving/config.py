@@ -14,7 +14,7 @@
 | MIRROR_MAX_BATCH             | most customers per /scores call and events per /events call      | 10000              |
 | MIRROR_MAX_K                 | largest `k`                                                     | 100                |
 | MIRROR_EXPORT_DIR            | where the segment-scoring task writes its files                 | `mirror-exports`   |
-| MIRROR_GC_INTERVAL_S         | seconds between the worker's scheduled full garbage collections | 120                |
+| MIRROR_GC_INTERVAL_S         | seconds between the worker's scheduled full garbage collections | 30                 |
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DEFAULT_STORE_BACKEND = "features.store:SQLiteProfileStore"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_BATCH = 10_000
 DEFAULT_MAX_K = 100
-DEFAULT_GC_INTERVAL_S = 120
+DEFAULT_GC_INTERVAL_S = 30
 DEFAULT_GUARD_CONFIG = Path(__file__).resolve().parent / "guard.yaml"
 
 

@@ -63,9 +63,6 @@ class SentimentConfig:
     finetune_weight: float = 0.5     # weight of the fine-tuned log-probabilities when not tuned (tune_bias=False)
     finetune_checkpoint_every: int = 100
     finetune_rounds: int = 1         # > 1: further fine-tunes on fresh samples, each from the previous weights
-    # TF-IDF feature sets the fine-tuned ensemble may use ("word": 1-2-grams; "word+char": plus character
-    # 2-5-grams, which catch misspellings and word forms); the best on the validation split is kept
-    tfidf_variants: tuple[str, ...] = ("word", "word+char")
     finetune_cache_dir: str | None = None  # e.g. ".cache/finetune": fine-tunes keyed by settings + data hash
     seed: int = 0
     cache_dir: str | None = None     # embedding cache (e.g. ".cache/embeddings"); None = no cache
@@ -309,22 +306,10 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], config: Sentim
 # ---------------------------------------------------------------------------------------------
 # The head: class-weighted logistic regression on [TF-IDF | embeddings], bias tuned for macro-F1
 # ---------------------------------------------------------------------------------------------
-TFIDF_VARIANTS = ("word", "word+char")
-
-
-def _tfidf(variant: str = "word") -> Any:
-    """The TF-IDF features; "word" is also the baseline's."""
+def _tfidf() -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_union
 
-    word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, strip_accents="unicode")
-    if variant == "word":
-        return word
-    if variant == "word+char":
-        char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
-                               strip_accents="unicode")
-        return make_union(word, char)
-    raise ValueError(f"unknown TF-IDF variant {variant!r}; expected one of {TFIDF_VARIANTS}")
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, strip_accents="unicode")
 
 
 def _fit_head_once(texts: list[str], labels: np.ndarray, emb: np.ndarray, config: SentimentConfig) -> dict[str, Any]:
@@ -492,32 +477,27 @@ def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: S
     np.save(out_dir / "proba_finetuned_val.npy", np.exp(lp_ft_val))
     np.save(out_dir / "proba_finetuned_test.npy", np.exp(finetuned_log_proba(ft_head, emb_te)))
 
-    def lr_on(texts: list[str], labels: np.ndarray, variant: str) -> dict[str, Any]:
-        head: dict[str, Any] = {"tfidf": _tfidf(variant).fit(texts), "use_embedding": False,
-                                "max_length": config.max_length,
+    def lr_on(texts: list[str], labels: np.ndarray) -> dict[str, Any]:
+        head: dict[str, Any] = {"tfidf": _tfidf().fit(texts), "use_embedding": False, "max_length": config.max_length,
                                 "bias": np.zeros(len(SENTIMENT_LABELS)), "labels": SENTIMENT_LABELS}
         X = sm.SentimentPredictor(head, None).features(texts)
         head["clf"] = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000,
                                          random_state=config.seed).fit(X, labels)
         return head
 
+    h_fit = lr_on(fit_t, tr_y[fit_i])
+    lp_lr_val = _log_proba_lr(h_fit["clf"], h_fit["tfidf"].transform(val_t))
     y_val = np.array([SENTIMENT_LABELS.index(v) for v in tr_y[val_i]])
-    tried: dict[str, tuple[float, float, np.ndarray, np.ndarray]] = {}  # variant -> (f1, weight, bias, lp)
-    for variant in config.tfidf_variants or ("word",):
-        h_fit = lr_on(fit_t, tr_y[fit_i], variant)
-        lp = _log_proba_lr(h_fit["clf"], h_fit["tfidf"].transform(val_t))
-        weight, bias = config.finetune_weight, np.zeros(len(SENTIMENT_LABELS))
-        if config.tune_bias:
-            weight, bias, _ = tune_ensemble(lp, lp_ft_val, y_val)
-        tried[variant] = (_macro_f1(y_val, ((1 - weight) * lp + weight * lp_ft_val + bias).argmax(1)), weight, bias, lp)
-    variant = max(tried, key=lambda v: tried[v][0])  # ties: the first (simpler) one
-    _, weight, bias, lp_lr_val = tried[variant]
+    bias = np.zeros(len(SENTIMENT_LABELS))
+    weight = config.finetune_weight
+    if config.tune_bias:
+        weight, bias, _ = tune_ensemble(lp_lr_val, lp_ft_val, y_val)
     val_f1 = {
         "val_macro_f1_tfidf_lr": _macro_f1(y_val, lp_lr_val.argmax(1)),
         "val_macro_f1_finetuned": _macro_f1(y_val, lp_ft_val.argmax(1)),
-        "val_macro_f1_ensemble": tried[variant][0],
+        "val_macro_f1_ensemble": _macro_f1(y_val, ((1 - weight) * lp_lr_val + weight * lp_ft_val + bias).argmax(1)),
     }
-    head = lr_on(tr_t, tr_y, variant)
+    head = lr_on(tr_t, tr_y)
     head["bias"] = bias
     head["finetuned"] = {**ft_head, "weight": weight}
     n_ft, secs = sum(f["n_texts"] for f in rounds), sum(f["seconds"] for f in rounds)
@@ -527,9 +507,7 @@ def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: S
               "finetune_texts_per_s": round(n_ft * config.finetune_epochs / max(secs, 1e-9), 2),
               "finetune_cached": all(f["cached"] for f in rounds), "finetune_key": key,
               "finetuned_embed_seconds": round(embed_s, 1),
-              "ensemble_weight": weight, "tfidf_variant": variant,
-              "val_macro_f1_ensemble_by_tfidf_variant": {v: round(t[0], 4) for v, t in tried.items()},
-              **{k: round(v, 4) for k, v in val_f1.items()}}
+              "ensemble_weight": weight, **{k: round(v, 4) for k, v in val_f1.items()}}
     return head, enc_dir, emb_te, params
 
 

@@ -33,9 +33,43 @@ def test_settings_from_env_and_bad_values():
         Settings.from_env({"MIRROR_MAX_BATCH": "lots"})
     with pytest.raises(ValueError, match="MIRROR_MAX_K"):
         Settings.from_env({"MIRROR_MAX_K": "0"})
-    assert Settings.from_env({}).gc_interval_s == 120 and Settings.from_env({"MIRROR_GC_INTERVAL_S": "30"}).gc_interval_s == 30
+    assert Settings.from_env({}).gc_interval_s == 30 and Settings.from_env({"MIRROR_GC_INTERVAL_S": "90"}).gc_interval_s == 90
     with pytest.raises(ValueError, match="MIRROR_GC_INTERVAL_S"):
         Settings.from_env({"MIRROR_GC_INTERVAL_S": "-5"})
+
+
+# -- request timers ---------------------------------------------------------------------------------
+def test_request_timers_are_released_when_the_answer_goes_out():
+    """BentoML's timeout middleware kept each request alive for the whole timeout; ours cancels the timer
+    at once, and a slow request still gets its 504."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serving.service import release_request_timers
+
+    assert release_request_timers() and release_request_timers()  # idempotent
+
+    async def fast(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(5)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        answers: list[dict] = []
+
+        async def send(message):
+            answers.append(message)
+
+        await TimeoutMiddleware(fast, timeout=60)({"type": "http"}, None, send)
+        pending = [h for h in loop._scheduled if not h.cancelled()]
+        await TimeoutMiddleware(slow, timeout=0.05)({"type": "http"}, None, send)
+        return answers, pending
+
+    answers, pending = asyncio.run(run())
+    assert pending == []
+    assert [m["status"] for m in answers if m["type"] == "http.response.start"] == [200, 504]
 
 
 # -- keys and scopes ------------------------------------------------------------------------------
