@@ -617,7 +617,12 @@ just before (`bare_fixed_rate`); it keeps CPython's default collector settings, 
 `/recommend` answer for that customer changes (each poll's own latency included); a view that leaves a
 top-10 unchanged counts as not visible, although it is stored and in the profile. Purchase visibility: the
 customer buys their top recommendation and the very next `/recommend` (timed) must leave it out. The load
-generator shares the 2 cores with the server, so figures are conservative."""
+generator shares the 2 cores with the server, so figures are conservative. What Mirror does that the
+stock bare service does not (serving/service.py): /recommend runs on the event loop (no thread hop), the
+start-up heap is frozen and full garbage collections run every 30 s instead of whenever CPython decides,
+and BentoML's request-timeout timers are cancelled when the answer goes out (stock BentoML keeps every
+request's objects alive for the whole traffic timeout). A view in the last 30 minutes gets session slots
+(its look-alikes by ranks 2 and 5), so a view changes the list unless its look-alikes already stand there."""
 
 
 if __name__ == "__main__":
