@@ -411,6 +411,9 @@ class Mirror:
 
         self.settings = Settings.from_env()
         release_request_timers()
+        mirror_log = logging.getLogger("mirror")
+        if mirror_log.level == logging.NOTSET:  # BentoML leaves the root at WARNING, which hid our reloads,
+            mirror_log.setLevel(logging.INFO)   # warm-ups and erasures; a level set by the operator is kept
         logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactClientErrors())
         logging.getLogger("bentoml.access").addFilter(RedactAccessPaths())
         log_auth_mode(KeyRing.from_settings(self.settings))

@@ -318,6 +318,7 @@ def test_logs_carry_no_raw_contact_details(server):
     assert "jane.doe" not in log and "555 0100" not in log and "4155550100" not in log
     assert "pii-person" not in log
     assert "path=/profiles/" in log  # the access log does record the request, with the id hashed
+    assert "feature cache warmed for" in log and "events accepted=1" in log  # Mirror's own INFO lines show
 
 
 # -- consent, profile view, erasure ---------------------------------------------------------------
