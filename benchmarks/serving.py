@@ -226,20 +226,21 @@ def run_wrk(
 # Open-loop generator
 # ---------------------------------------------------------------------------------------------
 def open_loop(
-    url: str, requests: Sequence[tuple[str, dict[str, Any]]], rate: float, workdir: Path
-) -> list[tuple[float, float, int, str]]:
-    """benchmarks/open_loop.py in a lean process of its own (see there why)."""
+    url: str, requests: Sequence[tuple[str, dict[str, Any]]], rate: float, workdir: Path, timeout_s: float = 10.0
+) -> list[tuple[float, float, int, str, str]]:
+    """benchmarks/open_loop.py in a lean process of its own (see there why): per request, (scheduled
+    offset s, latency from scheduled time s, status (0 = transport error), path, error detail)."""
     path = workdir / f"open_loop_{uuid.uuid4().hex[:8]}.json"
     path.write_text(json.dumps([[p, b] for p, b in requests]))
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("open_loop.py")), url, str(path), str(rate)],
+        [sys.executable, str(Path(__file__).with_name("open_loop.py")), url, str(path), str(rate), str(timeout_s)],
         capture_output=True, text=True, check=True, timeout=len(requests) / rate + 120,
     )
-    return [(float(a), float(b), int(c), str(d)) for a, b, c, d in json.loads(out.stdout)]
+    return [(float(a), float(b), int(c), str(d), str(e)) for a, b, c, d, e in json.loads(out.stdout)]
 
 
 def open_loop_figures(
-    samples: Sequence[tuple[float, float, int, str]], rate: float, warmup_s: float = 2.0
+    samples: Sequence[tuple[float, float, int, str, str]], rate: float, warmup_s: float = 2.0
 ) -> dict[str, Any]:
     """Latency percentiles of requests scheduled after the warm-up (connections opening); errors over all."""
     lat = [s[1] for s in samples if s[0] >= warmup_s]

@@ -15,11 +15,12 @@ Figures go to benchmarks/RESULTS.md (section "soak") and one JSON object on the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import math
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,68 +150,58 @@ def _tree_rss_mib(pid: int) -> float:
     return total / 2**20
 
 
-async def _drive(
-    bs: Any, url: str, pid: int, prep: Any, args: argparse.Namespace
-) -> tuple[list[Sample], list[tuple[float, float]]]:
-    import httpx
+def build_requests(bs: Any, prep: Any, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The whole run's (path, body) list, drawn up front from the seeded schedule and rng.
 
+    Built before sending, so events carry the time they were built (up to `--minutes` before they are
+    sent: still fresh for the service) and the generator process holds nothing but the requests.
+    """
     from features.schema import ADD_TO_CART, EVENT_ID, EVENT_TYPE, PURCHASE, VIEW
 
     rng = np.random.default_rng(args.seed)
-    n = int(args.rate * args.minutes * 60)
-    schedule = build_schedule(n, DEFAULT_MIX, args.seed)
     ids = prep.customer_ids
-    samples: list[Sample] = []
+
+    def body(path: str) -> dict[str, Any]:
+        cid = str(ids[int(rng.integers(len(ids)))])
+        if path == RECOMMEND:
+            return bs.recommend_body(cid)
+        if path == NBA:
+            return bs.nba_body(cid, str(rng.choice(["email", "app", "web", "sms"])))
+        if path == SCORES:
+            return bs.scores_body([str(c) for c in rng.choice(ids, size=args.scores_batch)])
+        item, cat = prep.items[int(rng.integers(len(prep.items)))]
+        ev = bs.event_body(cid, item, cat)
+        ev[EVENT_TYPE] = str(rng.choice([VIEW, VIEW, VIEW, ADD_TO_CART, PURCHASE]))
+        ev[EVENT_ID] = f"soak-{uuid.uuid4().hex}"
+        return {"event": ev}
+
+    schedule = build_schedule(int(args.rate * args.minutes * 60), DEFAULT_MIX, args.seed)
+    return [(path, body(path)) for path in schedule]
+
+
+def _drive(
+    bs: Any, url: str, pid: int, requests: list[tuple[str, dict[str, Any]]], args: argparse.Namespace, tmp: Path
+) -> tuple[list[Sample], list[tuple[float, float]]]:
+    """benchmarks/open_loop.py (a lean process: the client's own pauses stay out of the latencies) sends
+    the requests; this process samples the server's RSS meanwhile, timed from the generator's launch
+    (its first request goes out about a second later)."""
     rss: list[tuple[float, float]] = []
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=32)
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.05
+    done = threading.Event()
+    t0 = time.monotonic()
 
-        def body(path: str) -> dict[str, Any]:
-            cid = str(ids[int(rng.integers(len(ids)))])
-            if path == RECOMMEND:
-                return bs.recommend_body(cid)
-            if path == NBA:
-                return bs.nba_body(cid, str(rng.choice(["email", "app", "web", "sms"])))
-            if path == SCORES:
-                return bs.scores_body([str(c) for c in rng.choice(ids, size=args.scores_batch)])
-            item, cat = prep.items[int(rng.integers(len(prep.items)))]
-            ev = bs.event_body(cid, item, cat)
-            ev[EVENT_TYPE] = str(rng.choice([VIEW, VIEW, VIEW, ADD_TO_CART, PURCHASE]))
-            ev[EVENT_ID] = f"soak-{uuid.uuid4().hex}"
-            return {"event": ev}
+    def sampler() -> None:
+        while not done.is_set():
+            rss.append((time.monotonic() - t0, _tree_rss_mib(pid)))
+            done.wait(args.sample_s)
 
-        async def one(sched: float, path: str, payload: dict[str, Any]) -> None:
-            detail = ""
-            try:
-                resp = await client.post(path, json=payload)
-                status = resp.status_code
-                if not 200 <= status < 300:
-                    detail = resp.text[:300]
-            except httpx.HTTPError as exc:
-                status, detail = 0, f"{type(exc).__name__}: {exc}"[:300]
-            samples.append(Sample(sched - t0, loop.time() - sched, status, path, detail))
-
-        async def sampler() -> None:
-            end = t0 + args.minutes * 60
-            while loop.time() < end:
-                rss.append((loop.time() - t0, _tree_rss_mib(pid)))
-                await asyncio.sleep(args.sample_s)
-
-        mem_task = asyncio.create_task(sampler())
-        pending: set[asyncio.Task[None]] = set()
-        for i, path in enumerate(schedule):
-            sched = t0 + i / args.rate
-            delay = sched - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(sched, path, body(path)))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
-        await mem_task
-    return samples, rss
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    try:
+        out = bs.open_loop(url, requests, args.rate, tmp, timeout_s=30.0)
+    finally:
+        done.set()
+        thread.join()
+    return [Sample(*row) for row in out], rss
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -231,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = Path(tmp_s)
         prep = bs.prepare(tmp, args.customers, args.days, args.seed)
         with bs.serve("serving.service:Mirror", prep.env, tmp / "mirror.log") as srv:
-            samples, rss = asyncio.run(_drive(bs, srv.url, srv.proc.pid, prep, args))
+            samples, rss = _drive(bs, srv.url, srv.proc.pid, build_requests(bs, prep, args), args, tmp)
             alive = srv.proc.poll() is None
         log = (tmp / "mirror.log").read_text(errors="replace")
         tracebacks = log.count("Traceback (most recent call last)")
@@ -255,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "p99_ms_after_warmup": bs.percentiles_ms(post)["p99_ms"],
         "memory": growth,
         "per_minute": per_minute(samples, rss, args.minutes),
-        "load_generator": "asyncio+httpx open loop (latency from scheduled send time)",
+        "load_generator": "benchmarks/open_loop.py: asyncio+httpx open loop in a lean process (latency from scheduled send time)",
     }
     gp = growth.get("growth_pct")
     figures["targets"] = {

@@ -111,13 +111,19 @@ def profile_items(profile: Any, attr: str) -> list[str]:
     return out
 
 
+def _newest_first(profile: Any, attrs: Sequence[str]) -> list[tuple[float | None, str, Any]]:
+    """(time, item, entry) of these profile lists, newest first; ties and entries without a time (last)
+    keep the store's order."""
+    entries = [e for attr in attrs for e in (getattr(profile, attr, None) or ())]
+    stamped = [(_entry_ts(e), n, _entry_item(e), e) for n, e in enumerate(entries)]
+    stamped.sort(key=lambda x: (-(x[0] or 0.0), x[1]))
+    return [(ts, item, e) for ts, _, item, e in stamped if item]
+
+
 def recent_interest(profile: Any) -> list[str]:
     """Items the customer viewed or put in the cart, newest first, de-duplicated: the order is the
     weight the recommender gives them (what was just seen steers most)."""
-    entries = [e for attr in ("recent_views", "cart_items") for e in (getattr(profile, attr, None) or ())]
-    stamped = [(_entry_ts(e) or 0.0, i, _entry_item(e)) for i, e in enumerate(entries)]
-    stamped.sort(key=lambda x: (-x[0], x[1]))  # newest first; ties keep the store's order
-    return list(dict.fromkeys(item for _, _, item in stamped if item))
+    return list(dict.fromkeys(item for _, item, _ in _newest_first(profile, ("recent_views", "cart_items"))))
 
 
 #: Views this recent are the shopping session: its newest one gets slots of its own in /recommend.
@@ -129,11 +135,9 @@ SESSION_SLOTS = (1, 4)
 def session_views(profile: Any, now: float, window_s: float = SESSION_WINDOW_S) -> list[tuple[str, str | None]]:
     """(item, category) the customer viewed in the last `window_s` seconds, newest first, de-duplicated."""
     out: dict[str, str | None] = {}
-    stamped = [(_entry_ts(e), _entry_item(e), getattr(e, CATEGORY, None))
-               for e in getattr(profile, "recent_views", None) or ()]
-    for ts, item, cat in sorted((x for x in stamped if x[0] is not None and x[1]), key=lambda x: -x[0]):
-        if now - ts <= window_s and item not in out:
-            out[item] = cat
+    for ts, item, e in _newest_first(profile, ("recent_views",)):
+        if ts is not None and now - ts <= window_s:
+            out.setdefault(item, getattr(e, CATEGORY, None))
     return list(out.items())
 
 
@@ -578,7 +582,7 @@ class Mirror:
                                   category=viewed[1] or rec.item_category(viewed[0]))] if viewed else [])
         signals = {"personal": ctx_signal + _signals_from_profile(profile), "context": ctx_signal,
                    "session": session_signal, "popular": []}
-        reasons = {k: self._reason(signals[k], req.channel, consent, logged_in) for k in set(kinds.values())}
+        reasons = {k: self._reason(signals[k], req.channel, consent, logged_in) for k in {kinds[i] for i, _ in chosen}}
         items = [api.ScoredItem(item_id=i, score=s, reason=reasons[kinds[i]]) for i, s in chosen]
         logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), personal, len(items))
         return api.RecommendResponse(
