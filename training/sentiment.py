@@ -4,8 +4,9 @@ Labels come from ratings (`rating_to_sentiment`) or from given labels (the synth
 the model is frozen MiniLM: its mean-pooled embeddings feed a class-weighted logistic regression, beside
 TF-IDF n-grams; a per-class log-prior bias is then tuned for macro-F1 on a validation split of the
 training part only.  With `config.finetune_epochs > 0` (opt-in, CPU-heavy) MiniLM is fine-tuned with a
-linear classification head instead, and the model is an ensemble of that classifier's log-probabilities
-with a TF-IDF logistic regression's (weight and bias chosen on a validation split of the training part
+linear classification head instead (`finetune_members` > 1: several fine-tunes with other seeds, their
+log-probabilities averaged), and the model is an ensemble of those log-probabilities with a TF-IDF
+logistic regression's (weight and bias chosen on a validation split of the training part
 held out from fine-tuning); it is served by the same pyfunc (fine-tuned encoder + head artifacts).
 TF-IDF + logistic regression is the baseline in the same run, on the same test set.
 """
@@ -17,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,7 @@ class SentimentConfig:
     finetune_weight: float = 0.5     # weight of the fine-tuned log-probabilities when not tuned (tune_bias=False)
     finetune_checkpoint_every: int = 100
     finetune_rounds: int = 1         # > 1: further fine-tunes on fresh samples, each from the previous weights
+    finetune_members: int = 1        # > 1: that many independent fine-tunes (seeds seed, seed+1, ...), averaged
     finetune_cache_dir: str | None = None  # e.g. ".cache/finetune": fine-tunes keyed by settings + data hash
     seed: int = 0
     cache_dir: str | None = None     # embedding cache (e.g. ".cache/embeddings"); None = no cache
@@ -404,7 +406,7 @@ class FittedSentiment:
     """A fitted model and its evaluation, before logging."""
 
     predictor: sm.SentimentPredictor
-    encoder_dir: Path | None             # None: the packaged MiniLM weights
+    encoder_dirs: list[Path]             # fine-tuned encoders; empty: the packaged MiniLM weights
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]]
     test_texts: list[str]
@@ -436,14 +438,46 @@ def _log_proba_lr(clf: Any, X: Any) -> np.ndarray:
     return np.log(np.clip(raw[:, cols], 1e-12, 1.0))
 
 
+def _finetune_member(fit_t: list[str], fit_y: np.ndarray, eval_t: list[str], config: SentimentConfig,
+                     work_dir: Path, member: int) -> dict[str, Any]:
+    """One fine-tuned encoder (its rounds chained) and its log-probabilities on `eval_t`.
+
+    Member m fine-tunes with seed `config.seed + m` (batch order, head init, subsample); member 0 is the
+    single fine-tune of earlier versions, so its cache key is unchanged.
+    """
+    cfg = replace(config, seed=config.seed + member)
+    pool_t, pool_y = fit_t, fit_y
+    key, init, rounds = "", None, []
+    for r in range(max(1, cfg.finetune_rounds)):
+        round_key = finetune_key(pool_t, pool_y, cfg)
+        key = round_key if r == 0 else hashlib.sha1(f"{key}+{round_key}".encode()).hexdigest()[:16]
+        out_dir = (Path(cfg.finetune_cache_dir) / key if cfg.finetune_cache_dir
+                   else work_dir / f"finetune{member}_{r}")
+        enc_dir, ft = finetune_classifier(pool_t, pool_y, cfg, out_dir, init)
+        rounds.append(ft)
+        init = (enc_dir, ft)
+        # the next round samples from the texts this one did not see (same draw as finetune_classifier's)
+        if len(pool_t) > cfg.finetune_max_texts:
+            seen = np.random.default_rng(cfg.seed).choice(len(pool_t), size=cfg.finetune_max_texts, replace=False)
+            rest = np.setdiff1d(np.arange(len(pool_t)), seen)
+            pool_t, pool_y = [pool_t[i] for i in rest], pool_y[rest]
+    t0 = time.perf_counter()
+    emb = embed_texts(eval_t, enc_dir, cfg.max_length, out_dir / "embeddings" if cfg.finetune_cache_dir else None,
+                      cfg.progress)
+    head = {"W": ft["W"], "b": ft["b"], "scale": ft["scale"]}
+    return {"key": key, "encoder_dir": enc_dir, "head": head, "rounds": rounds, "out_dir": out_dir, "emb": emb,
+            "log_proba": finetuned_log_proba(head, emb), "embed_s": time.perf_counter() - t0}
+
+
 def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: SentimentConfig,
-                   work_dir: Path) -> tuple[dict[str, Any], Path, np.ndarray, dict[str, Any]]:
-    """Fine-tuned MiniLM classifier + TF-IDF logistic regression, ensembled on log-probabilities.
+                   work_dir: Path) -> tuple[dict[str, Any], list[Path], list[np.ndarray], dict[str, Any]]:
+    """Fine-tuned MiniLM classifier(s) + TF-IDF logistic regression, ensembled on log-probabilities.
 
     The last `finetune_val_size` of the training part (stratified) is held out from fine-tuning; the
-    ensemble weight and the per-class bias are chosen there (never on the test set).  The TF-IDF
-    regression is then refitted on the whole training part.  Returns (head, encoder dir, test
-    embeddings of the fine-tuned encoder, params).
+    ensemble weight and the per-class bias are chosen there (never on the test set).  With
+    `finetune_members` > 1, independent fine-tunes (other seeds) are averaged on log-probabilities first.
+    The TF-IDF regression is then refitted on the whole training part.  Returns (head, encoder dirs, test
+    embeddings of each fine-tuned encoder, params).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -452,30 +486,13 @@ def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: S
     fit_i, val_i = train_test_split(idx, test_size=config.finetune_val_size, stratify=tr_y,
                                     random_state=config.seed)
     fit_t, val_t = [tr_t[i] for i in fit_i], [tr_t[i] for i in val_i]
-    pool_t, pool_y = fit_t, tr_y[fit_i]
-    key, init, rounds = "", None, []
-    for r in range(max(1, config.finetune_rounds)):
-        round_key = finetune_key(pool_t, pool_y, config)
-        key = round_key if r == 0 else hashlib.sha1(f"{key}+{round_key}".encode()).hexdigest()[:16]
-        out_dir = Path(config.finetune_cache_dir) / key if config.finetune_cache_dir else work_dir / f"finetune{r}"
-        enc_dir, ft = finetune_classifier(pool_t, pool_y, config, out_dir, init)
-        rounds.append(ft)
-        init = (enc_dir, ft)
-        # the next round samples from the texts this one did not see (same draw as finetune_classifier's)
-        if len(pool_t) > config.finetune_max_texts:
-            seen = np.random.default_rng(config.seed).choice(len(pool_t), size=config.finetune_max_texts,
-                                                             replace=False)
-            rest = np.setdiff1d(np.arange(len(pool_t)), seen)
-            pool_t, pool_y = [pool_t[i] for i in rest], pool_y[rest]
-    emb_cache = out_dir / "embeddings" if config.finetune_cache_dir else None
-    t0 = time.perf_counter()
-    emb = embed_texts(val_t + te_t, enc_dir, config.max_length, emb_cache, config.progress)
-    embed_s = time.perf_counter() - t0
-    emb_val, emb_te = emb[: len(val_t)], emb[len(val_t):]
-    ft_head = {"W": ft["W"], "b": ft["b"], "scale": ft["scale"], "weight": config.finetune_weight}
-    lp_ft_val = finetuned_log_proba(ft_head, emb_val)
-    np.save(out_dir / "proba_finetuned_val.npy", np.exp(lp_ft_val))
-    np.save(out_dir / "proba_finetuned_test.npy", np.exp(finetuned_log_proba(ft_head, emb_te)))
+    members = [_finetune_member(fit_t, tr_y[fit_i], val_t + te_t, config, work_dir, m)
+               for m in range(max(1, config.finetune_members))]
+    n_val = len(val_t)
+    for m in members:
+        np.save(m["out_dir"] / "proba_finetuned_val.npy", np.exp(m["log_proba"][:n_val]))
+        np.save(m["out_dir"] / "proba_finetuned_test.npy", np.exp(m["log_proba"][n_val:]))
+    lp_ft_val = np.mean([m["log_proba"][:n_val] for m in members], axis=0)
 
     def lr_on(texts: list[str], labels: np.ndarray) -> dict[str, Any]:
         head: dict[str, Any] = {"tfidf": _tfidf().fit(texts), "use_embedding": False, "max_length": config.max_length,
@@ -497,18 +514,26 @@ def _fit_finetuned(tr_t: list[str], tr_y: np.ndarray, te_t: list[str], config: S
         "val_macro_f1_finetuned": _macro_f1(y_val, lp_ft_val.argmax(1)),
         "val_macro_f1_ensemble": _macro_f1(y_val, ((1 - weight) * lp_lr_val + weight * lp_ft_val + bias).argmax(1)),
     }
+    if len(members) > 1:
+        val_f1.update({f"val_macro_f1_finetuned_member{j}": _macro_f1(y_val, m["log_proba"][:n_val].argmax(1))
+                       for j, m in enumerate(members)})
     head = lr_on(tr_t, tr_y)
     head["bias"] = bias
-    head["finetuned"] = {**ft_head, "weight": weight}
+    ft_heads = [m["head"] for m in members]
+    head["finetuned"] = ({**ft_heads[0], "weight": weight} if len(ft_heads) == 1
+                         else {"members": ft_heads, "weight": weight})
+    rounds = [f for m in members for f in m["rounds"]]
     n_ft, secs = sum(f["n_texts"] for f in rounds), sum(f["seconds"] for f in rounds)
-    params = {"n_finetune": n_ft, "n_val": len(val_t), "finetune_steps": sum(f["steps"] for f in rounds),
+    params = {"n_finetune": sum(f["n_texts"] for f in members[0]["rounds"]), "n_val": n_val,
+              "finetune_steps": sum(f["steps"] for f in rounds),
               "finetune_seconds": round(secs, 1),
               "finetune_seconds_by_round": [round(f["seconds"], 1) for f in rounds],
               "finetune_texts_per_s": round(n_ft * config.finetune_epochs / max(secs, 1e-9), 2),
-              "finetune_cached": all(f["cached"] for f in rounds), "finetune_key": key,
-              "finetuned_embed_seconds": round(embed_s, 1),
+              "finetune_cached": all(f["cached"] for f in rounds),
+              "finetune_key": members[0]["key"] if len(members) == 1 else "+".join(m["key"] for m in members),
+              "finetuned_embed_seconds": round(sum(m["embed_s"] for m in members), 1),
               "ensemble_weight": weight, **{k: round(v, 4) for k, v in val_f1.items()}}
-    return head, enc_dir, emb_te, params
+    return head, [m["encoder_dir"] for m in members], [m["emb"][n_val:] for m in members], params
 
 
 def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) -> FittedSentiment:
@@ -521,18 +546,23 @@ def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) 
     tr, te = train_test_split(df, test_size=config.test_size, stratify=df[LABEL], random_state=config.seed)
     tr_t, te_t = tr[TEXT].tolist(), te[TEXT].tolist()
     tr_y, te_y = tr[LABEL].to_numpy(dtype=object), te[LABEL].tolist()
-    encoder_dir: Path | None = None
+    encoder_dirs: list[Path] = []
     emb = embed_texts(tr_t + te_t, None, config.max_length, config.cache_dir, config.progress)  # frozen
     emb_tr, emb_te = emb[: len(tr_t)], emb[len(tr_t):]
     extra: dict[str, Any] = {}
     baselines: dict[str, dict[str, float]] = {}
     if config.finetune_epochs > 0:
-        head, encoder_dir, ft_emb_te, extra = _fit_finetuned(tr_t, tr_y, te_t, config, work_dir)
-        predictor = sm.SentimentPredictor(head, sm.TextEncoder.cached(encoder_dir, config.max_length))
+        head, encoder_dirs, ft_emb_te, extra = _fit_finetuned(tr_t, tr_y, te_t, config, work_dir)
+        predictor = sm.SentimentPredictor(head, [sm.TextEncoder.cached(d, config.max_length) for d in encoder_dirs])
         pred = predictor.predict_frame(te_t, ft_emb_te)["label"].tolist()
-        ft_pred = np.asarray(SENTIMENT_LABELS, dtype=object)[
-            finetuned_log_proba(head["finetuned"], ft_emb_te).argmax(1)].tolist()
-        baselines["minilm_finetuned_alone"] = classification_metrics(te_y, ft_pred)
+        lp_ft = np.mean([finetuned_log_proba(m, e) for m, e in
+                         zip(sm.finetuned_members(head["finetuned"]), ft_emb_te, strict=True)], axis=0)
+        as_labels = np.asarray(SENTIMENT_LABELS, dtype=object)
+        baselines["minilm_finetuned_alone"] = classification_metrics(te_y, as_labels[lp_ft.argmax(1)].tolist())
+        if len(encoder_dirs) > 1:  # each fine-tune on its own, for the record
+            for j, (m, e) in enumerate(zip(sm.finetuned_members(head["finetuned"]), ft_emb_te, strict=True)):
+                baselines[f"minilm_finetuned_member{j}"] = classification_metrics(
+                    te_y, as_labels[finetuned_log_proba(m, e).argmax(1)].tolist())
     else:
         head = fit_head(tr_t, tr_y, emb_tr, config)
         predictor = sm.SentimentPredictor(head, None)
@@ -546,7 +576,7 @@ def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) 
               **{f"train_share_{k}": round(float(v), 4) for k, v in tr[LABEL].value_counts(normalize=True).items()},
               **extra}
     return FittedSentiment(
-        predictor=predictor, encoder_dir=encoder_dir, metrics=classification_metrics(te_y, pred),
+        predictor=predictor, encoder_dirs=encoder_dirs, metrics=classification_metrics(te_y, pred),
         baselines={"tfidf_logreg": classification_metrics(te_y, base_pred),
                    "minilm_frozen_logreg": classification_metrics(te_y, emb_pred), **baselines},
         test_texts=te_t, test_labels=te_y,
@@ -604,8 +634,7 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
             head_path = work / "head.joblib"
             joblib.dump(fit.predictor.head, head_path)
             artifacts = {"head": str(head_path)}
-            if fit.encoder_dir is not None:
-                artifacts["encoder"] = str(fit.encoder_dir)
+            artifacts.update({sm.encoder_artifact(i): str(d) for i, d in enumerate(fit.encoder_dirs)})
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts=artifacts, signature=_signature(),
                 input_example=pd.DataFrame({TEXT: fit.test_texts[:3]}), pip_requirements=_requirements())

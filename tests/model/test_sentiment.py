@@ -142,8 +142,8 @@ def test_short_finetune_path_changes_the_encoder_and_still_separates(tmp_path) -
     cfg = s.SentimentConfig(seed=2, progress=False, finetune_epochs=1.0, finetune_max_texts=32,
                             finetune_batch_size=8, tune_bias=False, finetune_lr=1e-4)
     fit = s.fit_sentiment(make_texts(90, seed=5), cfg, tmp_path)
-    assert fit.encoder_dir is not None and (fit.encoder_dir / "config.json").exists()
-    tuned = s.sm.TextEncoder(fit.encoder_dir, cfg.max_length).encode(["a lovely dress"])
+    assert len(fit.encoder_dirs) == 1 and (fit.encoder_dirs[0] / "config.json").exists()
+    tuned = s.sm.TextEncoder(fit.encoder_dirs[0], cfg.max_length).encode(["a lovely dress"])
     assert not np.allclose(tuned, s.embed_texts(["a lovely dress"]), atol=1e-4)  # weights really moved
     assert fit.metrics["macro_f1"] > 0.8
     assert fit.params["n_finetune"] == 32 and fit.params["ensemble_weight"] == cfg.finetune_weight
@@ -188,12 +188,43 @@ def test_tune_ensemble_prefers_the_informative_part() -> None:
     assert w <= 0.2
 
 
-def test_ensemble_head_round_trips_through_mlflow(tracking, tmp_path) -> None:
+def test_ensemble_of_two_finetunes_round_trips_through_mlflow(tracking, tmp_path) -> None:
     cfg = s.SentimentConfig(seed=4, progress=False, experiment="test-sentiment-ft", register=False,
-                            finetune_epochs=1.0, finetune_max_texts=24, finetune_batch_size=8)
+                            finetune_epochs=1.0, finetune_max_texts=24, finetune_batch_size=8, finetune_members=2)
     res = s.train_sentiment(cfg, make_texts(90, seed=7))
     model = s.load_sentiment_model(res.model_uri)
     texts = ["I hate this dress, it is terrible and ripped.", "I love these shoes, perfect and so comfortable!"]
     out = s.score_texts(model, texts)
     assert out["label"].tolist() == [NEGATIVE, POSITIVE]
     np.testing.assert_allclose(out[["p_negative", "p_neutral", "p_positive"]].sum(axis=1), 1.0, atol=1e-6)
+    predictor = model.unwrap_python_model().predictor
+    assert len(predictor.encoders) == 2 and len(predictor.head["finetuned"]["members"]) == 2
+    a, b = (enc.encode(["a lovely dress"]) for enc in predictor.encoders)
+    assert not np.allclose(a, b, atol=1e-4)  # two fine-tunes (seeds 4 and 5), not one loaded twice
+    assert {"minilm_finetuned_member0", "minilm_finetuned_member1"} <= set(res.baselines)
+
+
+class _Uniform:
+    """A logistic regression stand-in that says nothing (1/3 each), so only the fine-tuned heads decide."""
+
+    classes_ = np.array(s.SENTIMENT_LABELS)
+
+    def predict_proba(self, X) -> np.ndarray:  # noqa: ANN001
+        return np.full((X.shape[0], 3), 1 / 3)
+
+
+def test_finetuned_members_are_averaged_on_log_probabilities() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.default_rng(5)
+    heads = [{"W": rng.normal(size=(3, 4)), "b": rng.normal(size=3), "scale": 2.0} for _ in range(2)]
+    embs = [rng.normal(size=(6, 4)) for _ in range(2)]
+    head = {"tfidf": TfidfVectorizer().fit(["good bad"]), "use_embedding": False, "clf": _Uniform(), "bias": np.zeros(3),
+            "finetuned": {"members": heads, "weight": 0.75}}
+    got = s.sm.SentimentPredictor(head, None).proba(["a"] * 6, embs)
+    mean = (s.finetuned_log_proba(heads[0], embs[0]) + s.finetuned_log_proba(heads[1], embs[1])) / 2
+    np.testing.assert_allclose(got, s.sm.softmax(0.25 * np.log(1 / 3) + 0.75 * mean), atol=1e-12)
+    with pytest.raises(ValueError, match="2 fine-tuned heads but 1"):
+        s.sm.SentimentPredictor(head, None).proba(["a"] * 6, embs[:1])
+    with pytest.raises(ValueError, match="needs 2 encoder"):
+        s.sm.SentimentPredictor(head, None).proba(["a"] * 6)

