@@ -88,8 +88,14 @@ def weighted(df: pd.DataFrame, inputs: str) -> pd.DataFrame:
     return df.assign(**{WEIGHT: INPUTS[inputs](df["rating"])})
 
 
-def _score(model: Recommender, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-    seen = {u: set(g) for u, g in train.groupby(PROFILE_ID)[ITEM_ID]}
+def _seen(train: pd.DataFrame) -> dict[str, set[str]]:
+    return {u: set(g) for u, g in train.groupby(PROFILE_ID)[ITEM_ID]}
+
+
+def _score(model: Recommender, train: pd.DataFrame, test: pd.DataFrame,
+           seen: dict[str, set[str]] | None = None) -> dict[str, float]:
+    """Metrics at K with train items removed (`seen`: train's items per user, when already at hand)."""
+    seen = _seen(train) if seen is None else seen
     users = sorted(test[PROFILE_ID].unique())
     recs = recommend_all(model, users, K, seen)
     m = score_recs(test[[PROFILE_ID, ITEM_ID]], recs, (K,))
@@ -138,10 +144,12 @@ def _tune(train: pd.DataFrame, carve: Callable[[pd.DataFrame], Folds]) -> dict[s
     """Every choice, on validation only (nDCG averaged over the carves): ALS grid, EASE grid x variants,
     RP3beta grid, then the ensemble."""
     folds = carve(train)
+    seen = [_seen(f) for f, _ in folds]  # each carve's items per user, scored against many times
     log: dict[str, list[dict[str, Any]]] = {"als": [], "ease": [], "rp3beta": [], "ensemble": []}
 
     def keep(kind: str, cfg: dict[str, Any], make: Callable[[], Recommender], inputs: str) -> float:
-        s = round(float(np.mean([_score(make().fit(weighted(f, inputs)), f, v)["ndcg"] for f, v in folds])), 4)
+        s = round(float(np.mean([_score(make().fit(weighted(f, inputs)), f, v, sn)["ndcg"]
+                                 for (f, v), sn in zip(folds, seen, strict=True)])), 4)
         log[kind].append({**cfg, "val_ndcg": s})
         return s
 
@@ -170,8 +178,8 @@ def _tune(train: pd.DataFrame, carve: Callable[[pd.DataFrame], Folds]) -> dict[s
          _log_popularity().fit(f)], EnsembleConfig((0.4, 0.4, 0.2, 0.0))) for f, _ in folds]
 
     def score(w: tuple[float, ...]) -> float:
-        s = round(float(np.mean([_score(b.with_weights(w), f, v)["ndcg"]
-                                 for b, (f, v) in zip(bases, folds, strict=True)])), 4)
+        s = round(float(np.mean([_score(b.with_weights(w), f, v, sn)["ndcg"]
+                                 for b, (f, v), sn in zip(bases, folds, seen, strict=True)])), 4)
         log["ensemble"].append({"weights": list(w), "val_ndcg": s})
         return s
 

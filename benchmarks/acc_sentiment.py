@@ -53,11 +53,13 @@ def config(members: int = 1):
 def _bootstrap_ci(y_true: list[str], y_pred: list[str], n: int = 1000, seed: int = 0) -> list[float]:
     """95% interval of test macro-F1 over resampled test sets: how far the figure could move by chance."""
     import numpy as np
-    from sklearn.metrics import f1_score
+
+    from features.schema import SENTIMENT_LABELS
+    from training.sentiment import _macro_f1
 
     rng = np.random.default_rng(seed)
-    yt, yp = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    stats = [f1_score(yt[i], yp[i], average="macro") for i in (rng.integers(0, len(yt), len(yt)) for _ in range(n))]
+    yt, yp = (np.array([SENTIMENT_LABELS.index(v) for v in y]) for y in (y_true, y_pred))
+    stats = [_macro_f1(yt[i], yp[i]) for i in (rng.integers(0, len(yt), len(yt)) for _ in range(n))]
     return [round(float(v), 4) for v in np.quantile(stats, [0.025, 0.975])]
 
 

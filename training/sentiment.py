@@ -555,8 +555,7 @@ def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) 
         head, encoder_dirs, ft_emb_te, extra = _fit_finetuned(tr_t, tr_y, te_t, config, work_dir)
         predictor = sm.SentimentPredictor(head, [sm.TextEncoder.cached(d, config.max_length) for d in encoder_dirs])
         pred = predictor.predict_frame(te_t, ft_emb_te)["label"].tolist()
-        lp_ft = np.mean([finetuned_log_proba(m, e) for m, e in
-                         zip(sm.finetuned_members(head["finetuned"]), ft_emb_te, strict=True)], axis=0)
+        lp_ft = sm.finetuned_mean_log_proba(head["finetuned"], ft_emb_te)
         as_labels = np.asarray(SENTIMENT_LABELS, dtype=object)
         baselines["minilm_finetuned_alone"] = classification_metrics(te_y, as_labels[lp_ft.argmax(1)].tolist())
         if len(encoder_dirs) > 1:  # each fine-tune on its own, for the record

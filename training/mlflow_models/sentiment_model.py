@@ -108,6 +108,14 @@ def finetuned_members(ft: dict[str, Any]) -> list[dict[str, Any]]:
     return list(ft["members"]) if "members" in ft else [ft]
 
 
+def finetuned_mean_log_proba(ft: dict[str, Any], embeddings: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of the fine-tuned heads' log-probabilities, each on its own encoder's embeddings."""
+    members = finetuned_members(ft)
+    if len(embeddings) != len(members):
+        raise ValueError(f"{len(members)} fine-tuned heads but {len(embeddings)} embedding arrays")
+    return np.mean([finetuned_log_proba(m, e) for m, e in zip(members, embeddings, strict=True)], axis=0)
+
+
 def encoder_artifact(i: int) -> str:
     """Artifact name of the i-th fine-tuned encoder ("encoder", "encoder_1", ...)."""
     return "encoder" if i == 0 else f"encoder_{i}"
@@ -126,7 +134,11 @@ class SentimentPredictor:
         self.head = head
         self.encoders: list[TextEncoder] = (
             [] if encoder is None else list(encoder) if isinstance(encoder, list | tuple) else [encoder])
-        self.encoder = self.encoders[0] if self.encoders else None
+
+    @property
+    def encoder(self) -> TextEncoder | None:
+        """The first encoder: the one whose embeddings the head's own features use."""
+        return self.encoders[0] if self.encoders else None
 
     def features(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
         """The head's input: [TF-IDF | weighted embeddings], either part optional."""
@@ -154,20 +166,19 @@ class SentimentPredictor:
         ft = self.head.get("finetuned")
         embs = None if embeddings is None else list(embeddings) if isinstance(embeddings, list | tuple) else [
             embeddings]
+        lp_ft = None
         if ft is not None:
-            members = finetuned_members(ft)
+            n = len(finetuned_members(ft))
             if embs is None:
-                if len(self.encoders) < len(members):
-                    raise ValueError(f"this sentiment head needs {len(members)} encoder(s)")
-                embs = [enc.encode(texts) for enc in self.encoders[: len(members)]]
-            if len(embs) != len(members):
-                raise ValueError(f"{len(members)} fine-tuned heads but {len(embs)} embedding arrays")
+                if len(self.encoders) < n:
+                    raise ValueError(f"this sentiment head needs {n} encoder(s)")
+                embs = [enc.encode(texts) for enc in self.encoders[:n]]
+            lp_ft = finetuned_mean_log_proba(ft, embs)
         raw = clf.predict_proba(self.features(texts, None if embs is None else embs[0]))
         cols = [list(clf.classes_).index(lbl) for lbl in LABELS]
         logp = np.log(np.clip(raw[:, cols], 1e-12, 1.0))
-        if ft is not None and embs is not None:
+        if lp_ft is not None:
             w = float(ft["weight"])
-            lp_ft = np.mean([finetuned_log_proba(m, e) for m, e in zip(members, embs, strict=True)], axis=0)
             logp = (1.0 - w) * logp + w * lp_ft
         return softmax(logp + np.asarray(self.head.get("bias", np.zeros(3))))
 
