@@ -727,6 +727,57 @@ class RP3BetaRecommender(_HistoryRecommender):
 
 
 @dataclass(frozen=True)
+class GFCFConfig:
+    """GF-CF (Shen et al. 2021): a graph filter, no training.  With R~ = Du^-1/2 R Di^-1/2 (degree-normalised
+    interactions), a user's scores are r R~'R~ (linear filter) + alpha r Di^-1/2 V V' Di^1/2, V the top
+    `factors` right singular vectors of R~ (ideal low-pass filter); dense items x items, as EASE."""
+
+    alpha: float = 0.3
+    factors: int = 64
+    binary: bool = True
+    max_items: int = 20_000  # memory guard: the model is a dense items x items matrix
+
+
+class GFCFRecommender(_HistoryRecommender):
+    """Graph-filter collaborative filtering: item-item smoothing by the normalised co-occurrence graph plus
+    its leading spectral components; a closed form (one truncated SVD), so refits cost seconds."""
+
+    name = "gfcf"
+
+    def __init__(self, config: GFCFConfig = GFCFConfig(), user_col: str = PROFILE_ID) -> None:
+        super().__init__(user_col)
+        self.config = config
+
+    def _fit_state(self, inter, mx, items):  # noqa: ANN001, ANN202
+        from scipy.sparse.linalg import svds
+
+        cfg = self.config
+        n_users, n = mx.matrix.shape
+        if n > cfg.max_items:
+            raise ValueError(f"GF-CF needs a dense {n}x{n} matrix; raise max_items or use ALS")
+        x = mx.matrix.astype(np.float64).tocsr()
+        if cfg.binary:
+            x = x.copy()
+            x.data = np.ones_like(x.data)
+            self._hist = x.astype(np.float32)
+        du = np.asarray(x.sum(axis=1)).ravel()
+        di = np.asarray(x.sum(axis=0)).ravel()
+        inv_sqrt = lambda d: np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 0.0)  # noqa: E731
+        ri, rsqrt = inv_sqrt(di), np.sqrt(np.maximum(di, 0.0))
+        norm = (sp.diags(inv_sqrt(du)) @ x @ sp.diags(ri)).tocsr()
+        w = (norm.T @ norm).toarray()
+        k = min(cfg.factors, min(n_users, n) - 1)
+        if cfg.alpha and k > 0:
+            _, _, vt = svds(norm, k=k, random_state=0)
+            # Di^-1/2 V V' Di^1/2: items with no interactions (ri = 0) get no ideal-filter score
+            w += cfg.alpha * (ri[:, None] * (vt.T @ vt) * rsqrt[None, :])
+        self._state = {"w": w.astype(np.float32)}
+
+    def _scores(self, x, uidx):  # noqa: ANN001, ANN202
+        return np.asarray(x @ self._state["w"]).ravel()
+
+
+@dataclass(frozen=True)
 class EnsembleConfig:
     """Weights of the members' per-user standardised scores; tuned on validation, not guessed."""
 
@@ -874,7 +925,8 @@ class EnsembleRecommender(Recommender):
 def _loadable() -> dict[str, type[Recommender]]:
     """Classes an ensemble can hold, by name (a function: they are defined above, the ensemble too)."""
     return {c.__name__: c for c in (ALSRecommender, BlendRecommender, ComplementsRecommender, PopularityRecommender,
-                                    EASERecommender, RP3BetaRecommender, RandomRecommender, EnsembleRecommender)}
+                                    EASERecommender, GFCFRecommender, RP3BetaRecommender, RandomRecommender,
+                                    EnsembleRecommender)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from training.recommender import (
     EnsembleConfig,
     EnsembleRecommender,
     EventWeights,
+    GFCFConfig,
+    GFCFRecommender,
     PopularityConfig,
     PopularityRecommender,
     RandomRecommender,
@@ -206,6 +208,28 @@ class TestRP3Beta(RecommenderContract):
         want = np.sort(w[i])[::-1][:10]
         got = [s for _, s in fitted.similar_items("A04", k=10)]
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+class TestGFCF(RecommenderContract):
+    def make(self) -> Recommender:
+        return GFCFRecommender(GFCFConfig(alpha=0.5, factors=4))
+
+    def test_filter_matches_a_dense_reference(self, fitted: GFCFRecommender) -> None:
+        """Scores = r R~'R~ + alpha r Di^-1/2 V V' Di^1/2, R~ = Du^-1/2 R Di^-1/2, V from a dense SVD."""
+        x = fitted._hist.toarray().astype(float)
+        du, di = x.sum(1), x.sum(0)
+        rn = x / np.sqrt(du)[:, None] / np.sqrt(di)[None, :]
+        v = np.linalg.svd(rn)[2][:4].T
+        want = x @ (rn.T @ rn) + 0.5 * (x / np.sqrt(di)) @ v @ v.T * np.sqrt(di)
+        u = fitted._uidx["B-u05"]
+        np.testing.assert_allclose(fitted.score_vector("B-u05"), want[u], rtol=1e-4, atol=1e-6)
+
+    def test_without_the_ideal_filter_it_is_the_normalised_cooccurrence(self, interactions: pd.DataFrame) -> None:
+        """alpha = 0: the linear filter alone; an item never co-occurring with the user's items scores 0."""
+        m = GFCFRecommender(GFCFConfig(alpha=0.0)).fit(interactions)
+        s = dict(zip(m.item_ids, m.score_vector("A-u01"), strict=True))
+        assert all(v == 0.0 for i, v in s.items() if _block(i) == "B")
+        assert all(v > 0.0 for i, v in s.items() if _block(i) == "A")
 
 
 class TestEnsembleOfThree(RecommenderContract):
