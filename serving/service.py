@@ -186,6 +186,20 @@ def blocked_purchases(profile: Any, now: float) -> set[str]:
             if item not in replenish or now < ts + float(replenish[item]) * 86_400.0}
 
 
+def suppressed_items(profile: Any, now: float) -> set[str]:
+    """What no personal list may show: recent purchases (consumables come back at their re-buy time) and
+    returned items.  /recommend and /next_best_action's cross-sell both leave these out."""
+    if profile is None:
+        return set()
+    return blocked_purchases(profile, now) | set(profile_items(profile, "returns"))
+
+
+def personal_query(profile: Any, now: float) -> tuple[list[str], list[str]]:
+    """(recent items newest first, items to leave out) for a customer's personal recommendations: one
+    query for every endpoint, so /next_best_action's cross-sell items follow what /recommend shows."""
+    return recent_interest(profile), sorted(suppressed_items(profile, now))
+
+
 def rank_candidates(candidates: Iterable[tuple[str, float]], k: int, exclude: set[str],
                     in_stock: Mapping[str, bool]) -> list[tuple[str, float]]:
     """First k candidates not excluded and not known to be out of stock, in the model's order."""
@@ -538,8 +552,7 @@ class Mirror:
         ctx_item = req.context.item_id
         recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + recent_interest(profile)))
         now = time.time()
-        exclude = set(req.exclude) | blocked_purchases(profile, now)
-        exclude |= set(profile_items(profile, "returns"))
+        exclude = set(req.exclude) | suppressed_items(profile, now)
         if ctx_item:
             exclude.add(ctx_item)
         want = req.k + len(exclude) + 10
@@ -621,10 +634,8 @@ class Mirror:
         now = datetime.now(UTC)
         ctx, profile = self._nba_context(pid, now=now, campaign_id=req.campaign, channel=req.channel)
         rec = self.champions.current.recommender
-        cart = profile_items(profile, "cart_items")
-        recent = profile_items(profile, "recent_views")
-        candidates = rec.recommend(pid, 5, exclude=sorted(blocked_purchases(profile, time.time())),
-                                   recent_items=cart + recent)
+        recent, exclude = personal_query(profile, time.time())
+        candidates = rec.recommend(pid, 5, exclude=exclude, recent_items=recent)
         # the items only fill the cross-sell message; whether to cross-sell does not depend on them
         ctx = dataclasses.replace(
             ctx, candidate_items=tuple(nba.CandidateItem(i, s, rec.item_category(i)) for i, s in candidates))

@@ -18,6 +18,7 @@ from serving.models import ChampionSet, PopularityFallback
 from serving.service import (
     blend_session,
     blocked_purchases,
+    personal_query,
     rank_candidates,
     recent_interest,
     session_views,
@@ -237,6 +238,19 @@ def test_recent_interest_is_newest_first_over_views_and_cart():
                               cart_items=[view("c1", "2025-01-02"), view("v2", "2025-01-01")])
     assert recent_interest(profile) == ["v2", "c1", "v1"]
     assert recent_interest(None) == []
+
+
+def test_personal_query_is_newest_first_and_leaves_out_purchases_and_returns():
+    """/recommend and /next_best_action's cross-sell ask the model the same question: what was just seen
+    steers most (views and cart together, newest first), and bought or returned items never come back."""
+    now = pd.Timestamp("2025-06-01", tz="UTC")
+    e = lambda i, days: SimpleNamespace(item_id=i, ts=now - pd.Timedelta(days=days))  # noqa: E731
+    profile = SimpleNamespace(recent_views=[e("v-new", 0.1), e("v-old", 9)], cart_items=[e("cart", 2)],
+                              purchases=[e("bought", 3)], returns=[e("returned", 1)], replenish_days={})
+    recent, exclude = personal_query(profile, now.timestamp())
+    assert recent == ["v-new", "cart", "v-old"]  # the cart no longer jumps ahead of a newer view
+    assert exclude == ["bought", "returned"]
+    assert personal_query(None, now.timestamp()) == ([], [])
 
 
 def test_session_views_are_the_recent_window_newest_first():
