@@ -726,6 +726,11 @@ class RP3BetaRecommender(_HistoryRecommender):
         return (x @ self._w).toarray().ravel()
 
 
+def _inv_sqrt(d: np.ndarray) -> np.ndarray:
+    """d^-1/2, and 0 where d is 0 (a user or item with no interactions carries no signal)."""
+    return np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 0.0)
+
+
 @dataclass(frozen=True)
 class GFCFConfig:
     """GF-CF (Shen et al. 2021): a graph filter, no training.  With R~ = Du^-1/2 R Di^-1/2 (degree-normalised
@@ -762,9 +767,8 @@ class GFCFRecommender(_HistoryRecommender):
             self._hist = x.astype(np.float32)
         du = np.asarray(x.sum(axis=1)).ravel()
         di = np.asarray(x.sum(axis=0)).ravel()
-        inv_sqrt = lambda d: np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 0.0)  # noqa: E731
-        ri, rsqrt = inv_sqrt(di), np.sqrt(np.maximum(di, 0.0))
-        norm = (sp.diags(inv_sqrt(du)) @ x @ sp.diags(ri)).tocsr()
+        ri, rsqrt = _inv_sqrt(di), np.sqrt(np.maximum(di, 0.0))
+        norm = (sp.diags(_inv_sqrt(du)) @ x @ sp.diags(ri)).tocsr()
         w = (norm.T @ norm).toarray()
         k = min(cfg.factors, min(n_users, n) - 1)
         if cfg.alpha and k > 0:
