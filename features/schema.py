@@ -14,7 +14,7 @@ import hmac
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -697,12 +697,29 @@ def empty_events() -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def read_csv_strict(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """pandas' read_csv, but a row with more fields than the header is an error naming the file.
+
+    Why: given such rows (typically an unquoted comma in a text), pandas silently turns the first field
+    into the index, so the text column loses its start; a user's file must fail loudly instead.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, **kwargs)
+    except (pd.errors.ParserWarning, pd.errors.ParserError) as exc:
+        raise ValueError(f"{os.fspath(path)}: rows with more fields than the header ({str(exc).strip()}); "
+                         "quote fields that contain the separator") from exc
+
+
 def read_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a canonical events file (CSV or parquet) without validating it."""
     p = os.fspath(path)
     if p.endswith((".parquet", ".pq")) or os.path.isdir(p):
         return pd.read_parquet(p)
-    return pd.read_csv(p, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
+    return read_csv_strict(p, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
 
 
 def write_events(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:

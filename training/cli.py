@@ -116,10 +116,12 @@ def _timestamp(value: str | None, option: str) -> Any:
 def _read_table(path: Path) -> Any:
     import pandas as pd
 
+    from features.schema import read_csv_strict
+
     _existing(path, "table")
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         return pd.read_parquet(path)
-    return pd.read_csv(path)
+    return read_csv_strict(path)
 
 
 def _load_events(path: Path) -> Any:

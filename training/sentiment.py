@@ -35,6 +35,7 @@ from features.schema import (
     TEXT_EVENT_TYPES,
     champion_uri,
     rating_to_sentiment,
+    read_csv_strict,
 )
 from training.mlflow_models import sentiment_model as sm
 from training.mlflow_models.sentiment_model import finetuned_log_proba
@@ -699,7 +700,7 @@ def sentiment_scores_for_events(events: pd.DataFrame, model: Any) -> pd.Series:
 def predict_sentiment_csv(input_csv: str | os.PathLike[str], text_column: str, out_csv: str | os.PathLike[str],
                           model_uri: str | None = None) -> pd.DataFrame:
     """Score a CSV's text column with the (champion) model; writes the input plus label/p_*/score columns."""
-    df = pd.read_csv(input_csv)
+    df = read_csv_strict(input_csv)
     if text_column not in df.columns:
         raise ValueError(f"text column {text_column!r} not found in {os.fspath(input_csv)}; "
                          f"columns: {list(df.columns)}")

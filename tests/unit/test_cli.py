@@ -98,6 +98,22 @@ def test_predict_names_a_missing_text_column(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "'review'" in result.stderr and "body" in result.stderr
 
 
+def test_a_csv_with_unquoted_separators_is_refused_not_cut(tmp_path: Path) -> None:
+    """An unquoted comma in a text gives rows more fields than the header; pandas would silently make the
+    first field the index and score the rest of the text.  The CLI says so and writes nothing."""
+    src = tmp_path / "in.csv"
+    src.write_text("text\nThis dress is awful, it fell apart\nLove it, fits perfectly\n")
+    out = tmp_path / "o.csv"
+    result = runner.invoke(app, ["predict", "sentiment", "--input", str(src), "--text-column", "text",
+                                 "--out", str(out)])
+    assert result.exit_code == 1 and "in.csv" in result.stderr and "more fields than the header" in result.stderr
+    assert not out.exists()
+    table = tmp_path / "t.csv"
+    table.write_text("x,churn\n1,0\n2,1,3\n")
+    bad = runner.invoke(app, ["train", "propensity", "--features", str(table), "--label", "churn"])
+    assert bad.exit_code == 1 and "t.csv" in bad.stderr and "more fields than the header" in bad.stderr
+
+
 @pytest.mark.skipif(not (_has("features.profiles") and _has("features.identity")),
                     reason="features.profiles/identity not available")
 def test_features_writes_one_row_per_profile(tmp_path: Path) -> None:

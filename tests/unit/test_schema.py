@@ -53,3 +53,22 @@ def test_caller_frame_not_mutated():
     before = df.copy()
     s.validate_events(df)
     pd.testing.assert_frame_equal(df, before)
+
+
+def test_read_csv_strict_keeps_quoted_separators_and_refuses_extra_fields(tmp_path):
+    """Quoted commas stay in the text; a row with more fields than the header is an error naming the file
+    (pandas alone would turn the first field into the index and silently cut the text)."""
+    import pytest
+
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"text": ["awful, fell apart", "love it"], "n": [1, 2]}).to_csv(good, index=False)
+    df = s.read_csv_strict(good)
+    assert df["text"].tolist() == ["awful, fell apart", "love it"] and df.index.tolist() == [0, 1]
+    for name, body in (("every_row.csv", "text\nawful, fell apart\nlove it, fits\n"),
+                       ("one_row.csv", "text,n\nlove it,1\nawful, fell apart,2\n")):
+        bad = tmp_path / name
+        bad.write_text(body)
+        with pytest.raises(ValueError, match=f"{name}.*more fields than the header"):
+            s.read_csv_strict(bad)
+    with pytest.raises(ValueError, match="every_row.csv"):
+        s.read_events(tmp_path / "every_row.csv")
