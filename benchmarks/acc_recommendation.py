@@ -201,18 +201,24 @@ def _tune(train: pd.DataFrame, carve: Callable[[pd.DataFrame], Folds]) -> dict[s
     share = ALS_SHARES[int(np.argmax(ens_s))]
     weights: tuple[float, ...] = (round(1.0 - share, 4), share, 0.0, 0.0, 0.0)
     stages = {"ensemble_two": max(ens_s)}
+    gains: dict[str, float] = {}  # each stage's best validation gain over the ensemble before it
     best = max(ens_s)
+
     # 2. RP3beta, 3. GF-CF as a further member, 4. a popularity penalty: each kept only if it gains MIN_GAIN
     def joined(j: int, r: float) -> tuple[float, ...]:
         """Member j at share r; the members chosen so far keep their ratios in the rest."""
         return tuple(r if i == j else round((1 - r) * w, 4) for i, w in enumerate(weights))
 
-    for stage, j, values in (("with_rp3beta", 2, RP3_SHARES), ("with_gfcf", 3, GFCF_SHARES),
-                             ("with_pop_penalty", 4, POP_PENALTIES)):
-        # built from the weights adopted so far; the penalty is subtracted, the others take a share
-        cands = [(*weights[:4], -g) for g in values] if stage == "with_pop_penalty" else [joined(j, r) for r in values]
+    def subtracted(j: int, g: float) -> tuple[float, ...]:
+        """Member j subtracted with weight g (a penalty); the others unchanged."""
+        return tuple(-g if i == j else w for i, w in enumerate(weights))
+
+    for stage, make, j, values in (("with_rp3beta", joined, 2, RP3_SHARES), ("with_gfcf", joined, 3, GFCF_SHARES),
+                                   ("with_pop_penalty", subtracted, 4, POP_PENALTIES)):
+        cands = [make(j, v) for v in values]  # built from the weights adopted so far
         s = [score(w) for w in cands]
         stages[stage] = max(s)
+        gains[stage] = round(max(s) - best, 4)
         if max(s) >= best + MIN_GAIN:
             best, weights = max(s), cands[int(np.argmax(s))]
     return {"als": als_cfg, "als_inputs": als_inputs, "ease_l2": ease_l2, "ease_inputs": ease_inputs,
@@ -220,7 +226,7 @@ def _tune(train: pd.DataFrame, carve: Callable[[pd.DataFrame], Folds]) -> dict[s
             "val_ndcg": {"als": max(als_in.values()), "ease": max(ease_s), "rp3beta": max(rp3_s),
                          "gfcf": max(gf_s), **stages,
                          "ensemble_chosen": best},
-            "log": log}
+            "stage_gains": gains, "log": log}
 
 
 def _protocol(train: pd.DataFrame, test: pd.DataFrame,
@@ -265,6 +271,7 @@ def _protocol(train: pd.DataFrame, test: pd.DataFrame,
         "ensemble": {"members": member_names, "weights": list(weights)},
     }
     out["validation_ndcg"] = t["val_ndcg"]
+    out["validation_stage_gains"] = t["stage_gains"]
     out["tuning"] = t["log"]
     return out
 
@@ -287,11 +294,16 @@ def run() -> dict[str, Any]:
     return figures
 
 
+def _ensemble_row(p: dict[str, Any]) -> dict[str, float]:
+    """The test figures of the chosen ensemble (its row is named after its members)."""
+    return next(v for k, v in p.items() if k.startswith("ensemble_"))
+
+
 def _selected(p: dict[str, Any]) -> str:
     c = p["chosen_on_validation"]
     a, e, r, g, ens = c["als"], c["ease"], c["rp3beta"], c["gfcf"], c["ensemble"]
     ease_in = e["inputs"] + (" input, binary target" if e["binary_target"] else " input")
-    test = next(v for k, v in p.items() if k.startswith("ensemble_"))
+    test = _ensemble_row(p)
     v = p["validation_ndcg"]
     return (f"ALS factors {a['factors']}, regularization {a['regularization']}, alpha {a['alpha']}, {a['inputs']} "
             f"input; EASE l2 {e['l2']:g}, {ease_in}; RP3beta alpha {r['alpha']}, beta {r['beta']}, top_k "
@@ -299,18 +311,17 @@ def _selected(p: dict[str, Any]) -> str:
             f"{' + '.join(ens['members'])} with weights "
             f"{', '.join(f'{w:g}' for w in ens['weights'])} (validation nDCG@10: ALS {v['als']}, EASE {v['ease']}, "
             f"RP3beta {v['rp3beta']}, GF-CF {v['gfcf']}, EASE+ALS {v['ensemble_two']}, best with RP3beta "
-            f"{v['with_rp3beta']}, best with GF-CF {v['with_gfcf']}, best with popularity penalty {v['with_pop_penalty']}, chosen {v['ensemble_chosen']}); "
+            f"{v['with_rp3beta']}, best with GF-CF {v['with_gfcf']}, best with popularity penalty "
+            f"{v['with_pop_penalty']}, chosen {v['ensemble_chosen']}); "
             f"test nDCG@10 of the ensemble {test['ndcg']}")
 
 
 def _outcome(name: str, p: dict[str, Any]) -> str:
     """What the late stages did in this run, and whether the chosen ensemble beat its best single member on test."""
-    v = p["validation_ndcg"]
     members = p["chosen_on_validation"]["ensemble"]["members"]
-    gain = round(v["with_gfcf"] - v["ensemble_two"], 4) if "rp3beta" not in members else None
-    stage = (f"the GF-CF stage gained {gain:+.4f} on validation and was "
-             f"{'adopted' if 'gfcf' in members else 'not adopted'}") if gain is not None else "RP3beta was adopted first"
-    test = next(v for k, v in p.items() if k.startswith("ensemble_"))["ndcg"]
+    stage = (f"the GF-CF stage gained {p['validation_stage_gains']['with_gfcf']:+.4f} on validation and was "
+             f"{'adopted' if 'gfcf' in members else 'not adopted'}")
+    test = _ensemble_row(p)["ndcg"]
     single = max(("als_tuned", "ease_tuned", "rp3beta_tuned", "gfcf_tuned"), key=lambda k: p[k]["ndcg"])
     vs = (f"on test the ensemble ({test}) beats its best single model ({single} {p[single]['ndcg']})"
           if test >= p[single]["ndcg"] else

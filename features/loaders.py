@@ -43,6 +43,7 @@ from features.schema import (
     TEXT,
     TS,
     VIEW,
+    read_csv_strict,
 )
 
 #: RetailRocket event names -> canonical event types.
@@ -85,13 +86,6 @@ def _require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path) -> No
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
-
-
-def _read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, **kwargs)  # type: ignore[arg-type]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot parse as CSV ({exc})") from exc
 
 
 def _numeric(s: pd.Series, name: str, path: Path, *, allow_missing: bool = False) -> pd.Series:
@@ -148,7 +142,7 @@ def load_retailrocket(data_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no RetailRocket events file in {data_dir} (looked for {', '.join(RETAILROCKET_EVENT_FILES)})"
         )
-    raw = _read_csv(path, usecols=lambda c: c in {"timestamp", "visitorid", "event", "itemid", "transactionid"})
+    raw = read_csv_strict(path, usecols=lambda c: c in {"timestamp", "visitorid", "event", "itemid", "transactionid"})
     _require_columns(raw, ("timestamp", "visitorid", "event", "itemid"), path)
     ts_ms = _numeric(raw["timestamp"], "timestamp", path).astype("int64")
     visitor = _numeric(raw["visitorid"], "visitorid", path).astype("int64")
@@ -163,7 +157,7 @@ def load_retailrocket(data_dir: Path) -> pd.DataFrame:
     category = pd.Series(pd.NA, index=raw.index, dtype="string")
     cat_path = data_dir / RETAILROCKET_ITEM_CATEGORY_FILE
     if cat_path.is_file():
-        cats = _read_csv(cat_path)
+        cats = read_csv_strict(cat_path)
         _require_columns(cats, ("ItemId", "categoryid"), cat_path)
         lookup = pd.Series(cats["categoryid"].astype("int64").astype(str).to_numpy(),
                            index=cats["ItemId"].astype("int64").to_numpy())
@@ -193,7 +187,7 @@ def load_retailrocket(data_dir: Path) -> pd.DataFrame:
 def load_clothing_reviews(csv_path: Path) -> pd.DataFrame:
     """Clothing reviews as canonical review events: text = title + ". " + review, with rating."""
     path = _require_file(csv_path)
-    raw = _read_csv(path)
+    raw = read_csv_strict(path)
     _require_columns(raw, ("Clothing ID", "Title", "Review Text", "Rating", "Class Name"), path)
     n = len(raw)
     rating = _numeric(raw["Rating"], "Rating", path)
@@ -231,7 +225,7 @@ def load_clothing_reviews(csv_path: Path) -> pd.DataFrame:
 def _movielens_categories(item_path: Path) -> pd.Series:
     """item_id -> first genre flagged in u.item (latin-1, ``|``-separated)."""
     cols = ["movie_id", "title", "release", "video_release", "url", *MOVIELENS_GENRES]
-    items = _read_csv(item_path, sep="|", header=None, names=cols, encoding="latin-1")
+    items = read_csv_strict(item_path, sep="|", header=None, names=cols, encoding="latin-1")
     flags = items[list(MOVIELENS_GENRES)].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
     first = np.where(flags.any(axis=1), flags.argmax(axis=1), -1)
     genre = np.array(MOVIELENS_GENRES, dtype=object)[np.maximum(first, 0)]
@@ -244,7 +238,7 @@ def load_movielens(data_dir: Path) -> pd.DataFrame:
     """MovieLens-100k ratings as canonical review events with rating, customer id and first genre."""
     data_dir = Path(data_dir)
     path = _require_file(data_dir / "u.data")
-    raw = _read_csv(path, sep="\t", header=None, names=["user_id", "item_id", "rating", "unix_ts"])
+    raw = read_csv_strict(path, sep="\t", header=None, names=["user_id", "item_id", "rating", "unix_ts"])
     if raw.shape[1] != 4 or raw["unix_ts"].isna().all():
         raise ValueError(f"{path}: expected 4 tab-separated columns user_id, item_id, rating, unix_ts")
     user = _numeric(raw["user_id"], "user_id", path).astype("int64").astype(str)
@@ -281,7 +275,7 @@ def load_telco_churn(csv_path: Path) -> pd.DataFrame:
     Other columns keep their original names; ``TotalCharges`` blanks (tenure 0) become NaN.
     """
     path = _require_file(csv_path)
-    raw = _read_csv(path, dtype={"customerID": "string", "TotalCharges": "string"})
+    raw = read_csv_strict(path, dtype={"customerID": "string", "TotalCharges": "string"})
     _require_columns(raw, ("customerID", "Churn", "TotalCharges"), path)
     out = raw.rename(columns={"customerID": CUSTOMER_ID, "Churn": CHURN_LABEL})
     if out[CUSTOMER_ID].isna().any() or out[CUSTOMER_ID].duplicated().any():

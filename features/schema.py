@@ -698,7 +698,8 @@ def empty_events() -> pd.DataFrame:
 
 
 def read_csv_strict(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
-    """pandas' read_csv, but a row with more fields than the header is an error naming the file.
+    """pandas' read_csv, but a row with more fields than the header is an error naming the file, as is any
+    other parse failure.
 
     Why: given such rows (typically an unquoted comma in a text), pandas silently turns the first field
     into the index, so the text column loses its start; a user's file must fail loudly instead.
@@ -712,6 +713,8 @@ def read_csv_strict(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame
     except (pd.errors.ParserWarning, pd.errors.ParserError) as exc:
         raise ValueError(f"{os.fspath(path)}: rows with more fields than the header ({str(exc).strip()}); "
                          "quote fields that contain the separator") from exc
+    except ValueError as exc:  # empty file, not text, bad options: the file is named, never a bare traceback
+        raise ValueError(f"{os.fspath(path)}: cannot parse as CSV ({exc})") from exc
 
 
 def read_events(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -186,18 +186,14 @@ def blocked_purchases(profile: Any, now: float) -> set[str]:
             if item not in replenish or now < ts + float(replenish[item]) * 86_400.0}
 
 
-def suppressed_items(profile: Any, now: float) -> set[str]:
-    """What no personal list may show: recent purchases (consumables come back at their re-buy time) and
-    returned items.  /recommend and /next_best_action's cross-sell both leave these out."""
-    if profile is None:
-        return set()
-    return blocked_purchases(profile, now) | set(profile_items(profile, "returns"))
-
-
 def personal_query(profile: Any, now: float) -> tuple[list[str], list[str]]:
     """(recent items newest first, items to leave out) for a customer's personal recommendations: one
-    query for every endpoint, so /next_best_action's cross-sell items follow what /recommend shows."""
-    return recent_interest(profile), sorted(suppressed_items(profile, now))
+    query for /recommend and /next_best_action's cross-sell, so both follow what was just seen and neither
+    shows a recent purchase (consumables come back at their re-buy time) or a returned item."""
+    if profile is None:
+        return [], []
+    suppressed = blocked_purchases(profile, now) | set(profile_items(profile, "returns"))
+    return recent_interest(profile), sorted(suppressed)
 
 
 def rank_candidates(candidates: Iterable[tuple[str, float]], k: int, exclude: set[str],
@@ -550,9 +546,10 @@ class Mirror:
         pid = self.store.resolve(ids) if ids else None
         profile = self.store.get_profile(pid) if pid else None
         ctx_item = req.context.item_id
-        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + recent_interest(profile)))
         now = time.time()
-        exclude = set(req.exclude) | suppressed_items(profile, now)
+        recent, suppressed = personal_query(profile, now)
+        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + recent))
+        exclude = set(req.exclude) | set(suppressed)
         if ctx_item:
             exclude.add(ctx_item)
         want = req.k + len(exclude) + 10

@@ -421,6 +421,13 @@ class ALSRecommender(BlendRecommender):
 # ---------------------------------------------------------------------------------------------
 # Models that score items from the user's interaction vector
 # ---------------------------------------------------------------------------------------------
+def _ones(x: sp.csr_matrix) -> sp.csr_matrix:
+    """The same sparsity pattern with every stored value 1 (a copy)."""
+    out = x.copy()
+    out.data = np.ones_like(out.data)
+    return out
+
+
 class _HistoryRecommender(Recommender):
     """Scores = f(user's history vector + recent items); unknown users with no items get popularity."""
 
@@ -437,6 +444,15 @@ class _HistoryRecommender(Recommender):
 
     @abstractmethod
     def _scores(self, x: sp.csr_matrix, uidx: int | None) -> np.ndarray: ...
+
+    def _input(self, mx: _Matrix, binary: bool) -> sp.csr_matrix:
+        """The interactions as float64 CSR; `binary`: every interaction counts 1, in the model and in the
+        history it scores users from."""
+        x = mx.matrix.astype(np.float64).tocsr()
+        if binary:
+            x = _ones(x)
+            self._hist = x.astype(np.float32)
+        return x
 
     def _item_sim(self, i: int) -> np.ndarray:
         x = sp.csr_matrix(([1.0], ([0], [i])), shape=(1, len(self._items)))
@@ -560,9 +576,7 @@ class ComplementsRecommender(_HistoryRecommender):
         self._c = sp.csr_matrix((s["c_data"], s["c_indices"], s["c_indptr"]), shape=(n, n))
 
     def _scores(self, x, uidx):  # noqa: ANN001, ANN202
-        xb = x.copy()
-        xb.data = np.ones_like(xb.data)
-        return (xb @ self._c).toarray().ravel() + 1e-9 * self._pop / max(self._pop.max(), 1.0)
+        return (_ones(x) @ self._c).toarray().ravel() + 1e-9 * self._pop / max(self._pop.max(), 1.0)
 
 
 class PopularityRecommender(_HistoryRecommender):
@@ -646,19 +660,13 @@ class EASERecommender(_HistoryRecommender):
         n = mx.matrix.shape[1]
         if n > self.config.max_items:
             raise ValueError(f"EASE needs a dense {n}x{n} matrix; raise max_items or use ALS")
-        x = mx.matrix.astype(np.float64)
-        if self.config.binary:
-            x = x.copy()
-            x.data = np.ones_like(x.data)
-            self._hist = x.tocsr().astype(np.float32)
+        x = self._input(mx, self.config.binary)
         g = (x.T @ x).toarray()
         g[np.diag_indices(n)] += self.config.l2
         p = np.linalg.inv(g)
         if self.config.binary_target and not self.config.binary:
             # min ||X01 - X B||^2 + l2 ||B||^2, diag(B) = 0:  B = P X'X01 - P diag(mu)
-            xt = x.copy()
-            xt.data = np.ones_like(xt.data)
-            b = p @ (x.T @ xt).toarray()
+            b = p @ (x.T @ _ones(x)).toarray()
             b -= p * (np.diag(b) / np.diag(p))[None, :]
         else:
             b = -p / np.diag(p)
@@ -694,11 +702,7 @@ class RP3BetaRecommender(_HistoryRecommender):
 
     def _fit_state(self, inter, mx, items):  # noqa: ANN001, ANN202
         cfg = self.config
-        x = mx.matrix.astype(np.float64).tocsr()
-        if cfg.binary:
-            x = x.copy()
-            x.data = np.ones_like(x.data)
-            self._hist = x.astype(np.float32)
+        x = self._input(mx, cfg.binary)
         user_deg = np.asarray(x.sum(axis=1)).ravel()
         item_deg = np.asarray(x.sum(axis=0)).ravel()
         p_ui = sp.diags(1.0 / np.maximum(user_deg, 1e-12)) @ x  # P(item | user)
@@ -760,11 +764,7 @@ class GFCFRecommender(_HistoryRecommender):
         n_users, n = mx.matrix.shape
         if n > cfg.max_items:
             raise ValueError(f"GF-CF needs a dense {n}x{n} matrix; raise max_items or use ALS")
-        x = mx.matrix.astype(np.float64).tocsr()
-        if cfg.binary:
-            x = x.copy()
-            x.data = np.ones_like(x.data)
-            self._hist = x.astype(np.float32)
+        x = self._input(mx, cfg.binary)
         du = np.asarray(x.sum(axis=1)).ravel()
         di = np.asarray(x.sum(axis=0)).ravel()
         ri, rsqrt = _inv_sqrt(di), np.sqrt(np.maximum(di, 0.0))
