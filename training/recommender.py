@@ -1044,7 +1044,9 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
         as_of = as_of.tz_localize("UTC")
     test_truth = _truth(test_ev, config.truth_event_types, ucol)
     if len(train_ev) == 0 or len(test_truth) == 0:
-        raise ValueError(f"as_of={as_of} leaves no training events or no test interactions")
+        what = ("no training events before it" if len(train_ev) == 0 else
+                f"no {'/'.join(config.truth_event_types)} events in the {config.test_days:g} test days after it")
+        raise ValueError(f"as_of={as_of} leaves {what}; the data run from {events[TS].min()} to {events[TS].max()}")
 
     def blend(weights_als: ALSConfig) -> BlendRecommender:
         als = replace(weights_als, seed=config.seed, num_threads=config.num_threads)

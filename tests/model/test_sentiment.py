@@ -228,3 +228,20 @@ def test_finetuned_members_are_averaged_on_log_probabilities() -> None:
         s.sm.SentimentPredictor(head, None).proba(["a"] * 6, embs[:1])
     with pytest.raises(ValueError, match="needs 2 encoder"):
         s.sm.SentimentPredictor(head, None).proba(["a"] * 6)
+
+
+def test_loading_the_model_is_quiet_and_predict_takes_frames_series_and_lists(trained) -> None:
+    """MLflow warns on every load of a pyfunc whose predict has no type hints; the CLI printed it each call."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = s.load_sentiment_model(trained.model_uri)
+    assert not [w for w in caught if "type hint" in str(w.message).lower()]
+    texts = ["Awful, horrible jacket.", "Wonderful, amazing dress!"]
+    by_frame = model.predict(pd.DataFrame({TEXT: texts}))
+    assert by_frame["label"].tolist() == [NEGATIVE, POSITIVE]
+    python_model = model.unwrap_python_model()
+    for other in (pd.Series(texts), texts):
+        pd.testing.assert_frame_equal(python_model.predict(None, other).reset_index(drop=True),
+                                      by_frame.reset_index(drop=True))

@@ -80,6 +80,16 @@ def test_bad_as_of_is_a_user_error(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--as-of" in result.stderr
 
 
+@pytest.mark.parametrize("as_of, what", [("2030-01-01", "no add_to_cart/purchase events in the 14 test days"),
+                                          ("2020-01-01", "no training events before it")])
+def test_an_as_of_outside_the_data_names_the_data_range(as_of: str, what: str, tmp_path: Path) -> None:
+    events = tmp_path / "events.parquet"
+    write_events(_events(), events)
+    result = runner.invoke(app, ["train", "recommender", "--events", str(events), "--as-of", as_of])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert what in result.stderr and "the data run from 2025-01-01 10:00:00+00:00 to 2025-01-02" in result.stderr
+
+
 def test_usage_errors(tmp_path: Path) -> None:
     assert runner.invoke(app, ["generate", "--customers", "0", "--out", str(tmp_path)]).exit_code == 2
     table = tmp_path / "t.csv"

@@ -224,7 +224,12 @@ class SentimentModel(PythonModel):  # type: ignore[misc,valid-type]
             encoders = None
         self.predictor = SentimentPredictor(head, encoders)
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would infer a schema from them
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001, ANN201
+        """Rows with a text column (a Series or a list of texts also works) -> label and class probabilities.
+
+        The hint is exactly pd.DataFrame: MLflow infers no schema from it (the logged signature stands),
+        and without any hint it warns on every load.
+        """
         if isinstance(model_input, pd.DataFrame):
             if TEXT_COLUMN not in model_input.columns:
                 raise ValueError(f"input needs a '{TEXT_COLUMN}' column; got {list(model_input.columns)}")
