@@ -311,7 +311,7 @@ def _validate_vectorised(
                 bad_type = pd.Series(False, index=src.index)
             else:
                 is_ok = s.map(lambda v: isinstance(v, (str, int, np.integer)), na_action="ignore")
-                bad_type = s.notna() & ~is_ok.fillna(True).astype(bool)
+                bad_type = s.notna() & ~is_ok.eq(True)  # NA maps to NA (a float column when all are NA)
             report(bad_type, name, "must be a string")
             out[name] = _as_string(s.mask(bad_type))
         else:

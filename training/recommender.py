@@ -1022,7 +1022,6 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
     import tempfile
 
     import mlflow
-    from mlflow.models import infer_signature
     from tqdm.auto import tqdm
 
     from training.evaluation import evaluate_recommender, time_split
@@ -1113,14 +1112,11 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
         mlflow.log_figure(fig, "metrics_vs_baselines.png")
         art = final.save(Path(tmp) / "recommender")
         example = pd.DataFrame({"user_id": [str(final._c().user_ids[0])], "k": [10]})
-        wrapper = recommender_model.RecommenderModel()
-        wrapper.core = final._c()
-        signature = infer_signature(example, wrapper.predict(None, example))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(recommender_model.__file__)),
             artifacts={recommender_model.ARTIFACT_KEY: str(art)},
-            signature=signature,
+            signature=recommender_model.signature(),
             input_example=example,
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
         )

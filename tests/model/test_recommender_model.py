@@ -79,6 +79,16 @@ def test_pipeline_logs_loads_and_promotes_only_on_improvement(data) -> None:  # 
     assert served.item_category(item) is not None
     assert len(served.popular(5, category=served.item_category(item))) == 5
 
+    # the pyfunc contract: k may be left out (10 per user); the output is one ranked row per item
+    pyfunc = mlflow.pyfunc.load_model(first.model_uri)
+    assert not pyfunc.metadata.get_input_schema().input_dict()["k"].required
+    batch = pyfunc.predict(pd.DataFrame({"user_id": [user, user + "-unknown"]}))
+    assert batch.groupby("user_id")["rank"].apply(list).to_dict() == {u: list(range(1, 11)) for u in
+                                                                      (user, user + "-unknown")}
+    assert batch.loc[batch["user_id"] == user, "item_id"].tolist() == [i for i, _ in recs]
+    two = pyfunc.predict(pd.DataFrame({"user_id": [user], "k": [2]}))
+    assert two["item_id"].tolist() == [i for i, _ in recs[:2]]
+
     again = train_recommender(cfg, small)  # same seed and data: same score, so no promotion
     assert again.metrics["ndcg_at_10"] == pytest.approx(first.metrics["ndcg_at_10"])
     assert not again.promoted and again.version == "2"

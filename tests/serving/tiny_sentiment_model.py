@@ -11,7 +11,7 @@ NEGATIVE_WORDS = ("terrible", "broken", "awful", "refund")
 
 
 class TinySentiment(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001, ANN201
         texts = model_input["text"].astype(str).str.lower()
         neg = texts.str.contains("|".join(NEGATIVE_WORDS)).to_numpy()
         p_neg = np.where(neg, 0.9, 0.05)

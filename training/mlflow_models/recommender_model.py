@@ -295,6 +295,19 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank"])
 
 
+def signature() -> Any:
+    """The pyfunc contract, declared rather than inferred: `k` may be left out (10), and inferring it
+    from an example made it a required integer and printed MLflow's missing-integer warning."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"), ColSpec("double", "score"),
+                        ColSpec("long", "rank")]),
+    )
+
+
 # MLflow's models-from-code loader executes this file as a module named "code_model_<hex>" and
 # needs `set_model`; a plain import (training, tests) must have no side effects, so only then.
 if __name__.startswith("code_model_") or __name__ == "__main__":
