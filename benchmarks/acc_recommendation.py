@@ -182,6 +182,7 @@ def _stacking_check(score_on: Callable[[tuple[float, ...], list[int]], float], s
     for held in range(n_folds):
         fit = [i for i in range(n_folds) if i != held]
         w, best = start, score_on(start, fit)
+        at_start = best
         for _ in range(STACK_ROUNDS):
             moved = False
             for j in range(len(w)):
@@ -193,7 +194,7 @@ def _stacking_check(score_on: Callable[[tuple[float, ...], list[int]], float], s
             if not moved:
                 break
         out.append({"held_out_carve": held, "weights": list(w),
-                    "fit_gain": round(best - score_on(start, fit), 4),
+                    "fit_gain": round(best - at_start, 4),
                     "held_out_gain": round(score_on(w, [held]) - score_on(start, [held]), 4)})
     return out
 
@@ -416,14 +417,11 @@ def _stacking(p: dict[str, Any]) -> str:
         return ""
     held = [r["held_out_gain"] for r in rows]
     fit = [r["fit_gain"] for r in rows]
-    return (f"- Stacking check (chooses nothing): a free joint search over the weights of all five members "
-            f"({', '.join(MEMBERS)}), coordinate ascent from the chosen weights in steps of 0.1 and 0.05, fitted "
-            f"on two carves and scored on the third. It gains {min(fit):+.4f} to {max(fit):+.4f} on the carves it "
-            f"was fitted on and {', '.join(f'{h:+.4f}' for h in held)} on the carve it did not see (mean "
-            f"{np.mean(held):+.4f}). Before this run, the same check over a wider pool of ten members (adding "
-            f"Mult-VAE, ALS at 16 and 64 factors, a second GF-CF point, EASE on user-degree-normalised input) "
-            f"gave a mean held-out gain of +0.0002 (-0.0013 to +0.0024). More freedom in blending these models "
-            f"fits validation noise; it does not carry to unseen data.")
+    return (f"- Stacking check (chooses nothing): a free joint search over the weights of all {len(MEMBERS)} "
+            f"members ({', '.join(MEMBERS)}), coordinate ascent from the chosen weights in steps of "
+            f"{' and '.join(f'{d:g}' for d in STACK_STEPS if d > 0)}, fitted on the other carves and scored on the "
+            f"one left out, in turn. It gains {min(fit):+.4f} to {max(fit):+.4f} on the carves it was fitted on and "
+            f"{', '.join(f'{h:+.4f}' for h in held)} on the carve it did not see (mean {np.mean(held):+.4f}).")
 
 
 _PROTOCOL = """### Protocol
@@ -440,7 +438,8 @@ _PROTOCOL = """### Protocol
 _TRIED = """### Tried on validation and left out
 - On the single 75/25 carve used before (seed 43), gains under 0.002: EASE with popularity-scaled (dropout, EDLAE-style) l2; ALS averaged over seeds; bm25 weighting for ALS; a time-of-rating popularity prior; a time-local popularity member; user-kNN and user-user EASE; item-kNN with shrinkage (below RP3beta); rank-based (reciprocal-rank) instead of z-score blending; a LightGBM lambdarank stacker over member scores (worse under user-split cross-validation); Mult-VAE as a member (about +0.001, a minute to fit); a wider ALS grid on the sqrt-rating input (factors 16-48); other rating transforms for EASE (rating^0.75/1/1.5, log); scaling l2 with train size (nested carves showed no such trend).
 - Later, each as a member of the chosen ensemble at weights 0.1-0.6: session co-occurrence item-kNN (ratings adjacent in a user's train timeline, windows 5-20 positions; -0.002 to +0.0002); GF-CF at 64-256 singular vectors (best +0.0016 of 36 noisy deltas, most below 0); per-activity-tercile ALS shares and penalties (+0.0005); a penalty on items first rated after the user's last train rating (+0.001 at most); iALS with frequency-scaled L2 (Rendle et al. 2022, 64/128 factors; best alone 0.268 against implicit ALS's 0.2756, no ensemble gain).
-- On the three carves (gain of the ensemble, mean validation nDCG@10): a finer ALS grid around the chosen point (factors 24-64 x regularization 15-60 x alpha 3-8: +0.0007); ALS averaged over 2-8 seeds (none); exact instead of conjugate-gradient ALS, 15-60 iterations (+0.0009 at most); the infinite-width autoencoder (NTK kernel regression over users, Sachdeva et al. 2022, depths 1-2, 9 ridge values: none); time affinity between the user's active days and the item's rating days (+0.0004 at most); Mult-VAE, 100-300 epochs, two sizes (+0.0008 at most); EASE on user-degree-normalised input (rows scaled by n_u^-0.25 or n_u^-0.5 before the Gram matrix; alone up to +0.0016, in the ensemble +0.0002 at most); a per-age-group popularity lift from u.user (+0.002 with six age bins, +0.001 or less with seven or three: it hangs on the binning, and demographics are outside the protocol's input)."""
+- On the three carves (gain of the ensemble, mean validation nDCG@10): a finer ALS grid around the chosen point (factors 24-64 x regularization 15-60 x alpha 3-8: +0.0007); ALS averaged over 2-8 seeds (none); exact instead of conjugate-gradient ALS, 15-60 iterations (+0.0009 at most); the infinite-width autoencoder (NTK kernel regression over users, Sachdeva et al. 2022, depths 1-2, 9 ridge values: none); time affinity between the user's active days and the item's rating days (+0.0004 at most); Mult-VAE, 100-300 epochs, two sizes (+0.0008 at most); EASE on user-degree-normalised input (rows scaled by n_u^-0.25 or n_u^-0.5 before the Gram matrix; alone up to +0.0016, in the ensemble +0.0002 at most); a per-age-group popularity lift from u.user (+0.002 with six age bins, +0.001 or less with seven or three: it hangs on the binning, and demographics are outside the protocol's input).
+- The stacking check (under "This run chose"), over a wider pool of ten members (adding Mult-VAE, ALS at 16 and 64 factors, a second GF-CF point and EASE on user-degree-normalised input): mean held-out gain +0.0002 (-0.0013 to +0.0024). More freedom in blending these models fits validation noise; it does not carry to unseen data."""
 
 _DISCLOSED = """### Disclosed changes
 - Validation design: until an earlier run one 75/25 carve (seed 43) chose everything, which left the models 56% of the data against 75% at test time. Test figures of the attempts above (never used to pick a setting) showed ALS with 48-64 factors and GF-CF adding +0.001 to +0.005 on test while that carve said -0.001 to -0.003: the sparser carve leaned to low capacity. The carve was made denser (7/8 of train, 66% of the data) and averaged over three seeds, and the ALS grid gained 64 factors; the design was fixed before that run and nothing else changed. Because the change was prompted by test figures, the resulting test score is less clean than a pre-registered one.

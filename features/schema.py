@@ -717,12 +717,17 @@ def read_csv_strict(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame
         raise ValueError(f"{os.fspath(path)}: cannot parse as CSV ({exc})") from exc
 
 
+def read_table(path: str | os.PathLike[str], **csv_kwargs: Any) -> pd.DataFrame:
+    """A parquet file or directory (by its suffix, any case), else a CSV read by `read_csv_strict`."""
+    p = os.fspath(path)
+    if p.lower().endswith((".parquet", ".pq")) or os.path.isdir(p):
+        return pd.read_parquet(p)
+    return read_csv_strict(p, **csv_kwargs)
+
+
 def read_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a canonical events file (CSV or parquet) without validating it."""
-    p = os.fspath(path)
-    if p.endswith((".parquet", ".pq")) or os.path.isdir(p):
-        return pd.read_parquet(p)
-    return read_csv_strict(p, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
+    return read_table(path, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
 
 
 def write_events(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:

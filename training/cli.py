@@ -114,14 +114,10 @@ def _timestamp(value: str | None, option: str) -> Any:
 
 
 def _read_table(path: Path) -> Any:
-    import pandas as pd
-
-    from features.schema import read_csv_strict
+    from features.schema import read_table
 
     _existing(path, "table")
-    if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
-        return pd.read_parquet(path)
-    return read_csv_strict(path)
+    return read_table(path)
 
 
 def _load_events(path: Path) -> Any:

@@ -72,3 +72,13 @@ def test_read_csv_strict_keeps_quoted_separators_and_refuses_extra_fields(tmp_pa
             s.read_csv_strict(bad)
     with pytest.raises(ValueError, match="every_row.csv"):
         s.read_events(tmp_path / "every_row.csv")
+
+
+def test_read_table_reads_parquet_by_suffix_in_any_case_and_csv_otherwise(tmp_path):
+    """One reader for events files and feature tables: parquet by suffix (.parquet/.PQ/...), else strict CSV."""
+    frame = pd.DataFrame({"customer_id": ["a", "b"], "churn": [0, 1]})
+    for name in ("t.parquet", "T.PARQUET", "t.pq"):
+        frame.to_parquet(tmp_path / name)
+        pd.testing.assert_frame_equal(s.read_table(tmp_path / name), frame)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    pd.testing.assert_frame_equal(s.read_table(tmp_path / "t.csv"), frame)
