@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install Mirror with its dev tools
 
-data: $(STAMP) ## Generate the synthetic omnichannel demo data
-	$(VENV)/bin/mirror generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed 7 --out $(DEMO_DIR)
+# the demo data end today (UTC) unless DEMO_END=YYYY-MM-DD pins them, so the service's scores are current
+DEMO_END ?=
+
+data: $(STAMP) ## Generate the synthetic omnichannel demo data and catalog (ending today)
+	$(VENV)/bin/mirror generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) --seed 7 --out $(DEMO_DIR) \
+		$(if $(DEMO_END),--end $(DEMO_END))
 
 features: data ## Build point-in-time profile features for the demo data
 	$(VENV)/bin/mirror features --events $(DEMO_DIR)/events.parquet --out $(DEMO_DIR)/features
@@ -37,7 +41,8 @@ train: data ## Train all three model families and register champions in MLflow
 	$(VENV)/bin/mirror train all --events $(DEMO_DIR)/events.parquet --experiment mirror-demo
 
 serve: $(STAMP) ## Serve the champions on localhost:3000 (MIRROR_PORT to change)
-	$(VENV)/bin/mirror serve --store $(DEMO_DIR)/store.db --events $(DEMO_DIR)/events.parquet --examples
+	$(VENV)/bin/mirror serve --store $(DEMO_DIR)/store.db --events $(DEMO_DIR)/events.parquet \
+		--catalog $(DEMO_DIR)/items.parquet --examples
 
 demo: features train serve ## Set up everything on a fresh machine and run the service with example calls
 

@@ -13,7 +13,13 @@ Choices made here, so that downstream code can rely on them:
 * Clothing reviews have no timestamps and no reviewer ids: each row gets its own customer id
   (``cr-<row>``) and a timestamp of :data:`CLOTHING_REVIEWS_EPOCH` plus one minute per row, so file
   order is preserved.
-* MovieLens ratings are ``review`` events with a rating and no text.
+* MovieLens ratings are ``review`` events with a rating and no text.  They were collected in 1997-98,
+  before the schema's default earliest accepted time, so validate them with
+  ``EventLimits(earliest=MOVIELENS_EARLIEST)``.
+
+Each data set also yields a catalog frame (``load_*_catalog``) that passes
+:func:`features.catalog.validate_catalog`: only the fields the source really has are filled; no name,
+price or flag is invented.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
+from features import catalog
 from features.schema import (
     ADD_TO_CART,
     CANONICAL_COLUMNS,
@@ -55,6 +62,7 @@ RETAILROCKET_EVENTS: Final[dict[str, str]] = {
 #: The full export is preferred; the small sample is the fallback (see shared/data SOURCE.md).
 RETAILROCKET_EVENT_FILES: Final[tuple[str, ...]] = ("events.csv", "sample_events.csv")
 RETAILROCKET_ITEM_CATEGORY_FILE: Final = "item_category.csv"
+RETAILROCKET_CATEGORY_TREE_FILE: Final = "category_tree.csv"
 
 #: Clothing reviews carry no dates; the data set was published on 2018-02-04, so reviews are
 #: placed just before it, one minute apart in file order.
@@ -65,6 +73,16 @@ MOVIELENS_GENRES: Final[tuple[str, ...]] = (
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
     "War", "Western",
 )
+
+#: A validation floor that admits MovieLens-100k (collected from 1997-09-19), which predates the schema's
+#: default earliest accepted time.
+MOVIELENS_EARLIEST: Final = pd.Timestamp("1997-09-01T00:00:00Z")
+#: The top level of every MovieLens catalog path ("Movies > Comedy").
+MOVIELENS_ROOT: Final = "Movies"
+#: u.item writes "unknown" for a missing title and has a genre flag named "unknown": both mean "not known".
+MOVIELENS_UNKNOWN: Final = "unknown"
+#: Clothing reviews' category levels, top first.
+CLOTHING_CATEGORY_LEVELS: Final[tuple[str, ...]] = ("Division Name", "Department Name", "Class Name")
 
 #: Telco churn: the label column and the id column as Mirror names them.
 CHURN_LABEL: Final = "churn"
@@ -181,6 +199,64 @@ def load_retailrocket(data_dir: Path) -> pd.DataFrame:
     )
 
 
+def _category_paths(tree: pd.DataFrame, path: Path) -> dict[int, str]:
+    """categoryid -> its path from the root ("root > ... > categoryid"), walking ``parentid`` up."""
+    ids = _numeric(tree["categoryid"], "categoryid", path).astype("int64")
+    parents = _numeric(tree["parentid"], "parentid", path, allow_missing=True)
+    if ids.duplicated().any():
+        raise ValueError(f"{path}: categoryid listed more than once: {sorted(set(ids[ids.duplicated()]))[:5]}")
+    parent = {int(c): (None if pd.isna(p) else int(p)) for c, p in zip(ids, parents, strict=True)}
+    out: dict[int, str] = {}
+    for start in parent:
+        chain: list[int] = []
+        node: int | None = start
+        while node is not None and node not in out:
+            if node not in parent:
+                raise ValueError(f"{path}: category {node} (parent of {chain[-1]}) is not in the tree")
+            if node in chain:
+                raise ValueError(f"{path}: category {node} is its own ancestor")
+            chain.append(node)
+            node = parent[node]
+        prefix = out[node] if node is not None else None
+        for c in reversed(chain):
+            prefix = str(c) if prefix is None else f"{prefix}{catalog.CATEGORY_SEPARATOR}{c}"
+            out[c] = prefix
+    return out
+
+
+def load_retailrocket_catalog(data_dir: Path) -> pd.DataFrame:
+    """RetailRocket items as catalog records: ``item_id`` and ``category``, nothing else.
+
+    ``item_category.csv`` gives each item's leaf category id; ``category_tree.csv`` is walked up to the
+    root, so the category is the path of category ids from root to leaf ("1482 > 1224 > 213").  The data
+    set has no category names (its item properties are hashed, and not in shared/data), no item names,
+    prices or flags, so none are filled in.  An item or parent whose category is not in the tree, or a
+    cycle in the tree, is an error naming the file.
+    """
+    data_dir = Path(data_dir)
+    item_path = _require_file(data_dir / RETAILROCKET_ITEM_CATEGORY_FILE)
+    tree_path = _require_file(data_dir / RETAILROCKET_CATEGORY_TREE_FILE)
+    tree = read_csv_strict(tree_path)
+    _require_columns(tree, ("categoryid", "parentid"), tree_path)
+    paths = _category_paths(tree, tree_path)
+    raw = read_csv_strict(item_path, usecols=lambda c: c in {"ItemId", "categoryid"})
+    _require_columns(raw, ("ItemId", "categoryid"), item_path)
+    pairs = pd.DataFrame({"item": _numeric(raw["ItemId"], "ItemId", item_path).astype("int64"),
+                          "cat": _numeric(raw["categoryid"], "categoryid", item_path).astype("int64")})
+    pairs = pairs.drop_duplicates()
+    if pairs["item"].duplicated().any():
+        dup = sorted(set(pairs.loc[pairs["item"].duplicated(), "item"].tolist()))[:5]
+        raise ValueError(f"{item_path}: items with more than one categoryid: {dup}")
+    category = pairs["cat"].map(paths)
+    if category.isna().any():
+        unknown = sorted(set(pairs.loc[category.isna(), "cat"].tolist()))[:5]
+        raise ValueError(f"{item_path}: categoryid not in {tree_path.name}: {unknown}")
+    return pd.DataFrame({
+        catalog.ITEM_ID: pairs["item"].astype(str).astype("string").to_numpy(),
+        catalog.CATEGORY: category.astype("string").to_numpy(),
+    }).astype("string")
+
+
 # ---------------------------------------------------------------------------------------------
 # Women's clothing reviews
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +295,33 @@ def load_clothing_reviews(csv_path: Path) -> pd.DataFrame:
     )
 
 
+def load_clothing_catalog(csv_path: Path) -> pd.DataFrame:
+    """Clothing items as catalog records: ``item_id`` (Clothing ID) and ``category``.
+
+    The category is ``Division Name > Department Name > Class Name`` as written (the data's own
+    "Initmates" spelling is kept).  The file has one row per review, and 196 items are filed under more
+    than one path (mostly "General" and "General Petite" divisions): an item takes its most frequent
+    full path, the earliest in the file on a tie.  Rows with a level missing name no path; an item with
+    no full path at all has no category.  The data set has no item names, prices or flags.
+    """
+    path = _require_file(csv_path)
+    raw = read_csv_strict(path)
+    _require_columns(raw, ("Clothing ID", *CLOTHING_CATEGORY_LEVELS), path)
+    item = _numeric(raw["Clothing ID"], "Clothing ID", path).astype("int64").astype(str)
+    levels = [raw[c].astype("string").str.strip().mask(lambda x: x == "") for c in CLOTHING_CATEGORY_LEVELS]
+    full = pd.concat(levels, axis=1).notna().all(axis=1)
+    joined = levels[0].str.cat(levels[1:], sep=catalog.CATEGORY_SEPARATOR)
+    rows = pd.DataFrame({"item": item, "path": joined, "row": np.arange(len(raw))}).loc[full]
+    counts = rows.groupby(["item", "path"], sort=False).agg(n=("row", "size"), first=("row", "min")).reset_index()
+    best = (counts.sort_values(["n", "first"], ascending=[False, True], kind="stable")
+            .drop_duplicates("item").set_index("item")["path"])
+    items = item.drop_duplicates()
+    return pd.DataFrame({
+        catalog.ITEM_ID: items.to_numpy(),
+        catalog.CATEGORY: items.map(best).to_numpy(),
+    }).astype("string")
+
+
 # ---------------------------------------------------------------------------------------------
 # MovieLens 100k
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +335,37 @@ def _movielens_categories(item_path: Path) -> pd.Series:
     genre = np.where(first >= 0, genre, None)
     ids = _numeric(items["movie_id"], "movie_id", item_path).astype("int64")
     return pd.Series(genre, index=ids.to_numpy())
+
+
+def load_movielens_catalog(data_dir: Path) -> pd.DataFrame:
+    """MovieLens-100k movies (u.item) as catalog records: ``item_id``, ``name`` (the title, with its
+    year) and ``category`` "Movies > <first genre flagged>".
+
+    u.item's "unknown" title and "unknown" genre flag mean not known: such a movie has no name, and
+    one flagged only "unknown" (or nothing) is filed under "Movies".  Release dates are not catalog
+    fields; the IMDb links are not the retailer's product pages, so ``url`` stays empty.
+    """
+    data_dir = Path(data_dir)
+    path = _require_file(data_dir / "u.item")
+    cols = ["movie_id", "title", "release", "video_release", "url", *MOVIELENS_GENRES]
+    raw = read_csv_strict(path, sep="|", header=None, names=cols, encoding="latin-1", dtype={"title": "string"})
+    ids = _numeric(raw["movie_id"], "movie_id", path).astype("int64")
+    if ids.duplicated().any():
+        raise ValueError(f"{path}: movie_id listed more than once: {sorted(set(ids[ids.duplicated()]))[:5]}")
+    genres = [g for g in MOVIELENS_GENRES if g != MOVIELENS_UNKNOWN]
+    flags = pd.concat([_numeric(raw[g], g, path) for g in genres], axis=1).to_numpy()
+    if not np.isin(flags, (0, 1)).all():
+        raise ValueError(f"{path}: genre flags must be 0 or 1")
+    first = np.where(flags.any(axis=1), flags.argmax(axis=1), -1)
+    leaf = np.array(genres, dtype=object)[np.maximum(first, 0)]
+    category = np.where(first >= 0, MOVIELENS_ROOT + catalog.CATEGORY_SEPARATOR + leaf, MOVIELENS_ROOT)
+    title = raw["title"].str.strip()
+    name = title.mask((title == "") | (title.str.lower() == MOVIELENS_UNKNOWN))
+    return pd.DataFrame({
+        catalog.ITEM_ID: ids.astype(str).to_numpy(),
+        catalog.NAME: name.to_numpy(),
+        catalog.CATEGORY: category,
+    }).astype("string")
 
 
 def load_movielens(data_dir: Path) -> pd.DataFrame:

@@ -2,22 +2,36 @@
 
 Every channel (web, app, email, SMS, social, store POS, chat, call center) is mapped onto this one
 record.  Validation is vectorised so that a batch with bad rows keeps the good ones and returns a
-report naming each bad row, field and reason: nothing is silently dropped or coerced.
+report naming each bad row, field and reason: nothing is silently dropped or coerced.  Ids and
+identifiers are NFC-normalised and refuse control and format characters (a NUL or a zero-width
+character would make an id that can never be looked up, or a look-alike customer); every string
+has a length limit, timestamps a time window (`EventLimits`), and the content rules live here once.
 Emails and phone numbers are normalised and hashed with a keyed hash on the way in, so raw
 contact details are never stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
 import hashlib
 import hmac
+import json
 import os
 import re
+import sys
+import unicodedata
+import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # ---------------------------------------------------------------------------------------------
 # Column names
@@ -63,7 +77,9 @@ COLOR: Final = "color"
 SIZE: Final = "size"
 BRAND: Final = "brand"
 DURATION_S: Final = "duration_s"
-OPTIONAL_COLUMNS: Final[tuple[str, ...]] = (COLOR, SIZE, BRAND, DURATION_S)
+#: The customer's own IANA time zone as the app/site knows it (e.g. "Europe/Paris"), for quiet hours.
+TIMEZONE: Final = "timezone"
+OPTIONAL_COLUMNS: Final[tuple[str, ...]] = (COLOR, SIZE, BRAND, DURATION_S, TIMEZONE)
 
 PAYLOAD_COLUMNS: Final[tuple[str, ...]] = (
     ITEM_ID,
@@ -84,7 +100,7 @@ KNOWN_COLUMNS: Final[frozenset[str]] = frozenset(CANONICAL_COLUMNS + OPTIONAL_CO
 
 STRING_COLUMNS: Final[tuple[str, ...]] = (
     (EVENT_ID, CHANNEL, EVENT_TYPE) + IDENTIFIER_COLUMNS + (ITEM_ID, CATEGORY, TEXT, STORE_ID, QUERY)
-    + (COLOR, SIZE, BRAND)
+    + (COLOR, SIZE, BRAND, TIMEZONE)
 )
 NUMERIC_COLUMNS: Final[tuple[str, ...]] = (QUANTITY, PRICE, RATING, DURATION_S)
 
@@ -168,8 +184,8 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def normalise_email(value: str) -> str | None:
-    """Lower-case and trim; None when it is not an email address."""
-    v = value.strip().lower()
+    """Lower-case, trim and NFC-normalise (one address, one hash); None when it is not an email address."""
+    v = normalise_id(value.lower())
     return v if _EMAIL_RE.match(v) else None
 
 
@@ -201,20 +217,309 @@ class IdentifierHasher:
 
 
 # ---------------------------------------------------------------------------------------------
+# Content rules: characters, lengths, time window, time zones (the one place for each limit)
+# ---------------------------------------------------------------------------------------------
+#: Ids and identifiers: NFC-normalised, and no control or format characters (a NUL makes an id that
+#: can never be looked up or erased; zero-width and bidi characters make look-alike customers).
+ID_COLUMNS: Final[tuple[str, ...]] = (EVENT_ID, *IDENTIFIER_COLUMNS, ITEM_ID, STORE_ID)
+#: Free text: kept as sent (not normalised), and may keep tabs and line breaks, no other control character.
+FREE_TEXT_COLUMNS: Final[tuple[str, ...]] = (TEXT, QUERY)
+FREE_TEXT_CONTROLS: Final = "\t\n\r"
+#: Columns compared as keys (every string column but free text): NFC-normalised, so that "é" composed
+#: and decomposed are one customer, one category.
+NFC_COLUMNS: Final[frozenset[str]] = frozenset(STRING_COLUMNS) - frozenset(FREE_TEXT_COLUMNS)
+
+#: The API's id fields allow 256 characters: a longer id could be stored but never looked up.
+MAX_ID_LENGTH: Final = 256
+MAX_CATEGORY_LENGTH: Final = 300
+MAX_TEXT_LENGTH: Final = 10_000
+MAX_QUERY_LENGTH: Final = 1_000
+MAX_OTHER_LENGTH: Final = 100
+#: Longest value (in characters, after stripping and normalising) of each string column.  Channel and
+#: event type need none: they must be one of CHANNELS / EVENT_TYPES.
+MAX_LENGTHS: Final[Mapping[str, int]] = MappingProxyType({
+    **dict.fromkeys((EVENT_ID, *IDENTIFIER_COLUMNS, ITEM_ID), MAX_ID_LENGTH),
+    CATEGORY: MAX_CATEGORY_LENGTH,
+    TEXT: MAX_TEXT_LENGTH,
+    QUERY: MAX_QUERY_LENGTH,
+    **dict.fromkeys((STORE_ID, COLOR, SIZE, BRAND, TIMEZONE), MAX_OTHER_LENGTH),
+})
+
+#: Zones zoneinfo knows that are no customer's zone: the server's own, and IANA's placeholders.
+_NOT_CUSTOMER_ZONES: Final = frozenset({"localtime", "Factory", "posixrules"})
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
+_CATEGORY_NAMES: Final = {"Cc": "control", "Cf": "format", "Cs": "surrogate"}
+
+
+def normalise_id(value: str) -> str:
+    """Stripped and NFC-normalised: the one spelling of an id or identifier, for storing and for lookups."""
+    v = value.strip()
+    return v if v.isascii() else unicodedata.normalize("NFC", v)
+
+
+@functools.cache
+def _format_characters() -> tuple[int, ...]:
+    """Unicode category Cf in this Python's tables (computed once, on first use: ~0.1 s)."""
+    return tuple(cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) == "Cf")
+
+
+@functools.cache
+def _refused(kind: str) -> re.Pattern[str]:
+    """One character class: control (Cc, fixed by Unicode's stability policy) and surrogate (Cs) characters,
+    plus format characters (Cf) for ids; free text keeps tabs and line breaks."""
+    cps = {*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000)}
+    if kind == "id":
+        cps |= set(_format_characters())
+    elif kind == "text":
+        cps -= {ord(c) for c in FREE_TEXT_CONTROLS}
+    ranges: list[list[int]] = []
+    for cp in sorted(cps):
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return re.compile("[" + "".join(f"\\U{a:08X}-\\U{b:08X}" for a, b in ranges) + "]")
+
+
+def _char_kind(column: str) -> str:
+    return "id" if column in ID_COLUMNS else "text" if column in FREE_TEXT_COLUMNS else "other"
+
+
+def _char_reason(column: str, value: str) -> str | None:
+    """Why `value` may not be in `column` because of a character it holds; None when none is refused."""
+    if value.isascii() and value.isprintable():  # the common case, and exact: ASCII printable is 0x20-0x7E
+        return None
+    m = _refused(_char_kind(column)).search(value)
+    if m is None:
+        return None
+    ch = m.group()
+    return f"contains disallowed character U+{ord(ch):04X} ({_CATEGORY_NAMES[unicodedata.category(ch)]})"
+
+
+def _too_long(limit: int) -> str:
+    return f"longer than {limit} characters"
+
+
+def _length_reason(column: str, value: str) -> str | None:
+    limit = MAX_LENGTHS.get(column)
+    return _too_long(limit) if limit is not None and len(value) > limit else None
+
+
+def value_problems(column: str, value: str) -> tuple[str, ...]:
+    """Why a string breaks `column`'s character and length rules (checked after `normalise_id` for key
+    columns); empty when it breaks none.  For callers that take ids outside events (lookups, erasure)."""
+    if column in NFC_COLUMNS:
+        value = normalise_id(value)
+    return tuple(r for r in (_char_reason(column, value), _length_reason(column, value)) if r is not None)
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) - _NOT_CUSTOMER_ZONES
+
+
+@functools.lru_cache(maxsize=4096)
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone name zoneinfo can load, e.g. "Europe/Paris" (case as IANA spells it)."""
+    if len(name) > MAX_OTHER_LENGTH or _ZONE_NAME.fullmatch(name) is None or name not in _zone_names():
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+DEFAULT_EARLIEST_TS: Final = pd.Timestamp("2000-01-01T00:00:00", tz="UTC")
+DEFAULT_MAX_AHEAD: Final = pd.Timedelta(days=1)
+_NS_MIN: Final = pd.Timestamp.min.tz_localize("UTC")
+_NS_MAX: Final = pd.Timestamp.max.tz_localize("UTC")
+
+
+def _limit_timestamp(value: object, name: str) -> pd.Timestamp:
+    if isinstance(value, bool) or not isinstance(value, (dt.datetime, np.datetime64, str)):
+        raise TypeError(f"EventLimits.{name} must be a datetime or an ISO-8601 string, got {type(value).__name__}")
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise ValueError(f"EventLimits.{name}: not a timestamp ({value!r})") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"EventLimits.{name} must be a time, got NaT")
+    if ts.tzinfo is None:
+        raise ValueError(f"EventLimits.{name} must have a time zone, got {value!r}")
+    ts = ts.tz_convert("UTC")
+    if not _NS_MIN <= ts <= _NS_MAX:
+        raise ValueError(f"EventLimits.{name} must be between {_NS_MIN} and {_NS_MAX}, got {ts}")
+    return ts.as_unit("ns")
+
+
+def _duration_text(td: pd.Timedelta) -> str:
+    secs = td.total_seconds()
+    if secs == 0:
+        return "0 seconds"
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if secs >= size and secs % size == 0:
+            k = int(secs // size)
+            return f"{k} {unit}{'' if k == 1 else 's'}"
+    return str(td)
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """The time window event timestamps must fall in, both ends inclusive.
+
+    Why: a timestamp from before the business existed or from the future is a client bug, and a future
+    one would outlive an erasure check; outside pandas' range (1677-2262) it could not even be stored.
+    `earliest`: the past limit.  `max_ahead`: how far past `now` a clock may run (client clock skew).
+    `now`: the reference time; None means the clock when validation runs (fix it for tests and backfills).
+    Strings and datetimes are accepted and kept as UTC `pd.Timestamp` / `pd.Timedelta`.
+    """
+
+    earliest: pd.Timestamp = DEFAULT_EARLIEST_TS
+    max_ahead: pd.Timedelta = DEFAULT_MAX_AHEAD
+    now: pd.Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "earliest", _limit_timestamp(self.earliest, "earliest"))
+        if self.now is not None:
+            object.__setattr__(self, "now", _limit_timestamp(self.now, "now"))
+        ahead = self.max_ahead
+        if isinstance(ahead, bool) or not isinstance(ahead, (dt.timedelta, np.timedelta64, str)):
+            raise TypeError(f"EventLimits.max_ahead must be a timedelta or a duration string, "
+                            f"got {type(ahead).__name__}")
+        try:
+            ahead = pd.Timedelta(ahead)
+        except ValueError as exc:
+            raise ValueError(f"EventLimits.max_ahead: not a duration ({self.max_ahead!r})") from exc
+        if ahead is pd.NaT or ahead < pd.Timedelta(0):
+            raise ValueError(f"EventLimits.max_ahead must be zero or more, got {self.max_ahead!r}")
+        object.__setattr__(self, "max_ahead", ahead)
+        self.window()  # an empty or unrepresentable window is refused here, not on the first event
+
+    def window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """(earliest, latest) accepted timestamps, as UTC; latest = now + max_ahead."""
+        now = self.now if self.now is not None else pd.Timestamp.now(tz="UTC")
+        try:
+            latest = now + self.max_ahead
+        except (OverflowError, pd.errors.OutOfBoundsDatetime):
+            latest = None
+        if latest is None or latest > _NS_MAX:
+            raise ValueError(f"EventLimits.max_ahead: {now} + {self.max_ahead} is past {_NS_MAX}")
+        if latest < self.earliest:
+            raise ValueError(f"EventLimits.earliest ({self.earliest}) is after now + max_ahead ({latest})")
+        return self.earliest, latest
+
+    def fixed(self) -> EventLimits:
+        """These limits with `now` set (to the clock when None): one window for a whole validation."""
+        return self if self.now is not None else dataclasses.replace(self, now=pd.Timestamp.now(tz="UTC"))
+
+
+_NS_PER_UNIT: Final = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def _window_split(naive_utc: np.ndarray, earliest: pd.Timestamp, latest: pd.Timestamp
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(before, after, ns) for UTC datetime64 values of any unit: exact integer comparison in their own unit
+    (casting to ns first would overflow outside 1677-2262), ns only for values inside the window."""
+    f = _NS_PER_UNIT[np.datetime_data(naive_utc.dtype)[0]]
+    iv = naive_utc.view("int64")
+    present = ~np.isnat(naive_utc)
+    before = present & (iv < -(-earliest.value // f))  # ceil: a value below the first whole unit is before
+    after = present & (iv > latest.value // f)
+    inside = present & ~before & ~after
+    ns = np.where(inside, iv, 0) * f
+    return before, after, np.where(inside, ns, np.iinfo(np.int64).min).view("datetime64[ns]")
+
+
+def _before_reason(earliest: pd.Timestamp) -> str:
+    return f"before {earliest.isoformat()} (the earliest time accepted)"
+
+
+def _after_reason(limits: EventLimits) -> str:
+    return f"more than {_duration_text(limits.max_ahead)} in the future"
+
+
+_DIGEST_COLUMNS: Final[tuple[str, ...]] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS
+
+
+def _missing(v: object) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(v != v)
+    return isinstance(v, np.datetime64) and bool(np.isnat(v))
+
+
+def event_digest(row: Mapping[str, Any]) -> str:
+    """Digest of one validated event's content: equal exactly when two events say the same thing.
+
+    Why: an event id seen again with other content is a conflict, not a re-send.  Give the event in
+    canonical form (a row of `validate_events(...).valid`, or as a store keeps it): every canonical and
+    optional column counts, an absent column is missing, missing is one value (None, NA, NaN, NaT),
+    `ts` counts to the nanosecond (Timestamp, datetime64 or ISO string, naive read as UTC, or int ns
+    since the epoch), numbers as floats, strings as they are.
+    """
+    vals: list[object] = []
+    for c in _DIGEST_COLUMNS:
+        v = row.get(c)
+        if _missing(v):
+            vals.append(None)
+        elif c == TS:
+            ts = pd.Timestamp(int(v)) if isinstance(v, (int, np.integer)) else pd.Timestamp(v)
+            vals.append(int(ts.as_unit("ns").value))
+        elif c in NUMERIC_COLUMNS:
+            vals.append(float(v))
+        else:
+            vals.append(str(v))
+    blob = json.dumps(vals, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
 ERROR_ROW: Final = "row"
 ERROR_FIELD: Final = "field"
 ERROR_REASON: Final = "reason"
 ERROR_COLUMNS: Final[tuple[str, ...]] = (ERROR_ROW, EVENT_ID, ERROR_FIELD, ERROR_REASON)
+#: The field errors name when they concern a whole record (empty, or not an object).
+RECORD_FIELD: Final = "record"
+#: The field errors name when no identifier column has a value.
+IDENTIFIERS_FIELD: Final = "identifiers"
+
+_MUST_BE_STRING: Final = "must be a string"
+_MUST_BE_NUMBER: Final = "must be a number"
+_MUST_BE_FINITE: Final = "must be finite"
+_NOT_ISO: Final = "not an ISO-8601 timestamp"
+_NO_TZ: Final = "timestamp has no time zone"
+_UNKNOWN_FIELD: Final = "unknown field"
+_REQUIRED_MISSING: Final = "required field is missing"
+_REQUIRED_EMPTY: Final = "required field is empty"
+_EMPTY_RECORD: Final = "empty event: no field has a value"
+_NOT_A_RECORD: Final = "an event must be an object of field: value pairs"
+_UNKNOWN_ZONE: Final = "unknown time zone (expected an IANA name such as Europe/Paris)"
+_UNKNOWN_CHANNEL: Final = f"unknown channel (expected one of {', '.join(CHANNELS)})"
+_NO_IDENTIFIER: Final = f"at least one of {', '.join(IDENTIFIER_COLUMNS)} is required"
+_INT_MIN: Final = -(2**63)
+_INT_LIMIT: Final = 2**64  # ints in string columns: what an int64/uint64 id column can hold
+
+
+def _conflict_reason(first: int) -> str:
+    return f"conflicts with row {first}: same event_id, different content"
+
+
+def _empty_errors() -> pd.DataFrame:
+    return pd.DataFrame(np.empty((0, len(ERROR_COLUMNS)), dtype=object), columns=list(ERROR_COLUMNS))
 
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """Good rows in canonical form, plus one error row per (bad row, field, reason)."""
+    """Good rows in canonical form, one error row per (bad row, field, reason), and the identical
+    repeats inside the batch, which are no errors: (row, canonical event_id), the first copy counts."""
 
     valid: pd.DataFrame
     errors: pd.DataFrame
+    duplicates: tuple[tuple[int, str], ...] = ()
 
     @property
     def n_rejected(self) -> int:
@@ -237,123 +542,315 @@ def _as_string(s: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+def _string_like(v: object) -> bool:
+    """A value a string column takes: text, or an integer id (never a bool, never beyond 64 bits)."""
+    if isinstance(v, str):
+        return True
+    return (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+            and _INT_MIN <= int(v) < _INT_LIMIT)
+
+
+def _number_kind(v: object) -> int:
+    """0: a number or numeric text; 1: not a number (bools, bytes, containers...); 2: beyond float range."""
+    if isinstance(v, (bool, np.bool_)):
+        return 1
+    if isinstance(v, int):
+        try:
+            float(v)
+        except OverflowError:
+            return 2
+        return 0
+    return 0 if isinstance(v, (str, float, np.integer, np.floating)) else 1
+
+
+#: One piece of the error report: (rows, field, reason), in the order the checks ran.
+_Piece = tuple[np.ndarray, str, str]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The input as a frame, with the errors found while reading it and the rows that are no record."""
+
+    frame: pd.DataFrame
+    pieces: list[_Piece]
+    not_record: np.ndarray  # bool per row
+
+
+def _scan(name: Any, vals: Sequence[object], nan_is_value: bool, allow_unknown_columns: bool
+          ) -> tuple[list[_Piece], list[object] | None]:
+    """Errors in one raw column that no pandas column could carry, and the values with those set to None
+    (None when nothing needed changing): lone surrogates (no file or database holds them), and in
+    records a NaN, which is a value (JSON NaN), not a missing one."""
+    pieces: list[_Piece] = []
+    strs = [v for v in vals if isinstance(v, str)]
+    bad_char: list[int] = []
+    try:
+        "".join(strs).encode("utf-8")
+    except UnicodeEncodeError:
+        bad_char = [i for i, v in enumerate(vals) if isinstance(v, str) and _has_surrogate(v)]
+    nan_rows, nat_rows = [], []
+    if nan_is_value:
+        nan_rows = [i for i, v in enumerate(vals) if isinstance(v, (float, np.floating)) and v != v]
+        nat_rows = [i for i, v in enumerate(vals) if v is pd.NaT]
+    if not (bad_char or nan_rows or nat_rows):
+        return pieces, None
+    for i in bad_char:
+        ch = next(c for c in str(vals[i]) if 0xD800 <= ord(c) <= 0xDFFF)
+        pieces.append((np.array([i], dtype=np.intp), name, f"contains disallowed character U+{ord(ch):04X} (surrogate)"))
+    reason = (_MUST_BE_FINITE if name in NUMERIC_COLUMNS else _NOT_ISO if name == TS
+              else _MUST_BE_STRING if name in KNOWN_COLUMNS else None if allow_unknown_columns else _UNKNOWN_FIELD)
+    if nan_rows and reason is not None:
+        pieces.append((np.array(nan_rows, dtype=np.intp), name, reason))
+    fixed = list(vals)
+    for i in bad_char + nan_rows + nat_rows:
+        fixed[i] = None
+    return pieces, fixed
+
+
+def _prepare(events: pd.DataFrame | Sequence[Mapping[str, Any]], allow_unknown_columns: bool) -> _Prepared:
+    """Read a frame, or records into object columns (None where a key is absent; unlike pandas'
+    constructors, which drop an all-empty batch, `from_records([{}])` has no rows, and read NaN as
+    missing), and report what no column can carry (see `_scan`)."""
+    pieces: list[_Piece] = []
+    if isinstance(events, pd.DataFrame):
+        frame = events
+        if not frame.columns.is_unique:
+            twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+            raise ValueError(f"events: columns named more than once: {', '.join(twice)}")
+        not_record = np.zeros(len(frame), dtype=bool)
+        cleaned: dict[int, list[object]] = {}
+        for j, (name, dtype) in enumerate(zip(frame.columns, frame.dtypes.tolist(), strict=True)):
+            if dtype == np.dtype(object):
+                found, fixed = _scan(name, frame.iloc[:, j].tolist(), False, allow_unknown_columns)
+                pieces += found
+                if fixed is not None:
+                    cleaned[j] = fixed
+        if cleaned:
+            frame = frame.copy(deep=False)
+            for j, fixed in cleaned.items():
+                frame.isetitem(j, pd.Series(fixed, index=frame.index, dtype=object))
+        return _Prepared(frame, pieces, not_record)
+    if not isinstance(events, Sequence) or isinstance(events, (str, bytes)):
+        raise TypeError(f"events must be a DataFrame or a sequence of records, got {type(events).__name__}")
+    n = len(events)
+    not_record = np.fromiter((not isinstance(r, Mapping) for r in events), dtype=bool, count=n)
+    if not_record.any():
+        pieces.append((np.flatnonzero(not_record), RECORD_FIELD, _NOT_A_RECORD))
+    rows: list[Mapping[Any, Any]] = [r if isinstance(r, Mapping) else {} for r in events]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    grid = np.empty((n, len(keys)), dtype=object)
+    for j, k in enumerate(keys):
+        found, fixed = _scan(k, [r.get(k) for r in rows], True, allow_unknown_columns)
+        pieces += found
+        for i, v in enumerate(fixed if fixed is not None else (r.get(k) for r in rows)):
+            grid[i, j] = v  # one by one: a list value must stay one object, not become a row
+    return _Prepared(pd.DataFrame(grid, columns=keys, dtype=object), pieces, not_record)
+
+
+def _has_surrogate(v: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in v)
+
+
+def _error_frame(frame: pd.DataFrame, rows: np.ndarray, fields: Sequence[str], reasons: Sequence[str]
+                 ) -> pd.DataFrame:
+    """The error report, sorted by row then field (stable: checks keep their order), with the raw event id."""
+    if not len(rows):
+        return _empty_errors()
+    if EVENT_ID in frame.columns:
+        ev = frame[EVENT_ID].iloc[rows].astype("string").to_numpy()
+    else:
+        ev = pd.Series([None] * len(rows), dtype="string").to_numpy()
+    errors = pd.DataFrame({ERROR_ROW: rows, EVENT_ID: ev, ERROR_FIELD: np.asarray(fields, dtype=object),
+                           ERROR_REASON: np.asarray(reasons, dtype=object)})
+    return errors.sort_values([ERROR_ROW, ERROR_FIELD], kind="stable").reset_index(drop=True)
+
+
+def _repeats(rows: Sequence[int], ids: Sequence[str], digest: Callable[[int], str]
+             ) -> tuple[list[tuple[int, str]], list[tuple[int, int]]]:
+    """Rows sharing an event id (in row order): ([(row, id)] identical to the first, [(row, first row)] not)."""
+    first: dict[str, int] = {}
+    digests: dict[int, str] = {}
+    dups: list[tuple[int, str]] = []
+    conflicts: list[tuple[int, int]] = []
+    for i, eid in zip(rows, ids, strict=True):
+        j = first.setdefault(eid, i)
+        if j == i:
+            continue
+        if j not in digests:
+            digests[j] = digest(j)
+        (dups.append((i, eid)) if digest(i) == digests[j] else conflicts.append((i, j)))
+    return dups, conflicts
+
+
 #: Batches up to this many rows are validated row by row (pandas overhead dominates small batches).
 FAST_PATH_MAX_ROWS: Final = 32
 
 
 def validate_events(
-    df: pd.DataFrame,
+    events: pd.DataFrame | Sequence[Mapping[str, Any]],
     hasher: IdentifierHasher | None = None,
     *,
     allow_unknown_columns: bool = False,
+    limits: EventLimits | None = None,
 ) -> ValidationResult:
     """Check a batch against the canonical schema and return good rows plus a per-row report.
 
-    Good rows come back with `ts` as UTC, strings stripped, numbers as floats and email/phone
-    replaced by their keyed hashes (already-hashed values pass through).  The caller's frame is
-    never modified.  Rows are reported by their position in the input (`row`).
+    `events`: a frame, or the records themselves (a list of field -> value mappings, e.g. parsed JSON):
+    give records where you have them, since only they tell a JSON NaN (an error) from null (missing)
+    and keep an empty record as a row (an error) rather than no row.
+    Good rows come back with `ts` as UTC, strings stripped (and key columns NFC-normalised), numbers
+    as floats and email/phone replaced by their keyed hashes (already-hashed values pass through).
+    The caller's frame is never modified.  Rows are reported by their position in the input (`row`).
+    Timestamps must fall in `limits` (default: 2000-01-01 to a day past the current time).  A second
+    copy of an event id is dropped as a duplicate when its content is the same (`duplicates`) and is
+    an error (field event_id) when it is not.
 
     Small batches (up to FAST_PATH_MAX_ROWS rows) take a row-wise path that returns exactly what
     the vectorised path would; input shapes it does not handle fall back to the vectorised path.
     """
-    if len(df) <= FAST_PATH_MAX_ROWS:
-        result = _validate_rowwise(df, hasher, allow_unknown_columns=allow_unknown_columns)
+    limits = (limits or EventLimits()).fixed()
+    if len(events) <= FAST_PATH_MAX_ROWS:
+        result = _validate_rowwise(events, hasher, allow_unknown_columns=allow_unknown_columns, limits=limits)
         if result is not None:
             return result
-    return _validate_vectorised(df, hasher, allow_unknown_columns=allow_unknown_columns)
+    return _validate_vectorised(events, hasher, allow_unknown_columns=allow_unknown_columns, limits=limits)
+
+
+def _arrow(s: pd.Series) -> pa.Array:
+    return pa.array(s, type=pa.large_string(), from_pandas=True)  # no copy for pandas' Arrow strings
+
+
+def _flags(arr: pa.Array, test: pc.Expression | Any) -> np.ndarray | None:
+    """A bool mask (null = False) of an Arrow test, or None when no value passes it (the usual case)."""
+    hit = pc.fill_null(test, False)
+    if not pc.any(hit).as_py():
+        return None
+    return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _validate_vectorised(
-    df: pd.DataFrame,
+    events: pd.DataFrame | Sequence[Mapping[str, Any]],
     hasher: IdentifierHasher | None = None,
     *,
     allow_unknown_columns: bool = False,
+    limits: EventLimits | None = None,
 ) -> ValidationResult:
     """The reference implementation: vectorised with pandas, fast for big batches."""
     hasher = hasher or IdentifierHasher.from_env()
-    n = len(df)
-    errs: list[pd.DataFrame] = []
-    src = df.reset_index(drop=True)
+    limits = (limits or EventLimits()).fixed()
+    earliest, latest = limits.window()
+    prep = _prepare(events, allow_unknown_columns)
+    n = len(prep.frame)
+    pieces = list(prep.pieces)
+    src = prep.frame.reset_index(drop=True)
     out = pd.DataFrame(index=src.index)
 
-    def report(mask: pd.Series, fld: str, reason: str) -> None:
-        idx = np.flatnonzero(mask.to_numpy(dtype=bool, na_value=False))
-        if len(idx):
-            ev = src[EVENT_ID].iloc[idx] if EVENT_ID in src else pd.Series([None] * len(idx))
-            errs.append(
-                pd.DataFrame(
-                    {
-                        ERROR_ROW: idx,
-                        EVENT_ID: ev.astype("string").to_numpy(),
-                        ERROR_FIELD: fld,
-                        ERROR_REASON: reason,
-                    }
-                )
-            )
+    def report(mask: pd.Series | np.ndarray, fld: str, reason: str) -> None:
+        m = mask.to_numpy(dtype=bool, na_value=False) if isinstance(mask, pd.Series) else np.asarray(mask, bool)
+        report_at(np.flatnonzero(m), fld, reason)
 
-    unknown = sorted(set(src.columns) - KNOWN_COLUMNS)
+    def report_at(rows: np.ndarray, fld: str, reason: str) -> None:
+        if len(rows):
+            pieces.append((np.asarray(rows, dtype=np.intp), fld, reason))
+
+    unknown = sorted(set(src.columns) - KNOWN_COLUMNS, key=str)
     if unknown and not allow_unknown_columns:
         for name in unknown:
-            report(src[name].notna(), name, "unknown field")
+            report(src[name].notna(), name, _UNKNOWN_FIELD)
 
     for col in REQUIRED_COLUMNS:
         if col not in src:
-            report(pd.Series(True, index=src.index), col, "required field is missing")
+            report(np.ones(n, dtype=bool), col, _REQUIRED_MISSING)
 
     def col(name: str) -> pd.Series:
         return src[name] if name in src else pd.Series(pd.NA, index=src.index, dtype="string")
 
-    # strings
+    # strings: type, then (stripped, NFC-normalised for keys) characters, length, time zone
     for name in STRING_COLUMNS:
-        if name in src:
-            s = col(name)
-            if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty", "integer"):
-                bad_type = pd.Series(False, index=src.index)
-            else:
-                is_ok = s.map(lambda v: isinstance(v, (str, int, np.integer)), na_action="ignore")
-                bad_type = s.notna() & ~is_ok.eq(True)  # NA maps to NA (a float column when all are NA)
-            report(bad_type, name, "must be a string")
-            out[name] = _as_string(s.mask(bad_type))
-        else:
+        if name not in src:
             out[name] = pd.Series(pd.NA, index=src.index, dtype="string")
+            continue
+        s = col(name)
+        inferred = pd.api.types.infer_dtype(s, skipna=True)
+        if inferred in ("string", "empty") or (inferred == "integer" and s.dtype != np.dtype(object)):
+            bad_type = pd.Series(False, index=src.index)
+        else:
+            is_ok = s.map(_string_like, na_action="ignore")
+            bad_type = s.notna() & ~is_ok.eq(True)  # NA maps to NA (a float column when all are NA)
+        report(bad_type, name, _MUST_BE_STRING)
+        o = _as_string(s.mask(bad_type))
+        arr = _arrow(o)
+        odd_mask = _flags(arr, pc.invert(pc.ascii_is_printable(arr)))  # only those need character checks
+        odd = np.flatnonzero(odd_mask) if odd_mask is not None else np.empty(0, dtype=np.intp)
+        if len(odd):
+            vals = o.iloc[odd].tolist()
+            if name in NFC_COLUMNS:
+                normed = [unicodedata.normalize("NFC", v) for v in vals]
+                changed = [k for k, (a, b) in enumerate(zip(vals, normed, strict=True)) if a != b]
+                if changed:
+                    o = o.copy()
+                    o.iloc[odd[changed]] = [normed[k] for k in changed]
+                    arr = _arrow(o)
+                vals = normed
+            by_reason: dict[str, list[int]] = {}
+            for i, v in zip(odd.tolist(), vals, strict=True):
+                r = _char_reason(name, v)
+                if r is not None:
+                    by_reason.setdefault(r, []).append(i)
+            for r, rows in by_reason.items():
+                report_at(np.array(rows), name, r)
+        limit = MAX_LENGTHS.get(name)
+        over = _flags(arr, pc.greater(pc.utf8_length(arr), limit)) if limit is not None else None
+        if over is not None:
+            report(over, name, _too_long(limit))
+        if name == TIMEZONE:
+            zones = o.dropna().unique()
+            unknown_zones = [z for z in zones if not is_time_zone(z)]
+            if unknown_zones:
+                report(o.isin(unknown_zones), name, _UNKNOWN_ZONE)
+        out[name] = o
 
     # required
     for name in (EVENT_ID, CHANNEL, EVENT_TYPE):
         if name in src:
-            report(out[name].isna() & col(name).notna() | _blank(col(name)), name, "required field is empty")
+            report(out[name].isna() & col(name).notna() | _blank(col(name)), name, _REQUIRED_EMPTY)
 
-    # timestamps: timezone-aware only, stored as UTC
+    # timestamps: timezone-aware only, inside the window, stored as UTC
+    ts = pd.Series(pd.NaT, index=src.index, dtype="datetime64[ns, UTC]")
     if TS in src:
         ts_raw = col(TS)
-        report(_blank(ts_raw), TS, "required field is empty")
-        ts = pd.Series(pd.NaT, index=src.index, dtype="datetime64[ns, UTC]")
-        present = ~_blank(ts_raw)
+        blank_ts = _blank(ts_raw)
+        report(blank_ts, TS, _REQUIRED_EMPTY)
+        present = ~blank_ts
+        cand: pd.Series | None = None
         if present.any():
             if isinstance(ts_raw.dtype, pd.DatetimeTZDtype):
-                ts[present] = ts_raw[present].dt.tz_convert("UTC")
+                cand = ts_raw[present].dt.tz_convert("UTC")
             elif pd.api.types.is_datetime64_dtype(ts_raw.dtype):
-                report(present, TS, "timestamp has no time zone")
+                report(present, TS, _NO_TZ)
             else:
                 txt = ts_raw[present].astype("string")
                 parsed = pd.to_datetime(txt, utc=True, errors="coerce", format="ISO8601")
                 naive = ~txt.str.contains(r"(?:Z|[+-]\d\d:?\d\d)\s*$", regex=True, na=False)
-                report(present & parsed.reindex(src.index).isna(), TS, "not an ISO-8601 timestamp")
+                report(present & parsed.reindex(src.index).isna(), TS, _NOT_ISO)
                 report(present & naive.reindex(src.index, fill_value=False) & parsed.reindex(src.index).notna(),
-                       TS, "timestamp has no time zone")
-                ok = parsed.notna() & ~naive
-                ts[ok[ok].index] = parsed[ok]
-        out[TS] = ts
-    else:
-        out[TS] = pd.Series(pd.NaT, index=src.index, dtype="datetime64[ns, UTC]")
+                       TS, _NO_TZ)
+                cand = parsed[parsed.notna() & ~naive]
+        if cand is not None and len(cand):
+            before, after, ns = _window_split(cand.dt.tz_localize(None).to_numpy(), earliest, latest)
+            at = cand.index.to_numpy()  # row positions: src has a RangeIndex
+            report_at(at[before], TS, _before_reason(earliest))
+            report_at(at[after], TS, _after_reason(limits))
+            full = np.full(n, np.datetime64("NaT", "ns"))
+            full[at] = ns
+            ts = pd.Series(pd.DatetimeIndex(full).tz_localize("UTC"), index=src.index)
+    out[TS] = ts
 
-    report(out[CHANNEL].notna() & ~out[CHANNEL].isin(CHANNELS), CHANNEL,
-           f"unknown channel (expected one of {', '.join(CHANNELS)})")
-    report(out[EVENT_TYPE].notna() & ~out[EVENT_TYPE].isin(EVENT_TYPES), EVENT_TYPE,
-           "unknown event type")
+    report(out[CHANNEL].notna() & ~out[CHANNEL].isin(CHANNELS), CHANNEL, _UNKNOWN_CHANNEL)
+    report(out[EVENT_TYPE].notna() & ~out[EVENT_TYPE].isin(EVENT_TYPES), EVENT_TYPE, "unknown event type")
 
     # identifiers: at least one
-    report(out[list(IDENTIFIER_COLUMNS)].isna().all(axis=1), "identifiers",
-           f"at least one of {', '.join(IDENTIFIER_COLUMNS)} is required")
+    report(out[list(IDENTIFIER_COLUMNS)].isna().all(axis=1), IDENTIFIERS_FIELD, _NO_IDENTIFIER)
 
     # contact details: normalise and hash
     for name, norm in ((EMAIL, normalise_email), (PHONE, normalise_phone)):
@@ -361,30 +858,34 @@ def _validate_vectorised(
         present = s.notna()
         if present.any():
             vals = s[present]
-            already = vals.map(hasher.is_hashed).astype(bool)
-            normed = vals.where(already, vals.map(norm))
-            bad = normed.isna()
-            report(bad.reindex(src.index, fill_value=False), name, f"not a valid {name}")
-            hashed = normed.where(already, normed.map(hasher.hash, na_action="ignore"))
-            out.loc[present, name] = hashed
+            raw_vals = vals[~vals.map(hasher.is_hashed).astype(bool)]  # already-hashed values pass through
+            if len(raw_vals):
+                normed = raw_vals.map(norm)
+                report(normed.isna().reindex(src.index, fill_value=False), name, f"not a valid {name}")
+                out.loc[raw_vals.index, name] = normed.map(hasher.hash, na_action="ignore")
 
     # numbers
     for name in NUMERIC_COLUMNS:
-        if name in src:
-            raw = col(name)
+        if name not in src:
+            out[name] = pd.Series(np.nan, index=src.index, dtype="float64")
+            continue
+        raw = col(name)
+        huge = pd.Series(False, index=src.index)
+        if pd.api.types.is_object_dtype(raw.dtype):
+            kind = raw.map(_number_kind, na_action="ignore")
+            not_num, huge = kind.eq(1).fillna(False).astype(bool), kind.eq(2).fillna(False).astype(bool)
+            num = pd.to_numeric(raw.mask(not_num | huge), errors="coerce")
+            bad = (raw.notna() & ~_blank(raw) & num.isna() & ~huge) | not_num
+        else:
             num = pd.to_numeric(raw, errors="coerce")
             bad = raw.notna() & ~_blank(raw) & num.isna()
-            if pd.api.types.is_object_dtype(raw.dtype):
-                bad |= raw.map(lambda v: isinstance(v, bool), na_action="ignore").astype("boolean").fillna(False)
-            elif pd.api.types.is_bool_dtype(raw.dtype):
+            if pd.api.types.is_bool_dtype(raw.dtype):
                 bad |= raw.notna()
-            report(bad, name, "must be a number")
-            num = num.where(~bad)
-            fin = num.notna() & ~np.isfinite(num.astype(float))
-            report(fin, name, "must be finite")
-            out[name] = num.where(~fin).astype("float64")
-        else:
-            out[name] = pd.Series(np.nan, index=src.index, dtype="float64")
+        report(bad, name, _MUST_BE_NUMBER)
+        num = num.where(~bad)
+        fin = (num.notna() & ~np.isfinite(num.astype(float))) | huge
+        report(fin, name, _MUST_BE_FINITE)
+        out[name] = num.where(~fin).astype("float64")
     report(out[QUANTITY].notna() & (out[QUANTITY] <= 0), QUANTITY, "must be positive")
     report(out[PRICE].notna() & (out[PRICE] < 0), PRICE, "must not be negative")
     report(out[RATING].notna() & ((out[RATING] < RATING_MIN) | (out[RATING] > RATING_MAX)), RATING,
@@ -392,29 +893,60 @@ def _validate_vectorised(
     report(out[DURATION_S].notna() & (out[DURATION_S] < 0), DURATION_S, "must not be negative")
 
     # per-type requirements
-    report(out[EVENT_TYPE].isin(ITEM_EVENT_TYPES) & out[ITEM_ID].isna(), ITEM_ID,
-           "required for this event type")
+    report(out[EVENT_TYPE].isin(ITEM_EVENT_TYPES) & out[ITEM_ID].isna(), ITEM_ID, "required for this event type")
     report(out[EVENT_TYPE].isin(TEXT_EVENT_TYPES) & out[TEXT].isna() & out[RATING].isna(), TEXT,
            "a review or support message needs text or a rating")
 
-    # duplicate event ids inside the batch: the first wins, later copies are idempotent no-ops,
-    # not errors (re-sending the same event changes nothing).
-    errors = (
-        pd.concat(errs, ignore_index=True)
-        if errs
-        else pd.DataFrame({c: pd.Series(dtype="object") for c in ERROR_COLUMNS})
-    )
-    errors = errors.sort_values([ERROR_ROW, ERROR_FIELD], kind="stable").reset_index(drop=True)
-    bad_rows = np.zeros(n, dtype=bool)
-    if len(errors):
-        bad_rows[errors[ERROR_ROW].to_numpy(dtype=int)] = True
-    keep = ~bad_rows
-    valid = out.loc[keep]
-    valid = valid.loc[~valid[EVENT_ID].duplicated(keep="first")]
-    cols = [c for c in CANONICAL_COLUMNS if c in valid] + [
-        c for c in OPTIONAL_COLUMNS if c in src.columns
-    ]
-    return ValidationResult(valid=valid[cols].reset_index(drop=True), errors=errors)
+    # empty records: only rows without any required value can be empty, so only those are looked at
+    pre_rows = np.zeros(n, dtype=bool)
+    for idx, _, _ in prep.pieces:
+        pre_rows[idx] = True
+    cand_rows = np.flatnonzero((out[EVENT_ID].isna() & out[CHANNEL].isna() & out[EVENT_TYPE].isna()
+                                & out[TS].isna()).to_numpy(dtype=bool) & ~pre_rows)
+    empty = np.zeros(n, dtype=bool)
+    if len(cand_rows):
+        sub = src.iloc[cand_rows]
+        blank = np.ones(len(cand_rows), dtype=bool)
+        for j in range(sub.shape[1]):
+            blank &= _blank(sub.iloc[:, j]).to_numpy(dtype=bool)
+        empty[cand_rows[blank]] = True
+    report(empty, RECORD_FIELD, _EMPTY_RECORD)
+
+    # a record-level error is the only one its row reports
+    record_rows = prep.not_record | empty
+    bad = np.zeros(n, dtype=bool)
+    kept: list[_Piece] = []
+    for idx, fld, reason in pieces:
+        if fld != RECORD_FIELD:
+            idx = idx[~record_rows[idx]]
+        if len(idx):
+            kept.append((idx, fld, reason))
+            bad[idx] = True
+
+    # repeated event ids among the good rows: identical copies are duplicates, others conflicts
+    good = np.flatnonzero(~bad)
+    ids = out[EVENT_ID].iloc[good]
+    repeated = ids.duplicated(keep=False).to_numpy(dtype=bool)
+    dups: list[tuple[int, str]] = []
+    drop = bad
+    if repeated.any():
+        dups, conflicts = _repeats(good[repeated].tolist(), ids[repeated].tolist(),
+                                   lambda i: event_digest({c: out[c].iat[i] for c in _DIGEST_COLUMNS}))
+        for i, j in conflicts:
+            kept.append((np.array([i], dtype=np.intp), EVENT_ID, _conflict_reason(j)))
+        drop = bad.copy()
+        drop[[i for i, _ in conflicts] + [i for i, _ in dups]] = True
+
+    if kept:
+        rows = np.concatenate([p[0] for p in kept]).astype(np.intp)
+        sizes = [len(p[0]) for p in kept]
+        errors = _error_frame(src, rows, np.repeat(np.array([p[1] for p in kept], dtype=object), sizes),
+                              np.repeat(np.array([p[2] for p in kept], dtype=object), sizes))
+    else:
+        errors = _empty_errors()
+    cols = list(CANONICAL_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in src.columns]
+    valid = out.loc[~drop, cols].reset_index(drop=True)
+    return ValidationResult(valid=valid, errors=errors, duplicates=tuple((int(i), str(e)) for i, e in dups))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,8 +955,6 @@ def _validate_vectorised(
 # ---------------------------------------------------------------------------------------------
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-][0-9][0-9]:?[0-9][0-9])[\t\n\f\r ]*\Z")
 _OBJECT_SCALARS: Final = (str, int, float, type(None), type(pd.NA), np.integer)
-_NS_MIN: Final = pd.Timestamp.min.tz_localize("UTC")
-_NS_MAX: Final = pd.Timestamp.max.tz_localize("UTC")
 
 
 class _Unsupported(Exception):
@@ -436,16 +966,14 @@ def _na(v: object) -> bool:
 
 
 def _strip(v: str) -> str:
-    if v.isascii():
-        return v.strip()
-    return str(pd.Series([v], dtype="string").str.strip().iloc[0])  # non-ASCII whitespace: pandas rules
+    return v.strip()  # pandas' str.strip removes exactly the characters Python's does (every code point checked)
 
 
 def _values(s: pd.Series, *, allow_timestamps: bool = False) -> list[object]:
-    dt = s.dtype
-    if isinstance(dt, pd.StringDtype):
+    dt_ = s.dtype
+    if isinstance(dt_, pd.StringDtype):
         return s.to_numpy(dtype=object).tolist()
-    if dt == np.dtype(object):
+    if dt_ == np.dtype(object):
         vals = s.tolist()
         for v in vals:
             if not isinstance(v, _OBJECT_SCALARS) and not (
@@ -453,32 +981,37 @@ def _values(s: pd.Series, *, allow_timestamps: bool = False) -> list[object]:
             ):
                 raise _Unsupported
         return vals
-    if dt in (np.dtype("int64"), np.dtype("float64"), np.dtype("bool")):
+    if dt_ in (np.dtype("int64"), np.dtype("float64"), np.dtype("bool")):
         return s.tolist()
     raise _Unsupported
 
 
 def _validate_rowwise(
-    df: pd.DataFrame,
+    events: pd.DataFrame | Sequence[Mapping[str, Any]],
     hasher: IdentifierHasher | None = None,
     *,
     allow_unknown_columns: bool = False,
+    limits: EventLimits | None = None,
 ) -> ValidationResult | None:
     """Row-by-row validation of a small batch; None where the input needs the vectorised path."""
-    n = len(df)
+    prep = _prepare(events, allow_unknown_columns)
+    df = prep.frame
     names = list(df.columns)
-    if n == 0 or not df.columns.is_unique or not all(type(c) is str for c in names):
+    if len(df) == 0 or not df.columns.is_unique or not all(type(c) is str for c in names):
         return None
     try:
-        return _rowwise(df, names, hasher or IdentifierHasher.from_env(), allow_unknown_columns)
+        return _rowwise(prep, names, hasher or IdentifierHasher.from_env(), allow_unknown_columns,
+                        (limits or EventLimits()).fixed())
     except _Unsupported:
         return None
 
 
 def _rowwise(
-    df: pd.DataFrame, names: list[str], hasher: IdentifierHasher, allow_unknown_columns: bool
+    prep: _Prepared, names: list[str], hasher: IdentifierHasher, allow_unknown_columns: bool, limits: EventLimits
 ) -> ValidationResult:
+    df = prep.frame
     n = len(df)
+    earliest, latest = limits.window()
     present = set(names)
     errs: list[tuple[tuple[int, ...], int, str, str]] = []
     rows = range(n)
@@ -486,14 +1019,19 @@ def _rowwise(
     def report(stage: tuple[int, ...], i: int, fld: str, reason: str) -> None:
         errs.append((stage, i, fld, reason))
 
+    pre_rows: set[int] = set()
+    for j, (idx, fld, reason) in enumerate(prep.pieces):
+        for i in idx.tolist():
+            report((-1, j), i, fld, reason)
+            pre_rows.add(i)
     if not allow_unknown_columns:
         for k, name in enumerate(sorted(present - KNOWN_COLUMNS)):
             for i in np.flatnonzero(df[name].notna().to_numpy(dtype=bool, na_value=False)):
-                report((0, k), int(i), name, "unknown field")
+                report((0, k), int(i), name, _UNKNOWN_FIELD)
     for k, name in enumerate(REQUIRED_COLUMNS):
         if name not in present:
             for i in rows:
-                report((1, k), i, name, "required field is missing")
+                report((1, k), i, name, _REQUIRED_MISSING)
 
     out: dict[str, list] = {}
     none_col = [None] * n
@@ -502,24 +1040,36 @@ def _rowwise(
             out[name] = none_col
             continue
         col: list[str | None] = []
+        nfc = name in NFC_COLUMNS
         for i, v in enumerate(_values(df[name])):
             if _na(v):
                 col.append(None)
             elif isinstance(v, str):
-                v = _strip(v)
+                v = normalise_id(v) if nfc else _strip(v)
                 col.append(v or None)
-            elif isinstance(v, (int, np.integer)):
-                col.append(str(v) or None)
+            elif _string_like(v):
+                col.append(str(v))
             else:
-                report((2, k), i, name, "must be a string")
+                report((2, k, 0), i, name, _MUST_BE_STRING)
                 col.append(None)
+        for i, v in enumerate(col):
+            if v is None:
+                continue
+            r = _char_reason(name, v)
+            if r is not None:
+                report((2, k, 1), i, name, r)
+            r = _length_reason(name, v)
+            if r is not None:
+                report((2, k, 2), i, name, r)
+            if name == TIMEZONE and not is_time_zone(v):
+                report((2, k, 3), i, name, _UNKNOWN_ZONE)
         out[name] = col
 
     for k, name in enumerate((EVENT_ID, CHANNEL, EVENT_TYPE)):
         if name in present:
             for i in rows:
                 if out[name][i] is None:
-                    report((3, k), i, name, "required field is empty")
+                    report((3, k), i, name, _REQUIRED_EMPTY)
 
     ts_ns = np.full(n, np.datetime64("NaT", "ns"))
     if TS in present:
@@ -529,7 +1079,7 @@ def _rowwise(
         for i, v in enumerate(raw):
             t = None if _na(v) else (v if isinstance(v, str) else str(v))
             if t is None or not _strip(t):
-                report((4, 0), i, TS, "required field is empty")
+                report((4, 0), i, TS, _REQUIRED_EMPTY)
             else:
                 txt_rows.append(i)
                 txts.append(t)
@@ -537,26 +1087,28 @@ def _rowwise(
             parsed = pd.to_datetime(pd.Series(txts, dtype="string"), utc=True, errors="coerce",
                                     format="ISO8601")
             ok = parsed.notna().to_numpy()
-            if ok.any() and (parsed[ok].min() < _NS_MIN or parsed[ok].max() > _NS_MAX):
-                raise _Unsupported
-            ns = parsed.dt.as_unit("ns").dt.tz_localize(None).to_numpy()
+            early, late, ns = _window_split(parsed.dt.tz_localize(None).to_numpy(), earliest, latest)
             for j, i in enumerate(txt_rows):
                 if not ok[j]:
-                    report((4, 1), i, TS, "not an ISO-8601 timestamp")
+                    report((4, 1), i, TS, _NOT_ISO)
                 elif _TZ_SUFFIX.search(txts[j]) is None:
-                    report((4, 2), i, TS, "timestamp has no time zone")
+                    report((4, 2), i, TS, _NO_TZ)
+                elif early[j]:
+                    report((4, 3), i, TS, _before_reason(earliest))
+                elif late[j]:
+                    report((4, 4), i, TS, _after_reason(limits))
                 else:
                     ts_ns[i] = ns[j]
 
     for i in rows:
         ch = out[CHANNEL][i]
         if ch is not None and ch not in CHANNELS:
-            report((5, 0), i, CHANNEL, f"unknown channel (expected one of {', '.join(CHANNELS)})")
+            report((5, 0), i, CHANNEL, _UNKNOWN_CHANNEL)
         et = out[EVENT_TYPE][i]
         if et is not None and et not in EVENT_TYPES:
             report((5, 1), i, EVENT_TYPE, "unknown event type")
         if all(out[c][i] is None for c in IDENTIFIER_COLUMNS):
-            report((5, 2), i, "identifiers", f"at least one of {', '.join(IDENTIFIER_COLUMNS)} is required")
+            report((5, 2), i, IDENTIFIERS_FIELD, _NO_IDENTIFIER)
 
     for k, (name, norm) in enumerate(((EMAIL, normalise_email), (PHONE, normalise_phone))):
         if name not in present:
@@ -581,20 +1133,23 @@ def _rowwise(
             nums[name] = np.full(n, np.nan)
             continue
         s = df[name]
-        dt = s.dtype
-        if dt == np.dtype("float64") or dt == np.dtype("int64"):
+        dt_ = s.dtype
+        if dt_ == np.dtype("float64") or dt_ == np.dtype("int64"):
             num = s.to_numpy(dtype="float64")
             bad = [False] * n
-        elif dt == np.dtype("bool"):
+        elif dt_ == np.dtype("bool"):
             num = np.full(n, np.nan)
             bad = [True] * n
         else:
             raw = _values(s)
-            conv = pd.to_numeric(s, errors="coerce")
+            try:
+                conv = pd.to_numeric(s, errors="coerce")
+            except OverflowError:  # an int beyond float range: the vectorised path reports it
+                raise _Unsupported from None
             if not (pd.api.types.is_numeric_dtype(conv.dtype) or pd.api.types.is_bool_dtype(conv.dtype)):
                 raise _Unsupported
             num = conv.to_numpy(dtype="float64", na_value=np.nan)
-            is_obj = dt == np.dtype(object)
+            is_obj = dt_ == np.dtype(object)
             bad = [
                 (not _na(v) and not (isinstance(v, str) and not _strip(v)) and num[i] != num[i])
                 or (is_obj and isinstance(v, bool))
@@ -604,11 +1159,11 @@ def _rowwise(
         for i in rows:
             x = float(num[i])
             if bad[i]:
-                report((6, k, 0), i, name, "must be a number")
+                report((6, k, 0), i, name, _MUST_BE_NUMBER)
             elif x != x:
                 pass
             elif not np.isfinite(x):
-                report((6, k, 1), i, name, "must be finite")
+                report((6, k, 1), i, name, _MUST_BE_FINITE)
             else:
                 vals[i] = x
         nums[name] = vals
@@ -629,19 +1184,46 @@ def _rowwise(
         if et in TEXT_EVENT_TYPES and out[TEXT][i] is None and r != r:
             report((8, 1), i, TEXT, "a review or support message needs text or a rating")
 
-    errors = _rowwise_errors(df, errs)
-    bad_rows = {e[1] for e in errs}
-    keep: list[int] = []
-    seen: set[str | None] = set()
-    for i in rows:
-        if i in bad_rows:
-            continue
-        eid = out[EVENT_ID][i]
-        if eid in seen:
-            continue
-        seen.add(eid)
-        keep.append(i)
+    # empty records (see the vectorised path: only rows with no required value are looked at)
+    cand = [i for i in rows if i not in pre_rows and out[EVENT_ID][i] is None and out[CHANNEL][i] is None
+            and out[EVENT_TYPE][i] is None and np.isnat(ts_ns[i])]
+    empty: set[int] = set()
+    if cand:
+        blank = np.ones(len(cand), dtype=bool)
+        for j in range(df.shape[1]):
+            blank &= _blank(df.iloc[cand, j]).to_numpy(dtype=bool)
+        empty = {i for i, b in zip(cand, blank.tolist(), strict=True) if b}
+        for i in sorted(empty):
+            report((8, 2), i, RECORD_FIELD, _EMPTY_RECORD)
 
+    record_rows = empty | {int(i) for i in np.flatnonzero(prep.not_record)}
+    if record_rows:
+        errs = [e for e in errs if e[2] == RECORD_FIELD or e[1] not in record_rows]
+    bad_rows = {e[1] for e in errs}
+    good = [i for i in rows if i not in bad_rows]
+    ids = [out[EVENT_ID][i] for i in good]
+    seen: dict[str | None, int] = {}
+    for eid in ids:
+        seen[eid] = seen.get(eid, 0) + 1
+    dups: list[tuple[int, str]] = []
+    dropped: set[int] = set()
+    if len(seen) < len(ids):
+        def row_of(i: int) -> dict[str, object]:
+            return {c: ts_ns[i] if c == TS else nums[c][i] if c in nums else out[c][i] for c in _DIGEST_COLUMNS}
+
+        rep = [(i, eid) for i, eid in zip(good, ids, strict=True) if seen[eid] > 1]
+        dups, conflicts = _repeats([i for i, _ in rep], [e for _, e in rep], lambda i: event_digest(row_of(i)))
+        for i, j in conflicts:
+            report((9,), i, EVENT_ID, _conflict_reason(j))
+        dropped = {i for i, _ in dups} | {i for i, _ in conflicts}
+    keep = [i for i in good if i not in dropped]
+
+    if errs:
+        errs.sort(key=lambda e: (e[0], e[1]))
+        errors = _error_frame(df, np.array([e[1] for e in errs], dtype=np.intp), [e[2] for e in errs],
+                              [e[3] for e in errs])
+    else:
+        errors = _empty_errors()
     data: dict[str, object] = {}
     cols = list(CANONICAL_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in present]
     for c in cols:
@@ -653,35 +1235,7 @@ def _rowwise(
             vals = out[c]
             data[c] = pd.array([vals[i] for i in keep], dtype="string")
     valid = pd.DataFrame(data, index=pd.RangeIndex(len(keep)))
-    return ValidationResult(valid=valid, errors=errors)
-
-
-def _rowwise_errors(df: pd.DataFrame, errs: list[tuple[tuple[int, ...], int, str, str]]) -> pd.DataFrame:
-    """The error frame, assembled exactly as the vectorised path assembles it."""
-    if not errs:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in ERROR_COLUMNS})
-    errs.sort(key=lambda e: (e[0], e[1]))
-    pieces: list[pd.DataFrame] = []
-    start = 0
-    for end in range(1, len(errs) + 1):
-        if end < len(errs) and errs[end][0] == errs[start][0]:
-            continue
-        stage, _, fld, reason = errs[start]
-        idx = np.array([e[1] for e in errs[start:end]], dtype=np.intp)
-        ev = df[EVENT_ID].iloc[idx] if EVENT_ID in df.columns else pd.Series([None] * len(idx))
-        pieces.append(
-            pd.DataFrame(
-                {
-                    ERROR_ROW: idx,
-                    EVENT_ID: ev.astype("string").to_numpy(),
-                    ERROR_FIELD: fld,
-                    ERROR_REASON: reason,
-                }
-            )
-        )
-        start = end
-    errors = pd.concat(pieces, ignore_index=True)
-    return errors.sort_values([ERROR_ROW, ERROR_FIELD], kind="stable").reset_index(drop=True)
+    return ValidationResult(valid=valid, errors=errors, duplicates=tuple((int(i), str(e)) for i, e in dups))
 
 
 def empty_events() -> pd.DataFrame:

@@ -18,6 +18,16 @@ Threads: one SQLite connection per thread; writes go through one process-wide lo
 state, feature rows) are invalidated on every write of this process; if several processes write one
 file, open the readers with ``cache=False``.
 
+Where a signal came from: every entry of the online state keeps its channel and event type, and every
+category count its source purpose (``consent.source_of``), so serving can leave out what a customer did
+not grant (an in-store try-on without ``store_visits``) and never present it as something else.  Feature
+rows (churn, propensity) are built only from the events whose source the profile granted (none without
+``personalization``: then the row of an empty history).
+
+Also here: the catalog (``upsert_items``, ``catalog``, ``catalog_version``; overall and per-store stock),
+and the contact ledger (``reserve_contact``: atomic frequency caps, idempotent per decision key).  A file
+written by an older release is migrated on open (see ``_migrate``).
+
 Speed: a batch of at least ``StoreConfig.bulk_rows`` events (bulk seeding, `load_events`) is linked
 with scipy connected components and its online states are built with array group-bys, with exactly
 the rules of the per-event path (tests hold the two to the same result).  Small batches (one event
@@ -46,6 +56,20 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from features import schema
+from features.catalog import BOOL_COLUMNS as CATALOG_BOOL_COLUMNS
+from features.catalog import (
+    CATALOG_COLUMNS,
+    CATALOG_ERROR_COLUMNS,
+    IN_STOCK,
+    Catalog,
+    CatalogError,
+    CatalogItem,
+    column_values,
+    validate_catalog,
+)
+from features.catalog import NUMBER_COLUMNS as CATALOG_NUMBER_COLUMNS
+from features.consent import SOURCE_PURPOSES, granted_purposes, source_of, usable_sources
 from features.profiles import NEVER_DAYS, ProfileConfig, build_profiles
 from features.schema import (
     ADD_TO_CART,
@@ -56,6 +80,7 @@ from features.schema import (
     CUSTOMER_ID,
     DEVICE_ID,
     EMAIL,
+    EMAIL_CLICK,
     EVENT_ID,
     EVENT_TYPE,
     IDENTIFIER_COLUMNS,
@@ -70,56 +95,93 @@ from features.schema import (
     RATING,
     REMOVE_FROM_CART,
     RETURN,
+    SOCIAL_LIKE,
+    STORE_ID,
+    TRY_ON,
     TS,
     VIEW,
     IdentifierHasher,
     empty_events,
     normalise_email,
+    normalise_id,
     normalise_phone,
     validate_events,
+    value_problems,
 )
 
-_EVENT_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS
+# TODO(schema): features.schema is adding TIMEZONE ("timezone", an IANA zone name) to OPTIONAL_COLUMNS; until
+# it lands the store keeps the column anyway (filled only by frames that carry it), so profiles know it.
+_TIMEZONE: str = getattr(schema, "TIMEZONE", "timezone")
+_EVENT_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS + tuple(
+    c for c in (_TIMEZONE,) if c not in OPTIONAL_COLUMNS)
 _STORED: tuple[str, ...] = tuple(c for c in _EVENT_COLUMNS if c != TS)  # event_id first; ts is ts_ns
 _DEVICE_COLUMNS = (DEVICE_ID, COOKIE_ID)
 # what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
 _FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING)
 _NS = 10**9
+#: Features that are NEVER_DAYS for an empty history (with every "days_*" one), per features.profiles.
+_NEVER_FEATURES = frozenset({"purchase_cadence_days"})
 _SMALL_FRAME = 64  # rows: below this a frame is converted whole (cheaper per call), above column by column
 _IN_JSON = "SELECT value FROM json_each(?)"  # one bound JSON array instead of thousands of parameters
 _AS_OF_PER_PROFILE = 4  # cached feature rows per profile (distinct as_of); older ones are dropped
 _INVALIDATION_LOG = 4096  # recent writes remembered, so a slow read never caches a row a write replaced
+#: Version of the online state doc; docs of an older version are rebuilt from the stored events.
+_STATE_VERSION = 2
+#: Version of the file layout (PRAGMA user_version): 0 = before the catalog, typed entries and contact keys.
+_FILE_VERSION = 2
+_REBUILD_CHUNK = 20_000  # profiles whose states are rebuilt per query when a file is migrated
+#: Item events that show interest (the profile's `recent_views`): the customer looked, tried, liked, clicked.
+INTEREST_EVENT_TYPES: tuple[str, ...] = (VIEW, TRY_ON, SOCIAL_LIKE, EMAIL_CLICK)
 
 
-class ViewEntry(NamedTuple):
+class ProfileEntry(NamedTuple):
+    """One item event of the online state, with where it came from (the guard filters on its source,
+    `features.consent.source_of(event_type, channel)`)."""
+
     item_id: str
     category: str | None
-    ts: dt.datetime
+    ts: dt.datetime  # aware, UTC
+    channel: str
+    event_type: str
+
+
+#: The entries of `recent_views` (kept so `ViewEntry` callers keep working; construct ProfileEntry).
+ViewEntry = ProfileEntry
 
 
 class ItemEntry(NamedTuple):
+    """Deprecated: the store returns ProfileEntry everywhere; kept only for callers that build profiles."""
+
     item_id: str
     ts: dt.datetime
 
 
 @dataclass(frozen=True)
 class OnlineProfile:
-    """What serving needs about a person right now (no raw contact details, identifier *types* only)."""
+    """What serving needs about a person right now (no raw contact details, identifier *types* only).
+
+    Every entry keeps its channel and event type, and every category count its sources, so nothing
+    is presented as coming from where it did not (an in-store try-on is not a web view).
+    """
 
     profile_id: str
-    recent_views: tuple[ViewEntry, ...]  # newest first
-    cart_items: tuple[ItemEntry, ...]  # in the cart now (added, not removed or bought)
-    purchases: tuple[ItemEntry, ...]  # newest first
-    returns: tuple[ItemEntry, ...]  # newest first
-    category_counts: Mapping[str, int]
+    recent_views: tuple[ProfileEntry, ...]  # interest entries (INTEREST_EVENT_TYPES), newest first
+    cart_items: tuple[ProfileEntry, ...]  # in the cart now (added, not removed or bought): the latest add
+    purchases: tuple[ProfileEntry, ...]  # newest first
+    returns: tuple[ProfileEntry, ...]  # newest first
+    category_counts: Mapping[str, int]  # category -> events with it, every type and source
     channel_last_seen: Mapping[str, dt.datetime]
     last_negative_ts: dt.datetime | None
     identifiers: tuple[str, ...]  # identifier columns seen, e.g. ("customer_id", "email")
     updated_at: dt.datetime  # time of the latest event
     replenish_days: Mapping[str, float] = field(default_factory=dict)  # item -> own median re-buy interval
+    # category -> source purpose -> events (the counts of a category sum to its category_counts)
+    category_sources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    sources: frozenset[str] = frozenset()  # every source purpose in the stored history
+    timezone: str | None = None  # the latest non-missing `timezone` of the person's events
 
     @property
-    def cart(self) -> tuple[ItemEntry, ...]:
+    def cart(self) -> tuple[ProfileEntry, ...]:
         return self.cart_items
 
 
@@ -133,6 +195,12 @@ class AppendResult:
     merged: tuple[str, ...] = ()  # profile ids that were merged into another
     errors: tuple[dict[str, Any], ...] = ()
     accepted_ids: tuple[str, ...] = ()  # event ids of the accepted events, in time order
+
+
+@dataclass(frozen=True)
+class CatalogUpsert:
+    upserted: int  # rows written (new items and updates)
+    errors: pd.DataFrame  # per-row report of the rows left out (CATALOG_ERROR_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -167,11 +235,18 @@ class ProfileStore(Protocol):
     def features_for(self, profile_ids: Sequence[str], as_of: Any = None) -> pd.DataFrame: ...
     def set_consent(self, profile_id: str, purpose: str, granted: bool) -> None: ...
     def get_consent(self, profile_id: str) -> dict[str, bool]: ...
-    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int]) -> bool: ...
+    def get_consents(self, profile_ids: Sequence[str]) -> dict[str, dict[str, bool]]: ...
+    def profile_ids(self) -> list[str]: ...
+    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int], *,
+                        key: str | None = None) -> bool: ...
+    def contacts_for(self, profile_id: str) -> list[tuple[str, dt.datetime, str | None]]: ...
     def erase_profile(self, profile_id: str) -> int: ...
     def export_events(self) -> pd.DataFrame: ...
-    def set_stock(self, item_id: str, in_stock: bool) -> None: ...
-    def in_stock(self, item_ids: Sequence[str]) -> dict[str, bool]: ...
+    def upsert_items(self, frame: pd.DataFrame, *, validated: bool = False) -> CatalogUpsert: ...
+    def catalog(self) -> Catalog: ...
+    def catalog_version(self) -> int: ...
+    def set_stock(self, item_id: str, in_stock: bool, store_id: str | None = None) -> None: ...
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> dict[str, bool]: ...
 
 
 def profile_id_for(min_token: str) -> str:
@@ -204,14 +279,34 @@ def _window_ns(window: Any) -> int:
     return ns
 
 
+def _store_id(value: Any) -> str:
+    """A store id spelt as events spell it (features.schema's rules for STORE_ID), else ValueError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{STORE_ID} must be a non-empty string (or None)")
+    problems = value_problems(STORE_ID, value)
+    if problems:
+        raise ValueError(f"{STORE_ID}: {problems[0]}")
+    return normalise_id(value)
+
+
 def _dt(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / _NS, tz=dt.UTC)
+
+
+def _catalog_sql_type(column: str) -> str:
+    if column in CATALOG_NUMBER_COLUMNS:
+        return "REAL"
+    return "INTEGER" if column in CATALOG_BOOL_COLUMNS else "TEXT"
+
+
+def _event_sql_type(column: str) -> str:
+    return "REAL" if column in NUMERIC_COLUMNS else "TEXT"
 
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY, {PROFILE_ID} TEXT NOT NULL, ts_ns INTEGER NOT NULL,
-    {", ".join(f'"{c}" {"REAL" if c in NUMERIC_COLUMNS else "TEXT"}' for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS))}
+    {", ".join(f'"{c}" {_event_sql_type(c)}' for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS))}
 );
 CREATE INDEX IF NOT EXISTS events_profile ON events({PROFILE_ID}, ts_ns);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, {PROFILE_ID} TEXT NOT NULL);
@@ -223,9 +318,15 @@ CREATE TABLE IF NOT EXISTS shared_devices (device TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS state ({PROFILE_ID} TEXT PRIMARY KEY, doc TEXT NOT NULL, last_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS consent ({PROFILE_ID} TEXT, purpose TEXT, granted INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL, PRIMARY KEY ({PROFILE_ID}, purpose));
-CREATE TABLE IF NOT EXISTS contacts ({PROFILE_ID} TEXT NOT NULL, channel TEXT NOT NULL, ts_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts ({PROFILE_ID} TEXT NOT NULL, channel TEXT NOT NULL, ts_ns INTEGER NOT NULL,
+    key TEXT);
 CREATE INDEX IF NOT EXISTS contacts_key ON contacts({PROFILE_ID}, channel, ts_ns);
-CREATE TABLE IF NOT EXISTS stock (item_id TEXT PRIMARY KEY, in_stock INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (
+    {", ".join(f'"{c}" {_catalog_sql_type(c)}' + (" PRIMARY KEY" if c == ITEM_ID else "") for c in CATALOG_COLUMNS)}
+);
+CREATE TABLE IF NOT EXISTS store_stock (item_id TEXT NOT NULL, store_id TEXT NOT NULL, in_stock INTEGER NOT NULL,
+    PRIMARY KEY (item_id, store_id));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sentiment (event_id TEXT PRIMARY KEY, score REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS erased_events (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS erased_tokens (digest TEXT PRIMARY KEY, erased_ns INTEGER NOT NULL);
@@ -251,8 +352,26 @@ class _UnionFind:
 
 
 def _empty_state() -> dict[str, Any]:
-    return {"views": [], "cart": {}, "purchases": [], "returns": [], "cats": {}, "chan": {}, "neg": None,
-            "ids": [], "last": 0}
+    """The JSON state doc (version _STATE_VERSION). Entries: views [item, cat, t, channel, type] (interest
+    events), cart {item: [t, cat, channel]} (the latest add), purchases/returns [item, cat, t, channel];
+    cats {cat: n}, csrc {cat: {source: n}}, src [sources seen], chan {channel: t}, neg t, ids [columns],
+    last t, tz [t, zone] (the latest; ties broken by the zone name, so the result is order-free)."""
+    return {"v": _STATE_VERSION, "views": [], "cart": {}, "purchases": [], "returns": [], "cats": {}, "csrc": {},
+            "src": [], "chan": {}, "neg": None, "ids": [], "last": 0, "tz": None}
+
+
+def _source_codes(etypes: Any, channels: Any) -> tuple[np.ndarray, list[str]]:
+    """Per event, a code into the returned source purposes (`consent.source_of`), computed once per
+    distinct (event type, channel) pair."""
+    e_codes, e_uniq = pd.factorize(np.asarray(etypes, dtype=object))
+    c_codes, c_uniq = pd.factorize(np.asarray(channels, dtype=object))
+    e_vals, c_vals = [*e_uniq.tolist(), None], [*c_uniq.tolist(), None]  # code -1 (missing) -> None
+    nc = len(c_vals)
+    pair = np.where(e_codes < 0, len(e_uniq), e_codes).astype(np.int64) * nc + np.where(c_codes < 0, nc - 1, c_codes)
+    u, inv = np.unique(pair, return_inverse=True)
+    names = [source_of(e_vals[k // nc], c_vals[k % nc]) for k in u.tolist()]
+    s_codes, s_names = pd.factorize(np.asarray(names, dtype=object))
+    return s_codes[inv].astype(np.int64), list(s_names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +381,7 @@ class _Batch:
 
     cols: dict[str, list[Any]]  # every _STORED column
     ts: list[int]  # epoch ns
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # array() memo
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -273,8 +393,11 @@ class _Batch:
         return _Batch({c: [v[i] for i in idx] for c, v in self.cols.items()}, [self.ts[i] for i in idx])
 
     def array(self, col: str) -> np.ndarray:
-        arr = np.empty(len(self.ts), dtype=object)
-        arr[:] = self.cols[col]
+        """The column as an object array, made once per batch (read-only: callers share it)."""
+        arr = self._arrays.get(col)
+        if arr is None:
+            arr = self._arrays[col] = np.empty(len(self.ts), dtype=object)
+            arr[:] = self.cols[col]
         return arr
 
     def present(self, col: str) -> np.ndarray:
@@ -319,16 +442,16 @@ _SELECT_NAMES = ", ".join(f'"{c}"' for c in (PROFILE_ID, "ts_ns", *_STORED))
 
 
 def _tails(codes: np.ndarray, order: np.ndarray, mask: np.ndarray, limit: int, n_groups: int,
-           fields: Sequence[np.ndarray]) -> list[list[list[Any]]]:
-    """Per group, the last `limit` masked rows (time order kept) as [field, ...] entries."""
+           fields: Sequence[np.ndarray]) -> list[list[tuple[Any, ...]]]:
+    """Per group, the last `limit` masked rows (time order kept) as (field, ...) entries (JSON arrays)."""
     sel = order[mask[order]]
     g = codes[sel]
     counts = np.bincount(g, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     sel = sel[np.arange(len(sel)) - starts[g] >= (counts - limit)[g]]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[sel], minlength=n_groups))]).tolist()
-    entries = list(map(list, zip(*(f[sel].tolist() for f in fields), strict=True)))
-    return [entries[bounds[k]:bounds[k + 1]] for k in range(n_groups)]
+    entries = list(zip(*(f[sel].tolist() for f in fields), strict=True))
+    return [entries[a:z] for a, z in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _pair_keys(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -338,41 +461,59 @@ def _pair_keys(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     return codes.astype(np.int64) * stride + vcodes, np.asarray(uniques, dtype=object), stride
 
 
-def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[tuple[str, str, int]]:
+def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[tuple[str, dict[str, Any], int]]:
     """Online state of every profile from its whole time-ordered history, with array group-bys.
 
     The same rules as `SQLiteProfileStore._apply` folding the events one by one (tested equal):
-    last N views/purchases/returns, cart = items whose latest cart event is an add, category counts,
-    latest time per channel, latest negative rating, identifier types, latest event.
+    last N interest entries/purchases/returns, cart = items whose latest cart event is an add, category
+    counts (per source too), sources seen, latest time per channel, latest negative rating, identifier
+    types, latest event, latest timezone.
     """
     n = len(b)
     codes, uniq = pd.factorize(np.asarray(pids, dtype=object))
     n_p = len(uniq)
     ts = np.asarray(b.ts, dtype=np.int64)
     et, item, cat, chan = b.array(EVENT_TYPE), b.array(ITEM_ID), b.array(CATEGORY), b.array(CHANNEL)
-    has_item = b.present(ITEM_ID)
-    order = np.argsort(codes, kind="stable")  # by profile, time order kept
-    views = _tails(codes, order, (et == VIEW) & has_item, config.recent_views, n_p, (item, cat, ts))
-    buys = _tails(codes, order, (et == PURCHASE) & has_item, config.max_purchases, n_p, (item, ts))
-    rets = _tails(codes, order, (et == RETURN) & has_item, config.max_purchases, n_p, (item, ts))
+    et_codes, et_uniq = pd.factorize(et)
+    et_uniq = et_uniq.tolist()
 
-    carts: list[dict[str, int]] = [{} for _ in range(n_p)]
-    sel = np.flatnonzero(((et == ADD_TO_CART) | (et == REMOVE_FROM_CART) | (et == PURCHASE)) & has_item)
+    def of_type(*types: str) -> np.ndarray:
+        return np.isin(et_codes, [k for k, u in enumerate(et_uniq) if u in types])
+
+    has_item = ~pd.isna(item)
+    order = np.argsort(codes, kind="stable")  # by profile, time order kept
+    views = _tails(codes, order, of_type(*INTEREST_EVENT_TYPES) & has_item, config.recent_views, n_p,
+                   (item, cat, ts, chan, et))
+    is_buy, is_add = of_type(PURCHASE), of_type(ADD_TO_CART)
+    buys = _tails(codes, order, is_buy & has_item, config.max_purchases, n_p, (item, cat, ts, chan))
+    rets = _tails(codes, order, of_type(RETURN) & has_item, config.max_purchases, n_p, (item, cat, ts, chan))
+
+    carts: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
+    sel = np.flatnonzero((is_add | of_type(REMOVE_FROM_CART) | is_buy) & has_item)
     if len(sel):
         keys, _, _ = _pair_keys(codes[sel], item[sel])
         _, first_from_end = np.unique(keys[::-1], return_index=True)
         last = sel[np.sort(len(sel) - 1 - first_from_end)]  # latest cart event per (profile, item)
-        last = last[et[last] == ADD_TO_CART]
-        for k, it, t in zip(codes[last].tolist(), item[last].tolist(), ts[last].tolist(), strict=True):
-            carts[k][it] = t
+        last = last[is_add[last]]
+        for k, it, t, c, ch in zip(codes[last].tolist(), item[last].tolist(), ts[last].tolist(), cat[last].tolist(),
+                                   chan[last].tolist(), strict=True):
+            carts[k][it] = [t, c, ch]
 
+    src_codes, src_names = _source_codes(et, chan)
+    n_s = max(1, len(src_names))
+    src_bits = np.zeros(n_p, dtype=np.int64)
+    np.bitwise_or.at(src_bits, codes, np.left_shift(1, src_codes))
     cats: list[dict[str, int]] = [{} for _ in range(n_p)]
-    has_cat = b.present(CATEGORY)
+    csrc: list[dict[str, dict[str, int]]] = [{} for _ in range(n_p)]
+    has_cat = ~pd.isna(cat)
     if has_cat.any():
         keys, names, stride = _pair_keys(codes[has_cat], cat[has_cat])
-        u, cnt = np.unique(keys, return_counts=True)
-        for k, c, m in zip((u // stride).tolist(), names[u % stride].tolist(), cnt.tolist(), strict=True):
-            cats[k][c] = m
+        u, cnt = np.unique(keys * n_s + src_codes[has_cat], return_counts=True)
+        pc = u // n_s
+        for k, c, s, m in zip((pc // stride).tolist(), names[pc % stride].tolist(), (u % n_s).tolist(),
+                              cnt.tolist(), strict=True):
+            cats[k][c] = cats[k].get(c, 0) + m
+            csrc[k].setdefault(c, {})[src_names[s]] = m
 
     chans: list[dict[str, int]] = [{} for _ in range(n_p)]
     keys, names, stride = _pair_keys(codes, chan)
@@ -381,6 +522,20 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
     np.maximum.at(latest, inv, ts)
     for k, c, t in zip((u // stride).tolist(), names[u % stride].tolist(), latest.tolist(), strict=True):
         chans[k][c] = t
+
+    tzs: list[list[Any] | None] = [None] * n_p
+    if _TIMEZONE in b.cols:
+        zone = b.array(_TIMEZONE)
+        at = np.flatnonzero(~pd.isna(zone))
+        if len(at):
+            z_codes, z_uniq = pd.factorize(zone[at], sort=True)
+            z_ts, z_pid = ts[at], codes[at]
+            o = np.lexsort((z_codes, z_ts, z_pid))  # by profile, then time, then zone name
+            p_sorted = z_pid[o]
+            last = o[np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])]  # each profile's latest
+            names = z_uniq[z_codes[last]].tolist()
+            for k, t, z in zip(z_pid[last].tolist(), z_ts[last].tolist(), names, strict=True):
+                tzs[k] = [t, z]
 
     rating = np.array(b.cols[RATING], dtype=float)
     with np.errstate(invalid="ignore"):
@@ -395,14 +550,24 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
     id_bits = np.zeros(n_p, dtype=np.int64)
     np.bitwise_or.at(id_bits, codes, bits)
     names_of = {m: sorted(c for j, c in enumerate(IDENTIFIER_COLUMNS) if m >> j & 1) for m in set(id_bits.tolist())}
+    sources_of = {m: sorted(s for j, s in enumerate(src_names) if m >> j & 1) for m in set(src_bits.tolist())}
 
     out = []
-    for k, (pid, nt, lt, m) in enumerate(zip(uniq.tolist(), neg.tolist(), last_ts.tolist(), id_bits.tolist(),
-                                             strict=True)):
-        state = {"views": views[k], "cart": carts[k], "purchases": buys[k], "returns": rets[k], "cats": cats[k],
-                 "chan": chans[k], "neg": nt or None, "ids": names_of[m], "last": lt}
-        out.append((str(pid), json.dumps(state, separators=(",", ":")), lt))
+    for k, (pid, nt, lt, m, sb) in enumerate(zip(uniq.tolist(), neg.tolist(), last_ts.tolist(), id_bits.tolist(),
+                                                 src_bits.tolist(), strict=True)):
+        state = {"v": _STATE_VERSION, "views": views[k], "cart": carts[k], "purchases": buys[k], "returns": rets[k],
+                 "cats": cats[k], "csrc": csrc[k], "src": sources_of[sb], "chan": chans[k], "neg": nt or None,
+                 "ids": names_of[m], "last": lt, "tz": tzs[k]}
+        out.append((str(pid), state, lt))
     return out
+
+
+# one encoder (json.dumps with options makes one per call); state docs are trees, never cyclic
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _doc(state: dict[str, Any]) -> str:
+    return _JSON.encode(state)
 
 
 class SQLiteProfileStore:
@@ -424,8 +589,59 @@ class SQLiteProfileStore:
         self._feat_text: set[str] = set()
         self._gen = 0  # write generation: bumped by every invalidation
         self._inval_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=_INVALIDATION_LOG)
+        self._catalog_cached: tuple[int, Catalog] | None = None
         with self._write_lock:
             self._conn().executescript(_SCHEMA)
+            self._migrate()
+
+    # -- file layout --------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring a file written by an older version up to date, on open, in one transaction.
+
+        Added columns are added; the old `stock` table's rows move into the catalog (then the table
+        goes); state docs of an older version are rebuilt from the stored events (vectorised). Why on
+        open and not lazily on read: the hot read path stays one JSON row with no write, and every
+        reader of the file (other processes too) sees one layout. Reads still rebuild a stale doc in
+        memory, for a doc an older release writes into an already migrated file.
+        """
+        conn = self._conn()
+        wanted = {"events": {c: _event_sql_type(c) for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS)},
+                  "contacts": {"key": "TEXT"}}
+
+        def missing_columns() -> dict[str, list[tuple[str, str]]]:
+            out = {}
+            for table, cols in wanted.items():
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if add := [(c, typ) for c, typ in cols.items() if c not in have]:
+                    out[table] = add
+            return out
+
+        def old_stock() -> bool:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='stock'").fetchone() \
+                is not None
+
+        def version() -> int:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+        if version() >= _FILE_VERSION and not missing_columns() and not old_stock():
+            return
+        with self._write():  # checked again under the write lock: another process may have done it
+            for table, add in missing_columns().items():
+                for c, typ in add:
+                    conn.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {typ}')
+            if old_stock():
+                conn.execute(f"INSERT INTO catalog ({ITEM_ID}, {IN_STOCK}) SELECT item_id, in_stock FROM stock "
+                             f"WHERE true ON CONFLICT({ITEM_ID}) DO UPDATE SET {IN_STOCK}=excluded.{IN_STOCK}")
+                conn.execute("DROP TABLE stock")
+                self._bump_catalog(conn)
+            if version() < _FILE_VERSION:
+                stale = [r[0] for r in conn.execute(f"SELECT {PROFILE_ID} FROM state WHERE "
+                                                    "json_extract(doc, '$.v') IS NOT ?", (_STATE_VERSION,))]
+                for start in range(0, len(stale), _REBUILD_CHUNK):
+                    states = self._replayed(conn, stale[start:start + _REBUILD_CHUNK])
+                    conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
+                                     [(p, _doc(s), s["last"]) for p, s in states.items()])
+                conn.execute(f"PRAGMA user_version={_FILE_VERSION}")
 
     # -- connections --------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -833,34 +1049,49 @@ class SQLiteProfileStore:
         cfg = self.config
         neg_cut = cfg.profile_config.negative_threshold
         ids = set(state["ids"])
+        srcs = set(state["src"])
         etypes, chans, items, cats = b.cols[EVENT_TYPE], b.cols[CHANNEL], b.cols[ITEM_ID], b.cols[CATEGORY]
         ratings, tss = b.cols[RATING], b.ts
+        zones = b.cols.get(_TIMEZONE)
         idcols = [(c, b.cols[c]) for c in IDENTIFIER_COLUMNS]
+        source: dict[tuple[str, str], str] = {}
+        counts, by_source = state["cats"], state["csrc"]
         for i in rows:
             t = tss[i]
             etype, item, cat, chan = etypes[i], items[i], cats[i], chans[i]
+            src = source.get((etype, chan))
+            if src is None:
+                src = source[(etype, chan)] = source_of(etype, chan)
+            srcs.add(src)
             ids.update(c for c, vals in idcols if vals[i] is not None)
             state["chan"][chan] = max(state["chan"].get(chan, 0), t)
             state["last"] = max(state["last"], t)
             if cat is not None:
-                state["cats"][cat] = state["cats"].get(cat, 0) + 1
-            if etype == VIEW and item is not None:
-                state["views"].append([item, cat, t])
-            elif etype == ADD_TO_CART and item is not None:
-                state["cart"][item] = t
-            elif etype in (REMOVE_FROM_CART, PURCHASE) and item is not None:
-                state["cart"].pop(item, None)
-                if etype == PURCHASE:
-                    state["purchases"].append([item, t])
-            elif etype == RETURN and item is not None:
-                state["returns"].append([item, t])
+                counts[cat] = counts.get(cat, 0) + 1
+                per = by_source.setdefault(cat, {})
+                per[src] = per.get(src, 0) + 1
+            if item is not None:
+                if etype in INTEREST_EVENT_TYPES:
+                    state["views"].append([item, cat, t, chan, etype])
+                elif etype == ADD_TO_CART:
+                    state["cart"][item] = [t, cat, chan]
+                elif etype in (REMOVE_FROM_CART, PURCHASE):
+                    state["cart"].pop(item, None)
+                    if etype == PURCHASE:
+                        state["purchases"].append([item, cat, t, chan])
+                elif etype == RETURN:
+                    state["returns"].append([item, cat, t, chan])
             rating = ratings[i]
             if rating is not None and (rating - 3.0) / 2.0 <= neg_cut:
                 state["neg"] = max(state["neg"] or 0, t)
+            zone = zones[i] if zones is not None else None
+            if zone is not None and (state["tz"] is None or [t, zone] > state["tz"]):
+                state["tz"] = [t, zone]
         state["views"] = state["views"][-cfg.recent_views:]
         state["purchases"] = state["purchases"][-cfg.max_purchases:]
         state["returns"] = state["returns"][-cfg.max_purchases:]
         state["ids"] = sorted(ids)
+        state["src"] = sorted(srcs)
         return state
 
     def _update_states(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
@@ -874,12 +1105,13 @@ class SQLiteProfileStore:
         for pid, rows in groups.items():
             doc = states.get(pid)
             state = json.loads(doc) if doc is not None else None
-            if pid in merged_into or (state is not None and b.ts[rows[0]] < state["last"]):
-                hist, _ = self._history(conn, [pid])  # merged or late (out of order): replay, exact
+            stale = state is not None and state.get("v") != _STATE_VERSION  # written by an older version
+            if pid in merged_into or stale or (state is not None and b.ts[rows[0]] < state["last"]):
+                hist, _ = self._history(conn, [pid])  # merged, old or late (out of order): replay, exact
                 state = self._apply(_empty_state(), hist, range(len(hist)))
             else:
                 state = self._apply(state or _empty_state(), b, rows)
-            out.append((pid, json.dumps(state, separators=(",", ":")), state["last"]))
+            out.append((pid, _doc(state), state["last"]))
         conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)", out)
 
     def _states_bulk(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
@@ -891,7 +1123,8 @@ class SQLiteProfileStore:
         fresh = [i for i, p in enumerate(pids) if p not in stored]
         if fresh:
             conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
-                             _build_states(b.take(fresh), [pids[i] for i in fresh], self.config))
+                             [(p, _doc(s), last) for p, s, last in
+                              _build_states(b.take(fresh), [pids[i] for i in fresh], self.config)])
         if stored:
             rest = [i for i, p in enumerate(pids) if p in stored]
             self._update_states(conn, b.take(rest), [pids[i] for i in rest], merged_into)
@@ -912,9 +1145,24 @@ class SQLiteProfileStore:
             if canon != profile_id:
                 return self.get_profile(canon)
             return None
-        prof = self._to_profile(profile_id, json.loads(row[0]))
+        prof = self._to_profile(profile_id, self._current(conn, {profile_id: json.loads(row[0])})[profile_id])
         self._remember_states({profile_id: prof}, gen)
         return prof
+
+    def _replayed(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """States rebuilt from the stored events (vectorised, the same rules as the fold)."""
+        hist, owners = self._history(conn, profile_ids)
+        if not len(hist):
+            return {}
+        return {p: s for p, s, _ in _build_states(hist, owners, self.config)}
+
+    def _current(self, conn: sqlite3.Connection, docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Docs as read, with any of an older version (another process on an older release wrote it after
+        this file was migrated) rebuilt from the events; the next write to the profile stores it."""
+        stale = [p for p, s in docs.items() if s.get("v") != _STATE_VERSION]
+        if stale:
+            docs = {**docs, **self._replayed(conn, stale)}
+        return docs
 
     def _remember_states(self, states: Mapping[str, OnlineProfile], gen: int) -> None:
         """Cache states read at generation `gen`, unless a write landed since (they may be stale)."""
@@ -943,7 +1191,8 @@ class SQLiteProfileStore:
             conn = self._conn()
             rows = self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
                                    missing)
-            fresh = {pid: self._to_profile(pid, json.loads(doc)) for pid, doc in rows}
+            docs = self._current(conn, {pid: json.loads(doc) for pid, doc in rows})
+            fresh = {pid: self._to_profile(pid, s) for pid, s in docs.items()}
             self._remember_states(fresh, gen)
             found.update(fresh)
             for pid in missing:
@@ -954,7 +1203,7 @@ class SQLiteProfileStore:
     @staticmethod
     def _to_profile(pid: str, s: dict[str, Any]) -> OnlineProfile:
         buys: dict[str, list[int]] = {}
-        for item, t in s["purchases"]:
+        for item, _, t, _ in s["purchases"]:
             buys.setdefault(item, []).append(t)
         replenish = {}
         for item, times in buys.items():
@@ -962,18 +1211,22 @@ class SQLiteProfileStore:
             gaps = gaps[gaps >= 1.0]
             if len(gaps):
                 replenish[item] = float(np.median(gaps))
+        cart = sorted(s["cart"].items(), key=lambda x: (-x[1][0], x[0]))
         return OnlineProfile(
             profile_id=pid,
-            recent_views=tuple(ViewEntry(i, c, _dt(t)) for i, c, t in reversed(s["views"])),
-            cart_items=tuple(ItemEntry(i, _dt(t)) for i, t in sorted(s["cart"].items(), key=lambda x: (-x[1], x[0]))),
-            purchases=tuple(ItemEntry(i, _dt(t)) for i, t in reversed(s["purchases"])),
-            returns=tuple(ItemEntry(i, _dt(t)) for i, t in reversed(s["returns"])),
+            recent_views=tuple(ProfileEntry(i, c, _dt(t), ch, e) for i, c, t, ch, e in reversed(s["views"])),
+            cart_items=tuple(ProfileEntry(i, c, _dt(t), ch, ADD_TO_CART) for i, (t, c, ch) in cart),
+            purchases=tuple(ProfileEntry(i, c, _dt(t), ch, PURCHASE) for i, c, t, ch in reversed(s["purchases"])),
+            returns=tuple(ProfileEntry(i, c, _dt(t), ch, RETURN) for i, c, t, ch in reversed(s["returns"])),
             category_counts=dict(s["cats"]),
             channel_last_seen={c: _dt(t) for c, t in s["chan"].items()},
             last_negative_ts=_dt(s["neg"]) if s["neg"] else None,
             identifiers=tuple(s["ids"]),
             updated_at=_dt(s["last"]),
             replenish_days=replenish,
+            category_sources={c: dict(v) for c, v in s["csrc"].items()},
+            sources=frozenset(s["src"]),
+            timezone=s["tz"][1] if s["tz"] else None,
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -1045,10 +1298,62 @@ class SQLiteProfileStore:
             if hit.any():
                 ids = np.array([r[2] for r in rows], dtype=object)
                 sent = pd.Series(score[hit], index=pd.Index(ids[hit], dtype="string"), dtype="float64")
-        ev = _frame(rows, cols)
+        ev, blank = self._consented(conn, _frame(rows, cols), profile_ids)
         built = build_profiles(ev, pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config, sentiment=sent)
         self._set_feature_columns(built)
-        return dict(zip(built[PROFILE_ID].tolist(), built.itertuples(index=False, name=None), strict=True))
+        out = dict(zip(built[PROFILE_ID].tolist(), built.itertuples(index=False, name=None), strict=True))
+        out.update((pid, self._empty_history_row(pid)) for pid in blank)
+        return out
+
+    def _usable_sources(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None
+                        ) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
+        """Source purposes each profile allows its signals from (one consent read for all of them),
+        and those of a profile with no recorded choice (the defaults)."""
+        sql = f"SELECT {PROFILE_ID}, purpose, granted FROM consent"
+        if profile_ids is None:
+            rows = conn.execute(sql).fetchall()
+        else:
+            rows = self._select_in(conn, sql + f" WHERE {PROFILE_ID} IN ({{}})", list(profile_ids))
+        flags: dict[str, dict[str, bool]] = {}
+        for pid, purpose, granted in rows:
+            flags.setdefault(pid, {})[purpose] = bool(granted)
+        usable = {pid: usable_sources(granted_purposes(f)) for pid, f in flags.items()}
+        return usable, usable_sources(granted_purposes({}))
+
+    def _consented(self, conn: sqlite3.Connection, ev: pd.DataFrame, profile_ids: Sequence[str] | None
+                   ) -> tuple[pd.DataFrame, list[str]]:
+        """Only the events whose source each profile has granted (and none without personalization);
+        plus the profiles that had events but none usable (they get the row of an empty history)."""
+        if not len(ev):
+            return ev, []
+        usable, default = self._usable_sources(conn, profile_ids)
+        bit = {s: 1 << j for j, s in enumerate(SOURCE_PURPOSES)}
+        src_codes, src_names = _source_codes(ev[EVENT_TYPE], ev[CHANNEL])
+        row_bits = np.array([bit.get(s, 0) for s in src_names], dtype=np.int64)[src_codes]
+        p_codes, p_uniq = pd.factorize(ev[PROFILE_ID])
+
+        def mask(sources: frozenset[str]) -> int:
+            return sum(bit[s] for s in sources if s in bit)
+
+        allowed = np.full(len(p_uniq), mask(default), dtype=np.int64)  # most profiles made no choice
+        if usable:
+            at = pd.Index(p_uniq).get_indexer(list(usable))
+            allowed[at[at >= 0]] = [mask(s) for s, i in zip(usable.values(), at, strict=True) if i >= 0]
+        keep = (row_bits & allowed[p_codes]) != 0
+        if keep.all():
+            return ev, []
+        kept = np.zeros(len(p_uniq), dtype=bool)
+        kept[p_codes[keep]] = True
+        blank = [str(p) for p, k in zip(p_uniq.tolist(), kept.tolist(), strict=True) if not k]
+        return ev.loc[keep], blank
+
+    def _empty_history_row(self, profile_id: str) -> tuple[Any, ...]:
+        """The feature row of a profile none of whose events may be used: every feature as for an empty
+        history (counts, sums and rates 0; "days since" and expected durations NEVER_DAYS, as
+        features.profiles defines them; no top category), so a caller can tell nothing was used."""
+        cols = self._feat_columns or []
+        return tuple(profile_id if c == PROFILE_ID else "" if c in self._feat_text
+                     else NEVER_DAYS if c.startswith("days_") or c in _NEVER_FEATURES else 0.0 for c in cols)
 
     def _set_feature_columns(self, built: pd.DataFrame) -> None:
         self._feat_columns = list(built.columns)
@@ -1108,42 +1413,159 @@ class SQLiteProfileStore:
         return pd.DataFrame({c: _strings(v) if c in self._feat_text else np.array(v, dtype="float64")
                              for c, v in zip(cols, data, strict=True)})
 
-    # -- consent, contacts, stock -------------------------------------------------------------
+    # -- consent, contacts ---------------------------------------------------------------------
     def set_consent(self, profile_id: str, purpose: str, granted: bool) -> None:
+        """Record a choice; the profile's cached feature rows (built from what it granted) go at once."""
         if not purpose:
             raise ValueError("purpose must be non-empty")
+        if not isinstance(granted, (bool, np.bool_)):
+            raise ValueError(f"consent for {purpose!r} must be true or false, got {granted!r}")
         now = pd.Timestamp.now(tz="UTC").value
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)",
                          (profile_id, purpose, int(bool(granted)), now))
+        self._invalidate({profile_id})
 
     def get_consent(self, profile_id: str) -> dict[str, bool]:
         rows = self._conn().execute(f"SELECT purpose, granted FROM consent WHERE {PROFILE_ID}=?",
                                     (profile_id,)).fetchall()
         return {p: bool(g) for p, g in rows}
 
-    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int]) -> bool:
-        """Atomically: if every cap (window -> max contacts on this channel) has room, record one contact."""
+    def get_consents(self, profile_ids: Sequence[str]) -> dict[str, dict[str, bool]]:
+        """`get_consent` for many profiles in one query (batch scoring reads 10,000); profiles without a
+        recorded choice are absent (their defaults apply)."""
+        out: dict[str, dict[str, bool]] = {}
+        rows = self._select_in(self._conn(), f"SELECT {PROFILE_ID}, purpose, granted FROM consent "
+                                             f"WHERE {PROFILE_ID} IN ({{}})", sorted(set(map(str, profile_ids))))
+        for pid, purpose, granted in rows:
+            out.setdefault(pid, {})[purpose] = bool(granted)
+        return out
+
+    def profile_ids(self) -> list[str]:
+        """Every profile with an online state (warm-ups score them all)."""
+        return [p for (p,) in self._conn().execute(f"SELECT {PROFILE_ID} FROM state ORDER BY {PROFILE_ID}")]
+
+    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int], *,
+                        key: str | None = None) -> bool:
+        """Atomically: if every cap (window -> max contacts on this channel) has room, record one contact.
+
+        `key` names the decision (campaign + decision window + action): when a contact with this key is
+        already recorded for the profile and channel, the answer is True again and no second slot is
+        used, so a retried request never sends (or counts) the same message twice. Durable on return.
+        """
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise ValueError("key must be a non-empty string (or None)")
         now_ns = _to_ns(now)
         limits = [(_window_ns(w), int(m)) for w, m in caps.items()]
         with self._write() as conn:
+            if key is not None and conn.execute(
+                    f"SELECT 1 FROM contacts WHERE {PROFILE_ID}=? AND channel=? AND key=? LIMIT 1",
+                    (profile_id, channel, key)).fetchone():
+                return True
             for window, most in limits:
+                # contacts on either side of `now` count: a request that started a moment earlier may
+                # commit after this one, and a message deferred past quiet hours is recorded ahead
                 (n,) = conn.execute(f"SELECT COUNT(*) FROM contacts WHERE {PROFILE_ID}=? AND channel=? "
-                                    "AND ts_ns > ? AND ts_ns <= ?",
-                                    (profile_id, channel, now_ns - window, now_ns)).fetchone()
+                                    "AND ts_ns > ? AND ts_ns < ?",
+                                    (profile_id, channel, now_ns - window, now_ns + window)).fetchone()
                 if n >= most:
                     return False
-            conn.execute("INSERT INTO contacts VALUES (?, ?, ?)", (profile_id, channel, now_ns))
+            conn.execute(f"INSERT INTO contacts ({PROFILE_ID}, channel, ts_ns, key) VALUES (?, ?, ?, ?)",
+                         (profile_id, channel, now_ns, key))
         return True
 
-    def set_stock(self, item_id: str, in_stock: bool) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO stock VALUES (?, ?)", (str(item_id), int(bool(in_stock))))
+    def contacts_for(self, profile_id: str) -> list[tuple[str, dt.datetime, str | None]]:
+        """(channel, time, key) of every recorded contact of the profile, oldest first (tests, operations)."""
+        rows = self._conn().execute(f"SELECT channel, ts_ns, key FROM contacts WHERE {PROFILE_ID}=? "
+                                    "ORDER BY ts_ns, rowid", (profile_id,)).fetchall()
+        return [(ch, _dt(ts), key) for ch, ts, key in rows]
 
-    def in_stock(self, item_ids: Sequence[str]) -> dict[str, bool]:
-        """Unknown items count as in stock (no stock feed must not empty the recommendations)."""
+    # -- catalog and stock --------------------------------------------------------------------
+    @staticmethod
+    def _bump_catalog(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('catalog_version', 1) "
+                     "ON CONFLICT(key) DO UPDATE SET value = value + 1")
+
+    def catalog_version(self) -> int:
+        """A number that changes on every catalog upsert or stock change, by any process on this file
+        (a counter row, one primary-key read): a server compares it to refresh its copy cheaply."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key='catalog_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def upsert_items(self, frame: pd.DataFrame, *, validated: bool = False) -> CatalogUpsert:
+        """Validate (unless validated: already `validate_catalog(...).valid`) and upsert items; durable on
+        return. A row replaces the fields it gives (non-missing values); fields it does not give keep
+        their stored values, so a price feed can send `item_id, price` only."""
+        if validated:
+            valid = frame
+            errors = pd.DataFrame({c: pd.Series(dtype="object") for c in CATALOG_ERROR_COLUMNS})
+        else:
+            checked = validate_catalog(frame)
+            valid, errors = checked.valid, checked.errors
+        if not len(valid):
+            return CatalogUpsert(0, errors)
+        given = [c for c in CATALOG_COLUMNS if c in valid.columns]
+        if ITEM_ID not in given:
+            raise ValueError(f"a validated catalog frame has an {ITEM_ID!r} column")
+        values = dict(zip(CATALOG_COLUMNS, column_values(valid), strict=True))
+        rows = list(zip(*(values[c] for c in given), strict=True))
+        rest = [c for c in given if c != ITEM_ID]
+        sql = (f"INSERT INTO catalog ({', '.join(given)}) VALUES ({', '.join('?' * len(given))}) "
+               f"ON CONFLICT({ITEM_ID}) DO " + (
+                   "UPDATE SET " + ", ".join(f"{c}=COALESCE(excluded.{c}, catalog.{c})" for c in rest)
+                   if rest else "NOTHING"))
+        with self._write() as conn:
+            conn.executemany(sql, rows)
+            self._bump_catalog(conn)
+        return CatalogUpsert(len(rows), errors)
+
+    def catalog(self) -> Catalog:
+        """Every stored item, as an immutable Catalog (rebuilt only when `catalog_version` changed)."""
+        version = self.catalog_version()  # before the rows: a newer read is refreshed next time, never missed
+        with self._cache_lock:
+            cached = self._catalog_cached
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        cols = ", ".join(CATALOG_COLUMNS)
+        rows = self._conn().execute(f"SELECT {cols} FROM catalog ORDER BY {ITEM_ID}").fetchall()
+        bools = [c in CATALOG_BOOL_COLUMNS for c in CATALOG_COLUMNS]
+        cat = Catalog(CatalogItem(*(None if v is None else bool(v) if is_bool else v
+                                    for v, is_bool in zip(r, bools, strict=True))) for r in rows)
+        with self._cache_lock:
+            self._catalog_cached = (version, cat)
+        return cat
+
+    def set_stock(self, item_id: str, in_stock: bool, store_id: str | None = None) -> None:
+        """Stock of an item: overall (the catalog's `in_stock`; an unknown item gets a catalog row with only
+        its id and stock), or in one store when `store_id` is given."""
+        checked = validate_catalog(pd.DataFrame({ITEM_ID: [item_id], IN_STOCK: pd.array([in_stock], dtype=object)}))
+        if len(checked.errors):
+            raise CatalogError(checked.errors)
+        if not isinstance(in_stock, (bool, np.bool_)):
+            raise ValueError(f"{IN_STOCK} must be true or false, got {in_stock!r}")
+        store = None if store_id is None else _store_id(store_id)
+        item = str(checked.valid[ITEM_ID].iloc[0])
+        with self._write() as conn:
+            if store_id is None:
+                conn.execute(f"INSERT INTO catalog ({ITEM_ID}, {IN_STOCK}) VALUES (?, ?) "
+                             f"ON CONFLICT({ITEM_ID}) DO UPDATE SET {IN_STOCK}=excluded.{IN_STOCK}",
+                             (item, int(bool(in_stock))))
+            else:
+                conn.execute("INSERT OR REPLACE INTO store_stock (item_id, store_id, in_stock) VALUES (?, ?, ?)",
+                             (item, store, int(bool(in_stock))))
+            self._bump_catalog(conn)
+
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> dict[str, bool]:
+        """Without store_id: the catalog's stock. With one: that store's stock where known, else the
+        item's overall stock. Unknown items count as in stock (no stock feed must not empty the
+        recommendations)."""
         ids = [str(i) for i in item_ids]
-        known = dict(self._select_in(self._conn(), "SELECT item_id, in_stock FROM stock WHERE item_id IN ({})", ids))
+        conn = self._conn()
+        known = dict(self._select_in(conn, f"SELECT {ITEM_ID}, {IN_STOCK} FROM catalog WHERE {ITEM_ID} IN ({{}}) "
+                                           f"AND {IN_STOCK} IS NOT NULL", ids))
+        if store_id is not None and ids:
+            sql = f"SELECT item_id, in_stock FROM store_stock WHERE store_id=? AND item_id IN ({_IN_JSON})"
+            known.update(conn.execute(sql, (_store_id(store_id), json.dumps(ids))).fetchall())
         return {i: bool(known.get(i, 1)) for i in ids}
 
     # -- erasure ------------------------------------------------------------------------------
@@ -1180,8 +1602,9 @@ def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     """Rows (profile_id, ts_ns, *cols) -> canonical dtypes, PROFILE_ID last."""
     if not rows:
         out = empty_events()
-        for c in OPTIONAL_COLUMNS:
-            out[c] = pd.Series(dtype="float64" if c in NUMERIC_COLUMNS else "string")
+        for c in _EVENT_COLUMNS:
+            if c not in out:
+                out[c] = pd.Series(dtype="float64" if c in NUMERIC_COLUMNS else "string")
         out[PROFILE_ID] = pd.Series(dtype="string")
         return out
     arr = list(zip(*rows, strict=True))
@@ -1195,5 +1618,5 @@ def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data)[order]
 
 
-__all__ = ["AppendResult", "ItemEntry", "NEVER_DAYS", "OnlineProfile", "ProfileStore", "SQLiteProfileStore",
-           "StoreConfig", "ViewEntry", "profile_id_for"]
+__all__ = ["INTEREST_EVENT_TYPES", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS", "OnlineProfile",
+           "ProfileEntry", "ProfileStore", "SQLiteProfileStore", "StoreConfig", "ViewEntry", "profile_id_for"]

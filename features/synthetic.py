@@ -37,12 +37,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from features import catalog, schema
+from features.catalog import REPLENISH_DAYS
 from features.schema import (
     ADD_TO_CART,
     CANONICAL_COLUMNS,
     CATEGORY,
     CHANNEL,
     CHANNELS,
+    COLOR,
     COOKIE_ID,
     CUSTOMER_ID,
     DEVICE_ID,
@@ -95,7 +98,8 @@ CATEGORY_SPECS: Final[dict[str, tuple[tuple[str, ...], bool, bool, str]]] = {
     "skincare": (("moisturizer", "cleanser", "serum", "sunscreen"), True, False, "beauty"),
     "beauty": (("lipstick", "mascara", "eyeshadow palette"), False, False, "skincare"),
     "pet": (("dog food", "cat litter", "pet treats"), True, False, "pet"),
-    "baby": (("diapers", "baby wipes", "infant formula"), True, True, "baby"),
+    # not flagged: the guard's life-event terms make baby the milder tier (named at category level only)
+    "baby": (("diapers", "baby wipes", "infant formula"), True, False, "baby"),
     "health": (("vitamins", "pregnancy test", "allergy relief"), True, True, "health"),
     "intimates": (("bra", "underwear", "lingerie set"), False, True, "intimates"),
     "electronics": (("headphones", "charger", "smartwatch"), False, False, "electronics"),
@@ -113,6 +117,10 @@ TIMEZONES: Final[tuple[str, ...]] = (
     "Europe/London", "Europe/Berlin",
 )
 TIMEZONE_WEIGHTS: Final[tuple[float, ...]] = (0.3, 0.2, 0.08, 0.17, 0.13, 0.12)
+CURRENCY: Final = "USD"
+SHOP_URL: Final = "https://shop.example"
+#: Where the data start when neither ``start`` nor ``end`` is pinned (the figures in benchmarks/ use it).
+DEFAULT_START: Final = "2025-01-01"
 
 # Review / support text: label-specific fragments plus fillers shared by every label, so a
 # classifier has to learn the words that carry sentiment, not a template fingerprint.
@@ -158,14 +166,21 @@ COMPLEMENTS: Final = "complements"
 SENTIMENT: Final = "sentiment"
 REPLENISHMENT: Final = "replenishment"
 SHARED_DEVICES: Final = "shared_devices"
-TRUTH_TABLES: Final[tuple[str, ...]] = (IDENTITIES, PERSONS, COMPLEMENTS, SENTIMENT, REPLENISHMENT, SHARED_DEVICES)
+ITEM_COLORS: Final = "item_colors"  # item_id, color: an attribute the catalog record does not carry
+TRUTH_TABLES: Final[tuple[str, ...]] = (
+    IDENTITIES, PERSONS, COMPLEMENTS, SENTIMENT, REPLENISHMENT, SHARED_DEVICES, ITEM_COLORS,
+)
 
 PERSON_ID: Final = "person_id"
 IDENTIFIER_TYPE: Final = "identifier_type"
 IDENTIFIER_VALUE: Final = "identifier_value"
 LABEL: Final = "label"
 COMPLEMENT_ITEM_ID: Final = "complement_item_id"
-REPLENISH_DAYS: Final = "replenish_days"
+
+# Independent seeded streams for fields added after the main stream was fixed: drawing them from the
+# main generator would shift every later draw, and with it every seed's events and planted truth.
+_STOCK_STREAM: Final = 1
+_TIMEZONE_STREAM: Final = 2
 
 _CH = {c: i for i, c in enumerate(CHANNELS)}
 _ET = {e: i for i, e in enumerate(EVENT_TYPES)}
@@ -179,7 +194,8 @@ class SyntheticConfig:
     customers: int = 1000
     days: int = 90
     seed: int = 0
-    start: str = "2025-01-01"
+    start: str | None = None  # first day (UTC); default DEFAULT_START unless `end` is given
+    end: str | None = None  # the data end at this date's UTC midnight: start = end - days
     items: int | None = None  # default scales with customers
     categories: int = 20
     churn_rate: float = 0.2
@@ -196,6 +212,8 @@ class SyntheticConfig:
     fade_days: int = 21
     shared_device_rate: float = 0.002  # planted shared devices per customer
     stores: int = 25
+    out_of_stock_share: float = 0.03  # items whose catalog record says in_stock = False
+    timezone_share: float = 0.6  # web/app events that carry the device's time zone (schema TIMEZONE)
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -207,14 +225,31 @@ class SyntheticConfig:
         if self.items is not None and self.items < 2 * self.categories:
             raise ValueError(f"items must be >= 2 * categories ({2 * self.categories}), got {self.items}")
         for name in ("churn_rate", "purchase_prob", "complement_share", "complement_prob",
-                     "replenish_continue_prob", "return_rate", "bad_item_share", "review_prob"):
+                     "replenish_continue_prob", "return_rate", "bad_item_share", "review_prob",
+                     "out_of_stock_share", "timezone_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
-        try:
-            pd.Timestamp(self.start)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"start must be a date, got {self.start!r}") from exc
+        if self.start is not None and self.end is not None:
+            raise ValueError(f"give start or end, not both (start={self.start!r}, end={self.end!r})")
+        if self.end is not None:
+            end = _utc_timestamp(self.end, "end")
+            if end != end.normalize():
+                raise ValueError(f"end must be a date (UTC midnight), got {self.end!r}")
+        else:
+            _utc_timestamp(DEFAULT_START if self.start is None else self.start, "start")
+
+    @property
+    def start_ts(self) -> pd.Timestamp:
+        """The first instant of the data (UTC)."""
+        if self.end is not None:
+            return _utc_timestamp(self.end, "end") - pd.Timedelta(days=self.days)
+        return _utc_timestamp(DEFAULT_START if self.start is None else self.start, "start")
+
+    @property
+    def end_ts(self) -> pd.Timestamp:
+        """The instant the data end (exclusive, UTC)."""
+        return self.start_ts + pd.Timedelta(days=self.days)
 
     @property
     def n_items(self) -> int:
@@ -231,6 +266,21 @@ class SyntheticData:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def _utc_timestamp(value: str, name: str) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be a date, got {value!r}") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"{name} must be a date, got {value!r}")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _side_rng(cfg: SyntheticConfig, stream: int) -> np.random.Generator:
+    """A generator for one added field, seeded by (seed, stream): leaves the main stream untouched."""
+    return np.random.default_rng([cfg.seed, stream])
+
+
 def _scramble(x: np.ndarray, salt: int) -> np.ndarray:
     """A bijection on 40-bit integers, so ids look random but never collide."""
     m = (1 << 40) - 1
@@ -349,7 +399,11 @@ def _subset(b: _Block, mask: np.ndarray) -> _Block:
 # generation
 # ---------------------------------------------------------------------------------------------
 def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """Catalogue, planted complement pairs, and per-item return probability multipliers."""
+    """Catalogue, planted complement pairs, and per-item (complement, bad, colour) codes.
+
+    ``rng`` draws exactly what it drew before the catalog gained stock, links and currency, so a seed's
+    events are unchanged; the new fields come from their own seeded stream (:func:`_side_rng`).
+    """
     cats = _category_names(cfg.categories)
     n_items = cfg.n_items
     cat_of = np.sort(np.concatenate([np.arange(cfg.categories), rng.integers(0, cfg.categories, n_items - cfg.categories)]))
@@ -363,17 +417,24 @@ def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pd.Data
     consumable = consumable_cat[cat_of]
     replenish = np.where(consumable, rng.choice(np.array([14, 21, 30, 45]), n_items), np.nan)
     price = np.round(np.exp(rng.normal(np.log(np.where(consumable, 18, 55)), 0.5)), 2)
+    brand = np.array(BRANDS, dtype=object)[rng.integers(0, len(BRANDS), n_items)]
+    color = rng.integers(0, len(COLORS), n_items)
+    ids = np.array([f"i{i:06d}" for i in range(n_items)], dtype=object)
+    in_stock = _side_rng(cfg, _STOCK_STREAM).random(n_items) >= cfg.out_of_stock_share
     items = pd.DataFrame({
-        ITEM_ID: pd.array([f"i{i:06d}" for i in range(n_items)], dtype="string"),
-        "name": pd.array(names, dtype="string"),
-        CATEGORY: pd.array(np.array(cats, dtype=object)[cat_of], dtype="string"),
-        "brand": pd.array(np.array(BRANDS, dtype=object)[rng.integers(0, len(BRANDS), n_items)], dtype="string"),
-        "color": pd.array(np.array(COLORS, dtype=object)[rng.integers(0, len(COLORS), n_items)], dtype="string"),
-        PRICE: price.astype(np.float64),
-        "consumable": consumable.astype(bool),
-        REPLENISH_DAYS: replenish.astype(np.float64),
-        "sensitive": sensitive_cat[cat_of].astype(bool),
-    })
+        catalog.ITEM_ID: pd.array(ids, dtype="string"),
+        catalog.NAME: pd.array(names, dtype="string"),
+        catalog.CATEGORY: pd.array(np.array(cats, dtype=object)[cat_of], dtype="string"),
+        catalog.BRAND: pd.array(brand, dtype="string"),
+        catalog.PRICE: price.astype(np.float64),
+        catalog.CURRENCY: pd.array([CURRENCY] * n_items, dtype="string"),
+        catalog.SENSITIVE: sensitive_cat[cat_of].astype(bool),
+        catalog.CONSUMABLE: consumable.astype(bool),
+        catalog.REPLENISH_DAYS: replenish.astype(np.float64),
+        catalog.IN_STOCK: in_stock,
+        catalog.URL: pd.array([f"{SHOP_URL}/items/{i}" for i in ids], dtype="string"),
+        catalog.IMAGE_URL: pd.array([f"{SHOP_URL}/images/{i}.jpg" for i in ids], dtype="string"),
+    })[list(catalog.CATALOG_COLUMNS)]
     # complements: X (non-consumable) -> Y in X's complement category
     cat_index = {c: i for i, c in enumerate(cats)}
     comp_cat = np.array([cat_index.get(s[3], i) for i, s in enumerate(spec)])
@@ -391,7 +452,7 @@ def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pd.Data
     comp_of = np.full(n_items, -1, np.int64)
     comp_of[xs] = ys
     bad = rng.random(n_items) < cfg.bad_item_share
-    return items, complements, np.stack([comp_of, bad.astype(np.int64)])
+    return items, complements, np.stack([comp_of, bad.astype(np.int64), color])
 
 
 def generate(config: SyntheticConfig) -> SyntheticData:
@@ -402,16 +463,15 @@ def generate(config: SyntheticConfig) -> SyntheticData:
 def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
     rng = np.random.default_rng(cfg.seed)
     bar = tqdm(total=9, desc="synthetic", disable=not progress, unit="step")
-    start = pd.Timestamp(cfg.start)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    start = cfg.start_ts
     n, days, C = cfg.customers, float(cfg.days), cfg.categories
 
     # ---- catalogue ------------------------------------------------------------------------
     items, complements, extra = _make_items(cfg, rng)
-    comp_of, bad_item = extra[0], extra[1].astype(bool)
+    comp_of, bad_item, color = extra[0], extra[1].astype(bool), extra[2]
     n_items = len(items)
     cat_of = pd.Categorical(items[CATEGORY].to_numpy(dtype=object), categories=_category_names(C)).codes.astype(np.int64)
-    consumable = items["consumable"].to_numpy()
+    consumable = items[catalog.CONSUMABLE].to_numpy()
     replenish = items[REPLENISH_DAYS].to_numpy()
     price = items[PRICE].to_numpy()
     # popularity within category (Zipf-like); global cdf laid out as c + [0, 1)
@@ -577,7 +637,7 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
                    np.where(is_bad, np.where(u < 0.35, 0, np.where(u < 0.7, 1, 2)),
                             np.where(u < 0.05, 0, np.where(u < 0.25, 1, 2))))
     rating = np.where(lab == 0, rng.integers(1, 3, len(rev)), np.where(lab == 1, 3, rng.integers(4, 6, len(rev))))
-    nouns = np.array([s.split(" ", 1)[1] for s in items["name"].to_numpy(dtype=object)], dtype=object)
+    nouns = np.array([s.split(" ", 1)[1] for s in items[catalog.NAME].to_numpy(dtype=object)], dtype=object)
     text = _texts(rng, lab, nouns[all_i[rev]])
     rev_ch = np.where(rng.random(len(rev)) < 0.5, _CH["web"], _CH["app"])
     blocks.append(_block(all_p[rev], rev_t, _ET[REVIEW], rev_ch, all_i[rev], text=text,
@@ -658,6 +718,12 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
     for c in CANONICAL_COLUMNS:
         if c in NUMERIC_COLUMNS:
             events[c] = events[c].astype("float64")
+    tz_col = getattr(schema, "TIMEZONE", None)  # the optional event column, where the schema has it
+    if tz_col is not None and tz_col in schema.OPTIONAL_COLUMNS:
+        # web/app clients report the device's zone (a share of them), so quiet hours can use the customer's
+        carry = np.isin(ev.channel, [_CH["web"], _CH["app"]]) & (
+            _side_rng(cfg, _TIMEZONE_STREAM).random(N) < cfg.timezone_share)
+        events[tz_col] = _take_str(np.array(TIMEZONES, dtype=object), np.where(carry, tz[ev.person], -1))
 
     person_ids = np.array([f"person-{i:07d}" for i in range(n)], dtype=object)
     cat_names = cats_arr.tolist()
@@ -680,9 +746,12 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
         "unhappy": unhappy,
         CUSTOMER_ID: pd.array(_customer_ids(n), dtype="string"),
     })
-    repl = items.loc[items["consumable"], [ITEM_ID, REPLENISH_DAYS]].reset_index(drop=True)
+    repl = items.loc[items[catalog.CONSUMABLE], [ITEM_ID, REPLENISH_DAYS]].reset_index(drop=True)
+    colors = pd.DataFrame({ITEM_ID: items[ITEM_ID].to_numpy(),
+                           COLOR: pd.array(np.array(COLORS, dtype=object)[color], dtype="string")})
+    colors[ITEM_ID] = colors[ITEM_ID].astype("string")
     truth = {IDENTITIES: truth_ids, PERSONS: persons, COMPLEMENTS: complements, SENTIMENT: sentiment,
-             REPLENISHMENT: repl, SHARED_DEVICES: shared}
+             REPLENISHMENT: repl, SHARED_DEVICES: shared, ITEM_COLORS: colors}
     bar.update()
     bar.close()
     return SyntheticData(events=events.reset_index(drop=True), items=items, truth=truth)
@@ -822,9 +891,11 @@ def read(out_dir: Path) -> SyntheticData:
     return SyntheticData(events=events, items=items, truth=truth)
 
 
-def generate_to_dir(customers: int, days: int, seed: int, out: Path) -> Path:
+def generate_to_dir(customers: int, days: int, seed: int, out: Path, *, start: str | None = None,
+                    end: str | None = None) -> Path:
     """Generate and write a data set (the CLI's entry point); returns ``out``."""
-    data = _generate(SyntheticConfig(customers=customers, days=days, seed=seed), progress=True)
+    config = SyntheticConfig(customers=customers, days=days, seed=seed, start=start, end=end)
+    data = _generate(config, progress=True)
     write(data, Path(out))
     return Path(out)
 

@@ -41,7 +41,9 @@ class _Out(BaseModel):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra=_openapi_nullable)
+    #: strict: `k: "5"`, `k: true` or `granted: "yes"` are errors naming the field, never coerced
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True,
+                              json_schema_extra=_openapi_nullable)
 
 
 class Identifiers(_Strict):
@@ -84,11 +86,23 @@ class RecommendRequest(Identifiers):
 class ScoredItem(_Out):
     item_id: str
     score: float
+    #: why this item is here, in words the customer may see (guarded; describes this item)
     reason: str | None = None
+    #: what the item's place rests on: personal, similar, complement, popular, popular_category
+    basis: str | None = None
+    # catalog metadata, when the catalog knows the item
+    name: str | None = None
+    category: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    url: str | None = None
+    image_url: str | None = None
 
 
 class RecommendResponse(_Out):
     profile_id: str | None
+    #: whether the ranking used the customer's own (consented) data; false without `personalization`
+    personalized: bool
     cold_start: bool
     items: list[ScoredItem]
     model_version: str | None
@@ -115,13 +129,24 @@ class ActionOut(_Out):
     action: str
     score: float
     expected_value: float | None = None
+    #: the channel asked for (an action not offered there is not in the answer)
     channel: str | None = None
+    #: the customer's best channel for this action, when it differs from the one asked for
+    recommended_channel: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    #: the guarded message text; for `do_nothing`, why nothing is offered
     reason: str | None = None
+    #: the message falls in the customer's quiet hours: send it at this time (ISO-8601, UTC)
+    send_at: str | None = None
+    #: the same id for a repeated request for the same decision (it used no second contact slot)
+    decision_id: str | None = None
 
 
 class NBAResponse(_Out):
     profile_id: str
+    channel: str
+    #: false without `personalization`: no action rests on the customer's data
+    personalized: bool
     holdout: bool
     actions: list[ActionOut]
     decided_at: str | None = None
@@ -218,6 +243,24 @@ class StockRequest(_Strict):
     """Stock levels from the retailer's inventory feed; unknown items count as in stock."""
 
     items: list[StockItem] = Field(min_length=1, max_length=DEFAULT_MAX_BATCH)
+
+
+class ItemsRequest(_Strict):
+    """Catalog records (`features.catalog`): each upserts the fields it gives; bad rows are reported."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=DEFAULT_MAX_BATCH)
+
+
+class ItemRejection(_Out):
+    row: int
+    item_id: str | None
+    field: str
+    reason: str
+
+
+class ItemsResponse(_Out):
+    upserted: int
+    rejected: list[ItemRejection]
 
 
 class ConsentResponse(_Out):

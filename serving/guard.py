@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import IntEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +44,42 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from features.consent import (
+    BEHAVIORAL,
+    DEFAULT_PURPOSES,
+    DETAILED_PERSONALIZATION,
+    LOCATION,
+    MARKETING_PURPOSES,
+    PERSONALIZATION,
+    PURPOSES,
+    SOURCE_PURPOSES,
+    granted_purposes,
+    source_of,
+)
+from features.consent import (
+    EMAIL_ENGAGEMENT as EMAIL_ENGAGEMENT,  # re-exported
+)
+from features.consent import (
+    EMAIL_MARKETING as EMAIL_MARKETING,  # re-exported
+)
+from features.consent import (
+    FEEDBACK as FEEDBACK,  # re-exported
+)
+from features.consent import (
+    PURCHASE_HISTORY as PURCHASE_HISTORY,  # re-exported
+)
+from features.consent import (
+    SMS_MARKETING as SMS_MARKETING,  # re-exported
+)
+from features.consent import (
+    SOCIAL as SOCIAL,  # re-exported
+)
+from features.consent import (
+    SOCIAL_MARKETING as SOCIAL_MARKETING,  # re-exported
+)
+from features.consent import (
+    STORE_VISITS as STORE_VISITS,  # re-exported
+)
 from features.schema import (
     ADD_TO_CART,
     BRAND,
@@ -53,49 +89,30 @@ from features.schema import (
     COLOR,
     DURATION_S,
     EMAIL_CLICK,
-    EMAIL_OPEN,
     EVENT_TYPE,
     EVENT_TYPES,
     ITEM_ID,
     PROFILE_ID,
     PURCHASE,
     QUANTITY,
-    RETURN,
-    REVIEW,
     SEARCH,
     SIZE,
     SOCIAL_LIKE,
     STORE_ID,
-    SUPPORT_MESSAGE,
     TRY_ON,
     TS,
     VIEW,
 )
+from features.store import OnlineProfile
+from serving import scrubber
+from serving.scrubber import SensitiveMatcher, Sensitivity, display_category
 
 DEFAULT_POLICY_PATH: Final = Path(__file__).resolve().parent / "guard.yaml"
 
 # ---------------------------------------------------------------------------------------------
-# Names (defined once here; the store keeps consent as purpose -> granted)
+# Names. Consent purposes live in `features.consent` (the store filters inputs by them too); they are
+# re-exported here because every caller of the guard needs them.
 # ---------------------------------------------------------------------------------------------
-#: Master switch: revoked means no personal input is used and only `none` outputs are produced.
-PERSONALIZATION: Final = "personalization"
-#: Opt-in to item-level specificity ("because you viewed the Trail Runner jacket").
-DETAILED_PERSONALIZATION: Final = "detailed_personalization"
-BEHAVIORAL: Final = "behavioral"  # browsing, search, cart on the retailer's own site and app
-PURCHASE_HISTORY: Final = "purchase_history"  # orders and returns
-STORE_VISITS: Final = "store_visits"  # in-store behaviour (try-ons, store views)
-LOCATION: Final = "location"  # precise location; also governs keeping store ids on signals
-EMAIL_ENGAGEMENT: Final = "email_engagement"  # opens and clicks (tracking pixels)
-SOCIAL: Final = "social"  # likes and activity on social networks
-FEEDBACK: Final = "feedback"  # reviews and support messages
-PURPOSES: Final[tuple[str, ...]] = (
-    PERSONALIZATION, DETAILED_PERSONALIZATION, BEHAVIORAL, PURCHASE_HISTORY, STORE_VISITS, LOCATION,
-    EMAIL_ENGAGEMENT, SOCIAL, FEEDBACK,
-)
-#: What a careful retailer assumes for a customer who accepted the basic terms: first-party
-#: behaviour and purchase history on its own site, nothing from stores, location, social or pixels.
-DEFAULT_PURPOSES: Final[frozenset[str]] = frozenset({PERSONALIZATION, BEHAVIORAL, PURCHASE_HISTORY})
-
 FIRST_PARTY: Final = "first_party"
 ZERO_PARTY: Final = "zero_party"  # the customer told us (preference centre, quiz)
 INFERRED: Final = "inferred"  # a model's guess; never presented as something the person did
@@ -108,6 +125,15 @@ SIGNAL_EVENT_TYPES: Final[frozenset[str]] = frozenset(EVENT_TYPES) | {DECLARED_P
 REASON_EVENT_TYPES: Final[frozenset[str]] = frozenset(
     {VIEW, SEARCH, ADD_TO_CART, PURCHASE, TRY_ON, SOCIAL_LIKE, EMAIL_CLICK, DECLARED_PREFERENCE}
 )
+
+# What a recommendation reason rests on (`GuardRequest.basis`). Only PERSONAL ones may say "you", and
+# only from the person's own consented signals; the others describe the page or the shop, not the person.
+PERSONAL: Final = "personal"  # the person's own consented data (their signals back the item)
+SIMILAR: Final = "similar"  # a look-alike of the item on the page (`subject`)
+COMPLEMENT: Final = "complement"  # goes with the item on the page (`subject`)
+POPULAR: Final = "popular"  # popular overall
+POPULAR_CATEGORY: Final = "popular_category"  # popular in the category on the page (`subject`)
+REASON_BASES: Final[tuple[str, ...]] = (PERSONAL, SIMILAR, COMPLEMENT, POPULAR, POPULAR_CATEGORY)
 
 # Output kinds
 RECOMMENDATION_REASON: Final = "recommendation_reason"
@@ -134,7 +160,10 @@ ORIGIN: Final = "origin"
 SOURCE: Final = "source"
 
 # Message params that may leave the guard. Personal ones need a level and must match a kept signal.
-ITEM_PARAMS: Final[frozenset[str]] = frozenset({ITEM_ID, "item_ids", ITEM_NAME})
+#: `items`: the products a message may show, each a mapping of `ITEM_FIELDS` (names come from the catalog).
+ITEMS: Final = "items"
+ITEM_FIELDS: Final[frozenset[str]] = frozenset({ITEM_ID, "name", "price", "currency", "url", "image_url"})
+ITEM_PARAMS: Final[frozenset[str]] = frozenset({ITEM_ID, "item_ids", ITEM_NAME, ITEMS})
 CATEGORY_PARAMS: Final[frozenset[str]] = frozenset({CATEGORY, "categories"})
 OFFER_PARAMS: Final[frozenset[str]] = frozenset({"discount_pct", "points", "offer_code"})
 
@@ -163,20 +192,10 @@ _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 def default_source(event_type: str, channel: str, origin: str = FIRST_PARTY) -> str:
-    """The consent purpose a signal depends on, from what produced it."""
+    """The consent purpose a signal depends on, from what produced it (`features.consent.source_of`)."""
     if origin == ZERO_PARTY or event_type == DECLARED_PREFERENCE:
         return PERSONALIZATION  # the customer told us, for this very purpose
-    if event_type in (PURCHASE, RETURN):
-        return PURCHASE_HISTORY
-    if event_type in (REVIEW, SUPPORT_MESSAGE):
-        return FEEDBACK
-    if event_type in (EMAIL_OPEN, EMAIL_CLICK):
-        return EMAIL_ENGAGEMENT
-    if event_type == SOCIAL_LIKE or channel == "social":
-        return SOCIAL
-    if event_type == TRY_ON or channel == "store":
-        return STORE_VISITS
-    return BEHAVIORAL
+    return source_of(event_type, channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +215,8 @@ class Signal:
     location: str | None = None
     origin: str = FIRST_PARTY
     source: str = ""  # consent purpose; derived by `default_source` when empty
+    #: The catalog flags the item sensitive: never named, whatever its words (`GuardPolicy.sensitivity`).
+    sensitive: bool = False
 
     def __post_init__(self) -> None:
         if self.source_event_type not in SIGNAL_EVENT_TYPES:
@@ -293,21 +314,30 @@ class ConsentState:
     def personalization(self) -> bool:
         return PERSONALIZATION in self.granted
 
+    @property
+    def sources(self) -> frozenset[str]:
+        """Source purposes whose signals may be used (none without `personalization`)."""
+        return self.granted & frozenset(SOURCE_PURPOSES) if self.personalization else frozenset()
+
+    def allows_marketing(self, channel: str) -> bool:
+        """Whether marketing messages may be sent on `channel` (channels without a marketing purpose,
+        such as the customer's own logged-in site or app, need none)."""
+        purpose = MARKETING_PURPOSES.get(channel)
+        return purpose is None or purpose in self.granted
+
 
 def consent_from_flags(flags: Mapping[str, bool], timezone: str | None = None) -> ConsentState:
     """Build consent from the store's purpose -> granted table, over `DEFAULT_PURPOSES`.
 
-    Unknown purposes are kept (the store may record more than the guard uses).
+    Unknown purposes are kept (the store may record more than the guard uses). Without
+    `personalization` the level is `none` and no source is usable, but marketing grants stand: a
+    customer may take a newsletter without being profiled.
     """
-    granted = set(DEFAULT_PURPOSES)
-    for purpose, ok in flags.items():
-        if not isinstance(ok, bool):
-            raise ValueError(f"consent for {purpose!r} must be true or false, got {ok!r}")
-        (granted.add if ok else granted.discard)(purpose)
+    granted = granted_purposes(flags)
     if PERSONALIZATION not in granted:
-        return ConsentState(Specificity.NONE, frozenset(), timezone, False)
+        return ConsentState(Specificity.NONE, granted, timezone, False)
     level = Specificity.ITEM if DETAILED_PERSONALIZATION in granted else Specificity.CATEGORY
-    return ConsentState(level, frozenset(granted), timezone, LOCATION in granted)
+    return ConsentState(level, granted, timezone, LOCATION in granted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +395,11 @@ class SuppressionPolicy:
 
 @dataclass(frozen=True)
 class Templates:
-    reason_none: str
+    reason_none: str  # popular overall
+    #: Non-personal and fallback wordings by basis: `personal_none` (personal, nothing nameable),
+    #: `context_none` (nothing about anyone), `similar`/`complement` ({item}: the page's item),
+    #: `popular_category` ({category}: the page's category).
+    reason_basis: Mapping[str, str]
     reason_category: Mapping[str, str]  # origin or "default" -> template
     reason_item: Mapping[str, str]  # event type or "default" -> template
     actions: Mapping[str, Mapping[Specificity, str]]  # action or "default" -> level -> template
@@ -381,7 +415,9 @@ class GuardPolicy:
     anonymous_ceiling: Specificity
     outbound_channels: frozenset[str]
     brand_at_item_level: bool
-    sensitive_terms: tuple[str, ...]
+    #: Sensitive and life-event terms and safe phrases of `sensitive:` (serving/scrubber.py); built once
+    #: by `policy_from_dict`, so `dataclasses.replace` of another field does not rebuild it.
+    sensitive_matcher: SensitiveMatcher
     sensitive_declared_allowed_on: frozenset[str]
     frequency_caps: Mapping[str, tuple[ContactCap, ...]]
     quiet_start: time
@@ -389,29 +425,25 @@ class GuardPolicy:
     quiet_channels: frozenset[str]
     suppression: SuppressionPolicy
     templates: Templates
-    _sensitive_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
-    _sensitive_cache: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: Items the customer knowingly created (cart, orders) may be named in these actions on these
+    #: channels when the channel's marketing consent is granted; observed browsing never.
+    own_item_actions: frozenset[str]
+    own_item_channels: frozenset[str]
+    #: Service messages (an apology, an order's thank-you) need no marketing consent.
+    service_actions: frozenset[str]
 
     def __post_init__(self) -> None:
-        terms = [t.strip().lower() for t in self.sensitive_terms if t.strip()]
-        pattern = None
-        if terms:
-            alt = "|".join(r"\s+".join(map(re.escape, t.split())) for t in sorted(terms, key=len, reverse=True))
-            pattern = re.compile(rf"(?<![^\W_])(?:{alt})(?![^\W_])", re.IGNORECASE)
-        object.__setattr__(self, "_sensitive_re", pattern)
+        if not isinstance(self.sensitive_matcher, SensitiveMatcher):
+            raise TypeError("sensitive_matcher must be a SensitiveMatcher, got "
+                            f"{type(self.sensitive_matcher).__name__}")
+
+    def sensitivity(self, text: str | None) -> Sensitivity:
+        """The tier of a category or item name (memoised in the matcher; see serving/scrubber.py)."""
+        return self.sensitive_matcher.tier(text)
 
     def is_sensitive(self, text: str | None) -> bool:
-        """Whether a category or item name matches a sensitive term (case-insensitive, whole words).
-        Memoised: the same few hundred category names come back on every request."""
-        if not text or self._sensitive_re is None:
-            return False
-        cache = self._sensitive_cache
-        hit = cache.get(text)
-        if hit is None:
-            if len(cache) > 100_000:
-                cache.clear()
-            hit = cache[text] = self._sensitive_re.search(text) is not None
-        return hit
+        """Whether a category or item name is of the `sensitive` tier (life events are not)."""
+        return self.sensitive_matcher.tier(text) == Sensitivity.SENSITIVE
 
     def ceiling(self, channel: str, logged_in: bool) -> Specificity:
         c = self.channel_ceilings[channel]
@@ -426,7 +458,9 @@ class PolicyError(ValueError):
 
 _TOP_KEYS: Final = {"version", "default_timezone", "channel_ceilings", "anonymous_ceiling", "outbound_channels",
                     "brand_at_item_level", "sensitive", "frequency_caps", "quiet_hours", "suppression",
-                    "templates"}
+                    "own_items", "service_messages", "templates"}
+_REASON_BASIS_KEYS: Final = {"personal_none": set(), "context_none": set(), "similar": {"item"},
+                             "complement": {"item"}, "popular_category": {"category"}}
 _PLACEHOLDER_RE: Final = re.compile(r"\{([^{}]*)\}")
 
 
@@ -510,10 +544,12 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
         raise PolicyError(f"default_timezone: {exc}") from None
     ceilings_raw = _exact_keys(d["channel_ceilings"], set(CHANNELS), "channel_ceilings")
     ceilings = {ch: _level(v, f"channel_ceilings.{ch}") for ch, v in ceilings_raw.items()}
-    sens = _exact_keys(d["sensitive"], {"categories", "declared_allowed_on"}, "sensitive")
-    terms = sens["categories"]
-    if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
-        raise PolicyError("sensitive.categories must be a list of non-empty strings")
+    sens = _exact_keys(d["sensitive"], {"categories", "life_event", "safe_phrases", "declared_allowed_on"},
+                       "sensitive")
+    try:
+        terms = SensitiveMatcher(sens["categories"], sens["life_event"], sens["safe_phrases"], where="sensitive")
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
     if not isinstance(d["brand_at_item_level"], bool):
         raise PolicyError("brand_at_item_level must be true or false")
 
@@ -550,7 +586,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
     )
 
     t = _exact_keys(d["templates"], {"reason", "actions", "profile"}, "templates")
-    r = _exact_keys(t["reason"], {"none", "category", "item"}, "templates.reason")
+    r = _exact_keys(t["reason"], {"none", "category", "item", *_REASON_BASIS_KEYS}, "templates.reason")
     cat = _req(r, "category", "templates.reason")
     item = _req(r, "item", "templates.reason")
     for where, m in (("templates.reason.category", cat), ("templates.reason.item", item)):
@@ -567,6 +603,8 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
         raise PolicyError("templates.actions must be a mapping with a 'default' entry")
     templates = Templates(
         reason_none=_template(r["none"], set(), "templates.reason.none"),
+        reason_basis=MappingProxyType({k: _template(r[k], allowed, f"templates.reason.{k}")
+                                       for k, allowed in _REASON_BASIS_KEYS.items()}),
         reason_category=MappingProxyType({k: _template(v, {"category"}, f"templates.reason.category.{k}")
                                           for k, v in cat.items()}),
         reason_item=MappingProxyType({k: _template(v, {"category", "item"}, f"templates.reason.item.{k}")
@@ -574,13 +612,22 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
         actions=MappingProxyType({a: _level_templates(v, f"templates.actions.{a}") for a, v in actions.items()}),
         profile=_level_templates(t["profile"], "templates.profile"),
     )
+    own = _exact_keys(d["own_items"], {"actions", "channels"}, "own_items")
+    if not isinstance(own["actions"], list) or not all(isinstance(a, str) for a in own["actions"]):
+        raise PolicyError("own_items.actions must be a list of action names")
+    service = d["service_messages"]
+    if not isinstance(service, list) or not all(isinstance(a, str) for a in service):
+        raise PolicyError("service_messages must be a list of action names")
     return GuardPolicy(
+        service_actions=frozenset(service),
+        own_item_actions=frozenset(own["actions"]),
+        own_item_channels=_channels(own["channels"], "own_items.channels"),
         default_timezone=str(tz),
         channel_ceilings=MappingProxyType(ceilings),
         anonymous_ceiling=_level(d["anonymous_ceiling"], "anonymous_ceiling"),
         outbound_channels=_channels(d["outbound_channels"], "outbound_channels"),
         brand_at_item_level=d["brand_at_item_level"],
-        sensitive_terms=tuple(terms),
+        sensitive_matcher=terms,
         sensitive_declared_allowed_on=_channels(sens["declared_allowed_on"], "sensitive.declared_allowed_on"),
         frequency_caps=MappingProxyType(caps),
         quiet_start=_clock(q["start"], "quiet_hours.start"),
@@ -609,69 +656,26 @@ def load_policy(path: str | Path | None = None) -> GuardPolicy:
 # ---------------------------------------------------------------------------------------------
 # Rendering and scrubbing
 # ---------------------------------------------------------------------------------------------
-#: Whitelisted names must look like names: letters, digits, spaces and a little punctuation.
-_SAFE_NAME_RE: Final = re.compile(r"^\w[\w .,'&+/-]{0,79}$")
-_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend", "weekday")
-_MONTHS = ("january", "february", "march", "april", "june", "july", "august", "september", "october",
-           "november", "december")
-#: Words that never appear in customer-facing text (checked as a set: regex alternations are slow).
-_FORBIDDEN_WORDS: Final[frozenset[str]] = frozenset(
-    [*_WEEKDAYS, *(w + "s" for w in _WEEKDAYS), *_MONTHS]
-    + ["midnight", "noon", "tonight", "yesterday", "today", "clock", "am", "pm"]  # times of day
-    + ["second", "seconds", "sec", "secs", "minute", "minutes", "min", "mins", "hour", "hours", "hr", "hrs"]
-    + ["times", "twice", "thrice", "repeatedly", "view", "views", "visit", "visits", "visited"]  # counts
-    + ["size", "sizes", "xxs", "xs", "xl", "xxl", "xxxl"]  # sizes
-    + ["store", "stores", "branch", "mall", "outlet", "boutique", "nearby", "location", "street", "avenue"]
-    + ["aisle", "lat", "lon", "lng", "latitude", "longitude", "gps"]  # places
-)
-_FORBIDDEN_PHRASES: Final[tuple[str, ...]] = (
-    "near you", "this morning", "last night", "late at night", "again and again",
-)
-_PHRASE_TRIGGERS: Final[frozenset[str]] = frozenset({"near", "morning", "night", "again"})
-#: Patterns with digits, only run when the text has a digit.
-_DIGIT_RE: Final = re.compile(
-    r"\d{1,2}[:.h]\d{2}"  # 11:45, 23.05, 9h30
-    r"|\d\s*(?:a\.?m\b|p\.?m\b)"  # 11 PM, 9am
-    r"|\bmay\s+\d"
-    r"|\d{1,4}[/-]\d{1,2}"  # 2025-01-06, 1/6
-    r"|\d\s*(?:days?|weeks?|months?|years?|s|m|h|x)\b"  # 3 days, 420s, 3x
-    r"|\d\s*(?:cm|mm|in|inch|inches|eu|uk|us)\b|\b(?:eu|uk|us)\s*\d|\dxl"  # sizes
-    r"|\d+\.\d{3,}",  # coordinates
-    re.IGNORECASE,
-)
-_WORD_RE: Final = re.compile(r"[^\W_]+")
-_HAS_DIGIT: Final = re.compile(r"\d")
-
-
+# The text rules live in serving/scrubber.py (pure, tested and benchmarked on their own); these two
+# keep the names and signatures the rest of this module calls.
 def _safe_name(v: str | None) -> str | None:
-    return v if v and _SAFE_NAME_RE.match(v) else None
+    """`v` when it looks like a name (`scrubber.safe_name`), else None."""
+    return scrubber.safe_name(v)
 
 
 def scrub_problems(text: str, signals: Sequence[Signal] = (), policy: GuardPolicy | None = None) -> list[str]:
-    """Why `text` may not be shown (empty when it is clean): generic patterns, plus the request's own
-    store ids, locations, sizes and colours, plus sensitive terms."""
-    problems: list[str] = []
-    low = text.lower()
-    words = set(_WORD_RE.findall(low))
-    if (
-        not words.isdisjoint(_FORBIDDEN_WORDS)
-        or (not words.isdisjoint(_PHRASE_TRIGGERS) and any(ph in low for ph in _FORBIDDEN_PHRASES))
-        or (_HAS_DIGIT.search(low) is not None and _DIGIT_RE.search(low) is not None)
-    ):
-        problems.append("time, date, duration, count, size or place pattern")
+    """Why `text` may not be shown (empty when it is clean): `scrubber.scrub_problems` with the
+    request's own store ids, locations, sizes and colours, plus sensitive terms of the policy. A brand
+    that carries a sensitive or life-event term counts as an own value too: the level rule reads the
+    category and item name, and the brand only reaches the text."""
+    own = [v for s in signals for v in (s.store_id, s.location,
+                                        *((s.attributes.get(SIZE), s.attributes.get(COLOR)) if s.attributes else ()))
+           if v]
+    if policy is not None:
+        own += [b for s in signals if (b := s.brand) and policy.sensitivity(b) != Sensitivity.NONE]
+    problems = scrubber.scrub_problems(text, own)
     if policy is not None and policy.is_sensitive(text):
         problems.append("sensitive term")
-    for s in signals:
-        values = [s.store_id, s.location]
-        if s.attributes:
-            values += [s.attributes.get(SIZE), s.attributes.get(COLOR)]
-        for v in values:
-            if v:
-                v = v.strip().lower()
-                parts = _WORD_RE.findall(v)
-                if (len(v) >= 4 and v in low) or (parts and words.issuperset(parts)):
-                    problems.append("store, location, size or colour of a signal")
-                    return problems
     return problems
 
 
@@ -689,9 +693,12 @@ def _item_label(s: Signal, policy: GuardPolicy) -> str | None:
 # Requests and decisions
 # ---------------------------------------------------------------------------------------------
 class ContactLedger(Protocol):
-    """Records contacts; `reserve` is an atomic check-and-record against every cap."""
+    """Records contacts; `reserve` is an atomic check-and-record against every cap. With a `key` (one
+    decision: campaign, decision window, action), a key already recorded for this customer and channel
+    answers True again without using a second slot."""
 
-    def reserve(self, profile_id: str, channel: str, now: datetime, caps: Sequence[ContactCap]) -> bool: ...
+    def reserve(self, profile_id: str, channel: str, now: datetime, caps: Sequence[ContactCap], *,
+                key: str | None = None) -> bool: ...
 
 
 class InMemoryContactLedger:
@@ -700,18 +707,24 @@ class InMemoryContactLedger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sent: dict[tuple[str, str], deque[float]] = {}
+        self._keys: set[tuple[str, str, str]] = set()
 
-    def reserve(self, profile_id: str, channel: str, now: datetime, caps: Sequence[ContactCap]) -> bool:
+    def reserve(self, profile_id: str, channel: str, now: datetime, caps: Sequence[ContactCap], *,
+                key: str | None = None) -> bool:
         t = _aware(now, "now").timestamp()
         with self._lock:
+            if key is not None and (profile_id, channel, key) in self._keys:
+                return True
             sent = self._sent.setdefault((profile_id, channel), deque())
             longest = max((w for w, _ in caps), default=0.0)
             while sent and sent[0] <= t - longest:
                 sent.popleft()
             for window_s, max_contacts in caps:
-                if sum(1 for x in sent if x > t - window_s) >= max_contacts:
+                if sum(1 for x in sent if t - window_s < x < t + window_s) >= max_contacts:  # as the store
                     return False
             sent.append(t)
+            if key is not None:
+                self._keys.add((profile_id, channel, key))
             return True
 
     def count(self, profile_id: str, channel: str) -> int:
@@ -725,6 +738,9 @@ class ContactContext:
 
     profile_id: str | None = None
     ledger: ContactLedger | None = None
+    #: The decision this message belongs to (see `ContactLedger.reserve`): a repeated request for the
+    #: same decision uses no second slot.
+    key: str | None = None
     purchases: Mapping[str, datetime] = field(default_factory=dict)  # item_id -> last purchase ts
     last_purchase_ts: datetime | None = None
     last_return_ts: datetime | None = None
@@ -745,6 +761,10 @@ class GuardRequest:
     now: datetime | None = None
     logged_in: bool = False
     context: ContactContext | None = None
+    #: Recommendation reasons: what the item's place in the list rests on (`REASON_BASES`), and for
+    #: non-personal bases the page's item or category (`subject`: not the person's data).
+    basis: str = PERSONAL
+    subject: Signal | None = None
 
 
 @dataclass(frozen=True)
@@ -756,12 +776,17 @@ class GuardDecision:
     signals_used: tuple[Signal, ...]
     audit: tuple[AuditEntry, ...]
     suppressed_reason: str | None = None
+    send_at: datetime | None = None  # a message deferred past quiet hours goes out then (UTC)
 
 
 @dataclass(frozen=True)
 class ContactCheck:
+    """May the message go out; when it falls in quiet hours, `send_at` is the next allowed time
+    (aware, UTC) and the slot is reserved for then."""
+
     allowed: bool
     reason: str | None = None
+    send_at: datetime | None = None
 
 
 def _aware(t: datetime, name: str) -> datetime:
@@ -781,13 +806,27 @@ def in_quiet_hours(now: datetime, consent: ConsentState, policy: GuardPolicy) ->
     return start <= local < end if start < end else (local >= start or local < end)
 
 
+def quiet_hours_end(now: datetime, consent: ConsentState, policy: GuardPolicy) -> datetime:
+    """The first instant after `now` that is outside quiet hours, in the customer's time zone
+    (returned in UTC). Why a loop over local days: a DST change can move the wall clock past `end`."""
+    tz = ZoneInfo(consent.timezone or policy.default_timezone)
+    local = _aware(now, "now").astimezone(tz)
+    for days in range(3):
+        day = (local + timedelta(days=days)).date()
+        candidate = datetime.combine(day, policy.quiet_end, tzinfo=tz)
+        if candidate > local and not in_quiet_hours(candidate, consent, policy):
+            return candidate.astimezone(UTC)
+    raise ValueError("quiet hours never end")  # start == end never reaches here (no quiet hours)
+
+
 def _within(ts: datetime | None, now: datetime, window: timedelta) -> bool:
     return ts is not None and timedelta(0) <= now - _aware(ts, "context timestamp") <= window
 
 
 def check_contact(channel: str, action: str, now: datetime, consent: ConsentState, policy: GuardPolicy,
                   context: ContactContext | None = None, item_ids: Iterable[str] = ()) -> ContactCheck:
-    """Suppression, then quiet hours, then frequency caps (reserving a slot only if all else passed)."""
+    """Suppression, then marketing consent, then quiet hours (which defer: `send_at`), then frequency
+    caps counted at the send time (reserving a slot only if all else passed)."""
     _aware(now, "now")
     ctx = context or ContactContext()
     sup = policy.suppression
@@ -804,25 +843,65 @@ def check_contact(channel: str, action: str, now: datetime, consent: ConsentStat
         last = ctx.last_purchase_ts or max(ctx.purchases.values(), default=None)
         if not _within(last, now, sup.thank_you_window):
             return ContactCheck(False, "no recent purchase to thank for")
+    if (channel in policy.outbound_channels and action not in policy.service_actions
+            and not consent.allows_marketing(channel)):
+        return ContactCheck(False, f"no {MARKETING_PURPOSES[channel]} consent")
+    send_at = None
     if channel in policy.quiet_channels and in_quiet_hours(now, consent, policy):
-        return ContactCheck(False, "quiet hours in the customer's time zone")
+        send_at = quiet_hours_end(now, consent, policy)
     caps = policy.frequency_caps.get(channel, ())
     if channel in policy.outbound_channels and ctx.ledger is not None:
         if not ctx.profile_id:
             raise ValueError("context.profile_id is required to reserve a contact slot")
-        if not ctx.ledger.reserve(ctx.profile_id, channel, now, caps):
+        if not ctx.ledger.reserve(ctx.profile_id, channel, send_at or now, caps, key=ctx.key):
             return ContactCheck(False, "frequency cap reached")
-    return ContactCheck(True)
+    return ContactCheck(True, None, send_at)
 
 
-def _signal_level(s: Signal, ceiling: Specificity, channel: str, policy: GuardPolicy) -> Specificity:
-    """The most this one signal may expose: sensitivity, origin and renderable fields included."""
-    if (policy.is_sensitive(s.category) or policy.is_sensitive(s.item_name)) and not (
+#: Event types of what the customer knowingly created (their cart, their orders): nameable in their own
+#: reminders (`GuardPolicy.own_item_actions`); everything else was only observed.
+OWN_ITEM_EVENT_TYPES: Final[frozenset[str]] = frozenset({ADD_TO_CART, PURCHASE})
+#: Where a life-event category (the milder sensitive tier) may be recommended: the customer's own
+#: logged-in site and app. Never outbound (a lock screen, a shared inbox), never a shared screen; and,
+#: erring on the careful side, never named in any text (a family may share one logged-in laptop).
+_OWN_SCREENS: Final[frozenset[str]] = frozenset({"web", "app"})
+
+
+def signal_tier(s: Signal, policy: GuardPolicy) -> Sensitivity:
+    """How sensitive a signal's item is: the catalog's flag and the configured terms decide together."""
+    tier = Sensitivity.SENSITIVE if s.sensitive else Sensitivity.NONE
+    return max(tier, policy.sensitivity(s.category), policy.sensitivity(s.item_name))
+
+
+def may_show(tier: Sensitivity, channel: str, logged_in: bool, policy: GuardPolicy, *,
+             interested: bool) -> bool:
+    """Whether an item of this sensitivity may appear at all in an output on this channel (never named:
+    naming is `_signal_level`'s). Sensitive items only on the customer's own logged-in site or app and
+    only for a customer who showed or declared interest; life-event items on their own site or app."""
+    if tier == Sensitivity.NONE:
+        return True
+    own_screen = channel in _OWN_SCREENS and logged_in and channel not in policy.outbound_channels
+    if tier == Sensitivity.LIFE_EVENT:
+        return own_screen
+    return own_screen and interested
+
+
+def _signal_level(s: Signal, ceiling: Specificity, channel: str, policy: GuardPolicy, *,
+                  logged_in: bool = False, own_items: bool = False) -> Specificity:
+    """The most this one signal may expose: sensitivity, origin and renderable fields included.
+    `own_items`: this output may name what the customer knowingly created (see `OWN_ITEM_EVENT_TYPES`)."""
+    tier = signal_tier(s, policy)
+    if tier == Sensitivity.SENSITIVE and not (
         s.origin == ZERO_PARTY and channel in policy.sensitive_declared_allowed_on
         and channel not in policy.outbound_channels
     ):
         return Specificity.NONE
+    if tier == Sensitivity.LIFE_EVENT:
+        return Specificity.NONE  # recommendable on their own screens (`may_show`), never named anywhere
     lvl = ceiling
+    if (own_items and ceiling > Specificity.NONE and s.origin == FIRST_PARTY and s.item_id is not None
+            and s.source_event_type in OWN_ITEM_EVENT_TYPES):
+        lvl = Specificity.ITEM
     if s.origin != FIRST_PARTY or s.item_id is None:
         lvl = min(lvl, Specificity.CATEGORY)  # an inference or a declaration is not "you viewed X"
     if lvl == Specificity.ITEM and _item_label(s, policy) is None:
@@ -835,15 +914,15 @@ def _signal_level(s: Signal, ceiling: Specificity, channel: str, policy: GuardPo
 _ORIGIN_RANK: Final = {ZERO_PARTY: 2, FIRST_PARTY: 1, INFERRED: 0}
 
 
-def _pick(signals: Sequence[Signal], ceiling: Specificity, channel: str,
-          policy: GuardPolicy) -> tuple[Signal | None, Specificity]:
+def _pick(signals: Sequence[Signal], ceiling: Specificity, channel: str, policy: GuardPolicy, *,
+          logged_in: bool = False, own_items: bool = False) -> tuple[Signal | None, Specificity]:
     best: Signal | None = None
     best_key: tuple[int, int] = (-1, -1)
     best_lvl = Specificity.NONE
     for s in signals:
         if s.source_event_type not in REASON_EVENT_TYPES:
             continue
-        lvl = _signal_level(s, ceiling, channel, policy)
+        lvl = _signal_level(s, ceiling, channel, policy, logged_in=logged_in, own_items=own_items)
         key = (int(lvl), _ORIGIN_RANK[s.origin])
         if key > best_key:
             best, best_key, best_lvl = s, key, lvl
@@ -857,7 +936,7 @@ def _render(level: Specificity, s: Signal | None, kind: str, action: str | None,
         by_level = t.actions.get(action or "", t.actions["default"])
         tmpl = by_level[level]
     elif level == Specificity.NONE:
-        tmpl = t.reason_none
+        tmpl = t.reason_basis["personal_none"]
     elif level == Specificity.CATEGORY:
         tmpl = t.reason_category.get(s.origin, t.reason_category["default"])  # type: ignore[union-attr]
     else:
@@ -865,12 +944,35 @@ def _render(level: Specificity, s: Signal | None, kind: str, action: str | None,
     if level == Specificity.NONE or s is None:
         return tmpl, {}
     params: dict[str, Any] = {CATEGORY: s.category}
-    values = {"category": s.category}
+    values = {"category": display_category(s.category or "")}
     if level == Specificity.ITEM:
         values["item"] = _item_label(s, policy)
         params[ITEM_ID] = s.item_id
         params[ITEM_NAME] = s.item_name
     return tmpl.format(**values), params
+
+
+def _render_context(r: GuardRequest, policy: GuardPolicy, audit: list[AuditEntry]) -> str:
+    """A reason that rests on the page or the shop, never on the person: the page's item or category is
+    named only when it is neither sensitive nor a life-event category, and the text passes the scrubber."""
+    t = policy.templates
+    s = r.subject
+    fallback = t.reason_none if r.basis in (POPULAR, POPULAR_CATEGORY) else t.reason_basis["context_none"]
+    if r.basis == POPULAR or s is None:
+        return fallback
+    if signal_tier(s, policy) != Sensitivity.NONE:
+        audit.append(AuditEntry("subject", "not named: sensitive or life-event"))
+        return fallback
+    if r.basis == POPULAR_CATEGORY:
+        name = _safe_name(s.category)
+        text = t.reason_basis[POPULAR_CATEGORY].format(category=display_category(name)) if name else None
+    else:
+        label = _item_label(s, policy)
+        text = t.reason_basis[r.basis].format(item=label) if label else None
+    if text is None or scrub_problems(text, (s,), policy):
+        audit.append(AuditEntry("subject", "not named: not a clean name"))
+        return fallback
+    return text
 
 
 def _offer_value(key: str, v: Any) -> Any | None:
@@ -883,16 +985,41 @@ def _offer_value(key: str, v: Any) -> Any | None:
     return v
 
 
+def _item_records(v: Any, ok_items: Mapping[str, Signal], policy: GuardPolicy) -> list[dict[str, Any]] | None:
+    """The `items` param: records of nameable, backed items with whitelisted fields only."""
+    if not isinstance(v, (list, tuple)):
+        return None
+    out = []
+    for rec in v:
+        if not isinstance(rec, Mapping) or rec.get(ITEM_ID) not in ok_items:
+            continue
+        kept = {k: x for k, x in rec.items() if k in ITEM_FIELDS and x is not None}
+        name = kept.get("name")
+        if name is not None and (_safe_name(str(name)) is None or scrub_problems(str(name), (), policy)):
+            continue
+        for k in ("url", "image_url"):
+            if k in kept and not (isinstance(kept[k], str) and re.match(r"https?://", kept[k])):
+                del kept[k]
+        out.append(kept)
+    return out or None
+
+
 def _sanitise_params(raw: Mapping[str, Any], level: Specificity, used: Sequence[Signal], channel: str,
-                     policy: GuardPolicy, audit: list[AuditEntry]) -> dict[str, Any]:
+                     policy: GuardPolicy, audit: list[AuditEntry], *, logged_in: bool = False,
+                     own_items: bool = False) -> dict[str, Any]:
     """Whitelisted keys only; items and categories only at their level and only when a kept,
     non-sensitive signal backs them (so nothing unconsented or sensitive can leak through params)."""
-    ok_items = {s.item_id: s for s in used if s.item_id and _signal_level(s, level, channel, policy) >= Specificity.ITEM}
-    ok_cats = {s.category for s in used if s.category and _signal_level(s, level, channel, policy) >= Specificity.CATEGORY}
+    def lvl(s: Signal) -> Specificity:
+        return _signal_level(s, level, channel, policy, logged_in=logged_in, own_items=own_items)
+
+    ok_items = {s.item_id: s for s in used if s.item_id and lvl(s) >= Specificity.ITEM}
+    ok_cats = {s.category for s in used if s.category and lvl(s) >= Specificity.CATEGORY}
     out: dict[str, Any] = {}
     for key, v in raw.items():
         if key in OFFER_PARAMS:
             val = _offer_value(key, v)
+        elif key == ITEMS:
+            val = _item_records(v, ok_items, policy)
         elif key in (ITEM_ID, "item_ids"):
             ids = [v] if key == ITEM_ID else (list(v) if isinstance(v, (list, tuple)) else [])
             kept = [i for i in ids if i in ok_items]
@@ -919,6 +1046,14 @@ def _flat(v: Any) -> str:
     return str(v) if v is not None else ""
 
 
+def _param_text(key: str, v: Any) -> str:
+    """What the scrubber reads of a param: for `items`, only the names (ids, prices and urls are data
+    the message tool needs, not text shown as a sentence)."""
+    if key == ITEMS:
+        return " | ".join(str(rec.get("name", "")) for rec in v)
+    return _flat(v)
+
+
 def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
     """Decide what one output may say (and, for outbound messages, whether it may be sent at all)."""
     r = request
@@ -928,13 +1063,25 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
         raise ValueError(f"unknown channel {r.channel!r} (expected one of {', '.join(CHANNELS)})")
     if r.kind == NBA_MESSAGE and not r.action:
         raise ValueError("an NBA message needs an action")
+    if r.basis not in REASON_BASES:
+        raise ValueError(f"unknown basis {r.basis!r} (expected one of {', '.join(REASON_BASES)})")
     if r.kind == PROFILE_VIEW:
         return _profile_decision(r, policy)
+    audit: list[AuditEntry] = []
+    if r.kind == RECOMMENDATION_REASON and (r.basis != PERSONAL or not r.consent.personalization):
+        if r.basis == PERSONAL:  # nothing personal may be used: say nothing about the person
+            audit.append(AuditEntry("reason", "personalization not granted"))
+            text = policy.templates.reason_basis["context_none"]
+        else:
+            text = _render_context(r, policy, audit)
+        return GuardDecision(True, Specificity.NONE, text, MappingProxyType({}), (), tuple(audit))
     kept, audit = filter_signals(r.signals, r.consent)
     ceiling = min(r.consent.level, policy.ceiling(r.channel, r.logged_in))
     if not r.consent.personalization:
         ceiling = Specificity.NONE
-    chosen, level = _pick(kept, ceiling, r.channel, policy)
+    own = (r.kind == NBA_MESSAGE and r.action in policy.own_item_actions and r.channel in policy.own_item_channels
+           and r.consent.personalization and r.consent.allows_marketing(r.channel))
+    chosen, level = _pick(kept, ceiling, r.channel, policy, logged_in=r.logged_in, own_items=own)
     if level < ceiling:
         audit.append(AuditEntry("specificity", f"lowered to {level.name.lower()} (ceiling {ceiling.name.lower()}: "
                                                "sensitive, inferred or unrenderable signal)"))
@@ -947,14 +1094,16 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
             level, chosen = Specificity.NONE, None
             text, used_params = _render(level, None, r.kind, r.action, policy)
     if r.kind == NBA_MESSAGE:
-        params = _sanitise_params(r.params, ceiling, kept, r.channel, policy, audit)
-        for key in [k for k in params if k not in OFFER_PARAMS and scrub_problems(_flat(params[k]), r.signals,
-                                                                                   policy)]:
+        params = _sanitise_params(r.params, max(ceiling, level), kept, r.channel, policy, audit,
+                                  logged_in=r.logged_in, own_items=own)
+        for key in [k for k in params if k not in OFFER_PARAMS
+                    and scrub_problems(_param_text(k, params[k]), r.signals, policy)]:
             audit.append(AuditEntry(f"param {key}", "removed by the scrubber"))
             del params[key]
     else:
         params = used_params
     signals_used = tuple(kept)
+    send_at = None
     if r.kind == NBA_MESSAGE and r.action != DO_NOTHING and (
         r.channel in policy.outbound_channels or r.channel in policy.quiet_channels or r.context is not None
     ):
@@ -966,33 +1115,23 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
         if not check.allowed:
             audit.append(AuditEntry("message", f"suppressed: {check.reason}"))
             return GuardDecision(False, Specificity.NONE, "", {}, signals_used, tuple(audit), check.reason)
-    return GuardDecision(True, level, text, MappingProxyType(params), signals_used, tuple(audit))
+        send_at = check.send_at
+        if send_at is not None:
+            audit.append(AuditEntry("message", "deferred: quiet hours in the customer's time zone"))
+    return GuardDecision(True, level, text, MappingProxyType(params), signals_used, tuple(audit), None, send_at)
 
 
 # ---------------------------------------------------------------------------------------------
 # Profile view (GET /profiles/{id})
 # ---------------------------------------------------------------------------------------------
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _profile_signals(profile: Any) -> list[Signal]:
-    """Signals from an online profile (mapping or object with the OnlineProfile fields)."""
-    out: list[Signal] = []
-    for key, etype in (("recent_views", VIEW), ("cart_items", ADD_TO_CART), ("purchases", PURCHASE)):
-        for entry in _get(profile, key) or ():
-            if isinstance(entry, str):
-                entry = {ITEM_ID: entry}
-            elif not isinstance(entry, Mapping):
-                entry = dict(zip((ITEM_ID, CATEGORY, TS), tuple(entry), strict=False))
-            ch = _opt_str(entry.get(CHANNEL)) or "web"
-            out.append(Signal(etype, ch, item_id=_opt_str(entry.get(ITEM_ID)),
-                              item_name=_opt_str(entry.get(ITEM_NAME)), category=_opt_str(entry.get(CATEGORY))))
-    counts = _get(profile, "category_counts") or {}
-    for cat, _n in sorted(counts.items(), key=lambda kv: (-float(kv[1]), str(kv[0]))):
-        out.append(Signal(VIEW, "web", category=str(cat), origin=INFERRED, source=BEHAVIORAL))
+def _profile_signals(profile: OnlineProfile) -> list[Signal]:
+    """Signals of an online profile, each with its real channel and event type; interests by source, so
+    an interest that only a store visit or a social like shows stays hidden without that consent."""
+    out = [Signal(e.event_type, e.channel, item_id=e.item_id, category=e.category)
+           for entries in (profile.recent_views, profile.cart_items, profile.purchases) for e in entries]
+    by_category = profile.category_sources or {c: {BEHAVIORAL: n} for c, n in profile.category_counts.items()}
+    for cat, sources in sorted(by_category.items(), key=lambda kv: (-sum(kv[1].values()), str(kv[0]))):
+        out += [Signal(VIEW, "web", category=str(cat), origin=INFERRED, source=src) for src in sorted(sources)]
     return out
 
 
@@ -1028,24 +1167,20 @@ def _profile_decision(r: GuardRequest, policy: GuardPolicy) -> GuardDecision:
     return GuardDecision(True, level, text, MappingProxyType(params), tuple(kept), tuple(audit))
 
 
-def profile_view(profile: Any, consent: ConsentState, policy: GuardPolicy, *, channel: str = "web",
+def profile_view(profile: OnlineProfile, consent: ConsentState, policy: GuardPolicy, *, channel: str = "web",
                  logged_in: bool = True) -> dict[str, Any]:
     """What `GET /profiles/{id}` shows the person: interests as categories (never timings, counts or
     sensitive categories), item ids only with item-level consent, identifier types (never values)."""
-    pid = _opt_str(_get(profile, PROFILE_ID))
     d = guard(GuardRequest(PROFILE_VIEW, channel, consent, _profile_signals(profile), logged_in=logged_in),
               policy)
-    identifiers = _get(profile, "identifiers") or ()
-    id_types = sorted({str(i).split(":", 1)[0] for i in identifiers})
-    channels = _get(profile, "channel_last_seen") or {}
     out: dict[str, Any] = {
-        PROFILE_ID: pid,
+        PROFILE_ID: profile.profile_id,
         "personalization": consent.personalization,
         "level": d.level.name.lower(),
         "consent": {p: p in consent.granted for p in PURPOSES},
         "interests": list(d.params.get("interests", [])),
-        "identifier_types": id_types,
-        "channels": sorted(str(c) for c in channels),
+        "identifier_types": sorted({str(i).split(":", 1)[0] for i in profile.identifiers}),
+        "channels": sorted(str(c) for c in profile.channel_last_seen),
         "summary": d.text,
     }
     if "recent_items" in d.params:

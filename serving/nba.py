@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
@@ -366,6 +367,8 @@ ACTIONS: Final[tuple[Action, ...]] = (
     ),
 )
 ACTION_NAMES: Final[tuple[str, ...]] = tuple(a.name for a in ACTIONS) + (DO_NOTHING,)
+#: The channels each action may be offered on (a request on another channel is not offered it).
+ACTION_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({a.name: a.channels for a in ACTIONS})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,14 +12,13 @@ Run: `bentoml serve serving.service:Mirror --port 3000` (settings: serving/confi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,8 @@ import pandas as pd
 from bentoml.exceptions import NotFound, ServiceUnavailable
 from fastapi import FastAPI, HTTPException, Query
 
+from features.catalog import Catalog, CatalogItem
 from features.schema import (
-    ADD_TO_CART,
-    CATEGORY,
     CHURN_MODEL,
     COOKIE_ID,
     CUSTOMER_ID,
@@ -49,16 +47,22 @@ from features.schema import (
     RECOMMENDER_MODEL,
     TEXT,
     TEXT_EVENT_TYPES,
-    TS,
-    VIEW,
     validate_events,
 )
 from serving import api, nba
 from serving.auth import GatekeeperMiddleware, KeyRing, log_auth_mode
 from serving.config import Settings
+from serving.contact import customer_timezone
+from serving.decisions import DecisionEngine
+from serving.guard import ConsentState, Sensitivity, consent_from_flags, load_policy
 from serving.models import ChampionSet, PopularityFallback
+from serving.recommend import Query as RecommendQuery
+from serving.recommend import RecommendationPolicy
 
 logger = logging.getLogger("mirror.service")
+
+#: Seconds between checks whether another process changed the catalog (a local write refreshes at once).
+CATALOG_CHECK_S = 0.5
 
 #: GET/PUT/DELETE routes; BentoML's @api is POST-only. Its own docs are off: /docs.json is BentoML's.
 http_app = FastAPI(title="mirror-admin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -67,148 +71,6 @@ http_app = FastAPI(title="mirror-admin", docs_url=None, redoc_url=None, openapi_
 def hashed_id(value: str | None) -> str:
     """Ids in logs are hashed: logs never carry personal data (issue 6)."""
     return "-" if not value else hashlib.sha256(value.encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers (unit-tested without a server)
-# ---------------------------------------------------------------------------------------------
-def _ts_seconds(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        return None
-    if ts is pd.NaT:
-        return None
-    return (ts if ts.tzinfo else ts.tz_localize("UTC")).timestamp()
-
-
-def _entry_item(entry: Any) -> str | None:
-    """Item id of a store entry (ViewEntry/ItemEntry, a mapping, or a bare id)."""
-    if isinstance(entry, str):
-        return entry
-    v = entry.get(ITEM_ID) if isinstance(entry, Mapping) else getattr(entry, ITEM_ID, None)
-    return None if v is None else str(v)
-
-
-def _entry_ts(entry: Any) -> float | None:
-    v = entry.get(TS) if isinstance(entry, Mapping) else getattr(entry, TS, None)
-    return _ts_seconds(v)
-
-
-def profile_items(profile: Any, attr: str) -> list[str]:
-    """Item ids of one profile list (the store keeps them newest first), de-duplicated."""
-    out: list[str] = []
-    for e in getattr(profile, attr, None) or ():
-        item = _entry_item(e)
-        if item and item not in out:
-            out.append(item)
-    return out
-
-
-def _newest_first(profile: Any, attrs: Sequence[str]) -> list[tuple[float | None, str, Any]]:
-    """(time, item, entry) of these profile lists, newest first; ties and entries without a time (last)
-    keep the store's order."""
-    entries = [e for attr in attrs for e in (getattr(profile, attr, None) or ())]
-    stamped = [(_entry_ts(e), n, _entry_item(e), e) for n, e in enumerate(entries)]
-    stamped.sort(key=lambda x: (-(x[0] or 0.0), x[1]))
-    return [(ts, item, e) for ts, _, item, e in stamped if item]
-
-
-def recent_interest(profile: Any) -> list[str]:
-    """Items the customer viewed or put in the cart, newest first, de-duplicated: the order is the
-    weight the recommender gives them (what was just seen steers most)."""
-    return list(dict.fromkeys(item for _, item, _ in _newest_first(profile, ("recent_views", "cart_items"))))
-
-
-#: Views this recent are the shopping session: its newest one gets slots of its own in /recommend.
-SESSION_WINDOW_S = 30 * 60
-#: 0-based ranks that look-alikes of the session's newest view take (the rest stay the model's order).
-SESSION_SLOTS = (1, 4)
-
-
-def session_views(profile: Any, now: float, window_s: float = SESSION_WINDOW_S) -> list[tuple[str, str | None]]:
-    """(item, category) the customer viewed in the last `window_s` seconds, newest first, de-duplicated."""
-    out: dict[str, str | None] = {}
-    for ts, item, e in _newest_first(profile, ("recent_views",)):
-        if ts is not None and now - ts <= window_s:
-            out.setdefault(item, getattr(e, CATEGORY, None))
-    return list(out.items())
-
-
-def blend_session(personal: Sequence[tuple[str, float]], session: Sequence[tuple[str, float]], k: int,
-                  slots: Sequence[int] = SESSION_SLOTS) -> list[tuple[str, float, bool]]:
-    """The model's top-k with the session's items (best first) guaranteed at `slots` (0-based ranks):
-    by the n-th slot, at least n of them.
-
-    Why: the model's fold-in weighs a fresh view against the whole history, and for a long history one
-    view of something new often left the top 10 unchanged (9 of 60 trials); a shopper expects what they
-    just looked at to show. A session item the model already ranks high counts where it stands; one it
-    ranks lower moves up. A moved item takes the score of the item whose slot it fills, so scores stay
-    non-increasing. Both inputs are already filtered (exclusions, stock); pass as many session items as
-    there are slots. Returns (item, score, moved by this rule).
-    """
-    out = [(i, float(s), False) for i, s in personal[:k]]
-    own = dict(session)
-    for n, slot in enumerate(sorted(slots), start=1):
-        if slot >= k:
-            break
-        head = {x[0] for x in out[: slot + 1]}
-        if len(head & own.keys()) >= n:
-            continue
-        pick = next((i for i, _ in session if i not in head), None)
-        if pick is None:
-            break
-        out = [x for x in out if x[0] != pick]
-        score = out[slot][1] if slot < len(out) else min(float(own[pick]), out[-1][1]) if out else float(own[pick])
-        out.insert(min(slot, len(out)), (pick, score, True))
-        out = out[:k]
-    return out
-
-
-def blocked_purchases(profile: Any, now: float) -> set[str]:
-    """Items bought recently enough to leave out; a consumable comes back at its replenishment time
-    (the profile's own re-buy interval for that item)."""
-    if profile is None:
-        return set()
-    replenish = dict(getattr(profile, "replenish_days", None) or {})
-    last: dict[str, float] = {}
-    for e in getattr(profile, "purchases", None) or ():
-        item, ts = _entry_item(e), _entry_ts(e)
-        if item:
-            last[item] = max(last.get(item, float("-inf")), now if ts is None else ts)
-    return {item for item, ts in last.items()
-            if item not in replenish or now < ts + float(replenish[item]) * 86_400.0}
-
-
-def personal_query(profile: Any, now: float) -> tuple[list[str], list[str]]:
-    """(recent items newest first, items to leave out) for a customer's personal recommendations: one
-    query for /recommend and /next_best_action's cross-sell, so both follow what was just seen and neither
-    shows a recent purchase (consumables come back at their re-buy time) or a returned item."""
-    if profile is None:
-        return [], []
-    suppressed = blocked_purchases(profile, now) | set(profile_items(profile, "returns"))
-    return recent_interest(profile), sorted(suppressed)
-
-
-def rank_candidates(candidates: Iterable[tuple[str, float]], k: int, exclude: set[str],
-                    in_stock: Mapping[str, bool]) -> list[tuple[str, float]]:
-    """First k candidates not excluded and not known to be out of stock, in the model's order."""
-    out: list[tuple[str, float]] = []
-    seen: set[str] = set()
-    for item, score in candidates:
-        if item in exclude or item in seen or in_stock.get(item, True) is False:
-            continue
-        seen.add(item)
-        out.append((item, float(score)))
-        if len(out) >= k:
-            break
-    return out
 
 
 class RedactClientErrors(logging.Filter):
@@ -400,18 +262,6 @@ def _open_store(settings: Settings) -> Any:
     return cls(settings.store_path)
 
 
-def _signals_from_profile(profile: Any, limit: int = 5) -> list[Any]:
-    """The guard's view of what the customer did recently (views and cart), newest first."""
-    from serving.guard import Signal
-
-    out = []
-    for attr, etype in (("cart_items", ADD_TO_CART), ("recent_views", VIEW)):
-        for e in list(getattr(profile, attr, None) or ())[:limit]:
-            out.append(Signal(etype, "web", item_id=_entry_item(e), category=getattr(e, CATEGORY, None),
-                              ts=getattr(e, TS, None)))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
@@ -421,8 +271,6 @@ class Mirror:
     """Opens the store and loads the champions at start; every request reads one champion snapshot."""
 
     def __init__(self) -> None:
-        from serving.guard import consent_from_flags, load_policy
-
         self.settings = Settings.from_env()
         release_request_timers()
         mirror_log = logging.getLogger("mirror")
@@ -441,8 +289,12 @@ class Mirror:
         if self.settings.registry_uri:
             mlflow.set_registry_uri(self.settings.registry_uri)
         self.policy = load_policy(self.settings.guard_config)
-        self._default_consent = consent_from_flags({})
         self.store = _open_store(self.settings)
+        self.recommendation = RecommendationPolicy(self.policy)
+        self.decisions = DecisionEngine(self.store, self.policy, self.recommendation)
+        self._catalog_lock = threading.Lock()
+        self._catalog, self._catalog_version, self._catalog_checked = self.store.catalog(), -1, 0.0
+        self._catalog_version = self.store.catalog_version()
         self.metrics = ServiceMetrics.get()
         self.champions = ChampionSet(fallback_factory=self._popularity_fallback)
         self._reload_lock = threading.Lock()
@@ -451,22 +303,21 @@ class Mirror:
         threading.Thread(target=self._keep_features_warm, name="mirror-feature-warmer", daemon=True).start()
 
     def _keep_features_warm(self) -> None:
-        """Build every profile's feature row in one vectorised pass, now and after each cache bucket.
+        """Build every profile's feature row and model scores in vectorised passes, now and after each
+        feature bucket.
 
-        /scores reads cached rows (the store caches per time bucket and refreshes a profile on each
-        write), so batch scoring never pays for per-profile feature building on the request path.
+        /scores and /next_best_action read cached rows and scores (the store refreshes a profile's row
+        on each write; a changed row is scored again), so no request pays for feature building or a
+        model call for a customer already warmed.
         """
-        warm = getattr(self.store, "warm_features", None)
-        if warm is None:
-            self._settle_heap()
-            self._warmed.set()
-            return
-        bucket = float(getattr(getattr(self.store, "config", None), "feature_granularity_s", 3600))
+        bucket = float(self.store.config.feature_granularity_s)
         while True:
             try:
-                n = warm()
+                n = self.store.warm_features()
+                champ = self.champions.current
+                self.decisions.warm(champ.churn, champ.purchase, self.store.profile_ids())
                 _release_free_memory()
-                logger.info("feature cache warmed for %d profiles", n)
+                logger.info("feature rows and scores warmed for %d profiles", n)
             except Exception:  # a cold cache is slower, never wrong
                 logger.exception("feature cache warm-up failed")
             finally:
@@ -483,7 +334,8 @@ class Mirror:
 
     # -- readiness and models ------------------------------------------------------------------
     def __is_ready__(self) -> bool:
-        return self.store is not None and self.champions.loaded_once and self._warmed.is_set()
+        return (self.store is not None and self.champions.loaded_once and self._warmed.is_set()
+                and self.champions.can_recommend())
 
     def _popularity_fallback(self) -> PopularityFallback:
         try:
@@ -495,8 +347,9 @@ class Mirror:
     def reload_models(self) -> dict[str, dict[str, Any]]:
         with self._reload_lock:
             try:
-                self.champions.reload()
-                self.metrics.reloads.labels("ok").inc()
+                outcome = self.champions.reload().outcome  # "rejected": a canary refused a new version
+                self.decisions.forget_scores()
+                self.metrics.reloads.labels(outcome).inc()
             except Exception:
                 logger.exception("champion reload failed; the previous champions keep serving")
                 self.metrics.reloads.labels("error").inc()
@@ -511,17 +364,25 @@ class Mirror:
         return api.ReloadResponse(ready=self.__is_ready__(), models=status)
 
     # -- guard ----------------------------------------------------------------------------------
-    def _consent(self, pid: str | None) -> Any:
-        from serving.guard import consent_from_flags
+    def _consent(self, pid: str | None, profile: Any = None) -> ConsentState:
+        """The customer's consent, with their own time zone when their events told it."""
+        return consent_from_flags(self.store.get_consent(pid) if pid else {},
+                                  timezone=customer_timezone(profile))
 
-        return consent_from_flags(self.store.get_consent(pid) if pid else {})
+    def catalog(self) -> Catalog:
+        """The catalog in memory, refreshed when the store's catalog changed (checked at most every
+        `CATALOG_CHECK_S`; a write through this worker refreshes it at once)."""
+        now = time.monotonic()
+        if now - self._catalog_checked >= CATALOG_CHECK_S:
+            self._refresh_catalog()
+        return self._catalog
 
-    def _reason(self, signals: Sequence[Any], channel: str, consent: Any, logged_in: bool) -> str:
-        from serving.guard import RECOMMENDATION_REASON, GuardRequest, guard
-
-        d = guard(GuardRequest(RECOMMENDATION_REASON, channel, consent, tuple(signals), logged_in=logged_in),
-                  self.policy)
-        return d.text
+    def _refresh_catalog(self, force: bool = False) -> None:
+        with self._catalog_lock:
+            self._catalog_checked = time.monotonic()
+            version = self.store.catalog_version()
+            if force or version != self._catalog_version:
+                self._catalog, self._catalog_version = self.store.catalog(), version
 
     # -- recommendations -----------------------------------------------------------------------
     def _check_k(self, title: str, k: int) -> None:
@@ -537,66 +398,23 @@ class Mirror:
         return self._recommend(req)
 
     def _recommend(self, req: api.RecommendRequest) -> api.RecommendResponse:
-        from serving.guard import Signal
-
         self._check_k("RecommendRequest", req.k)
         champ = self.champions.current
-        rec = champ.recommender
         ids = req.identifiers()
         pid = self.store.resolve(ids) if ids else None
         profile = self.store.get_profile(pid) if pid else None
-        ctx_item = req.context.item_id
-        now = time.time()
-        recent, suppressed = personal_query(profile, now)
-        recent_items = list(dict.fromkeys(([ctx_item] if ctx_item else []) + recent))
-        exclude = set(req.exclude) | set(suppressed)
-        if ctx_item:
-            exclude.add(ctx_item)
-        want = req.k + len(exclude) + 10
-        personal = pid is not None and (rec.has_user(pid) or any(rec.has_item(i) for i in recent_items))
-        candidates: list[tuple[str, float, str]] = []
-        session: list[tuple[str, float, str]] = []
-        viewed: tuple[str, str | None] | None = None  # the session's newest view the model knows
-        if personal:
-            candidates = [(i, s, "personal") for i, s in rec.recommend(pid, want, exclude=sorted(exclude),
-                                                                      recent_items=recent_items)]
-            fresh = ([(ctx_item, req.context.category)] if ctx_item else []) + session_views(profile, now)
-            viewed = next(((i, c) for i, c in fresh if rec.has_item(i)), None)
-            if viewed:
-                session = [(i, s, "session") for i, s in rec.similar_items(viewed[0], want)]
-        else:
-            if ctx_item and rec.has_item(ctx_item):
-                candidates += [(i, s, "context") for i, s in rec.complements(ctx_item, want)]
-                candidates += [(i, s, "context") for i, s in rec.similar_items(ctx_item, want)]
-            category = req.context.category or (rec.item_category(ctx_item) if ctx_item else None)
-            if category:
-                candidates += [(i, s, "popular") for i, s in rec.popular(want, category=category)]
-            candidates += [(i, s, "popular") for i, s in rec.popular(want)]
+        q = RecommendQuery(channel=req.channel, k=req.k, now=datetime.now(UTC),
+                  logged_in=pid is not None and any(c not in (DEVICE_ID, COOKIE_ID) for c in ids),
+                  context_item=req.context.item_id, context_category=req.context.category,
+                  exclude=frozenset(req.exclude))
+        out = self.recommendation.recommend(champ.recommender, self.catalog(), profile,
+                                            self._consent(pid, profile), q)
+        if not out.personalized:
             self.metrics.cold_start.inc()
-        kinds: dict[str, str] = {}
-        for i, _, kind in candidates + session:
-            kinds.setdefault(i, kind)
-        stock = self.store.in_stock(list(kinds)) if kinds else {}
-        chosen = rank_candidates(((i, s) for i, s, _ in candidates), req.k, exclude, stock)
-        if session and viewed:
-            closest = rank_candidates(((i, s) for i, s, _ in session), len(SESSION_SLOTS), exclude | {viewed[0]}, stock)
-            blended = blend_session(chosen, closest, req.k)
-            chosen = [(i, s) for i, s, _ in blended]
-            kinds.update({i: "session" for i, _, from_session in blended if from_session})
-        # one guard decision per kind of reason: the reason never names more than the guard allows
-        consent = self._consent(pid)
-        logged_in = pid is not None and any(c not in (DEVICE_ID, COOKIE_ID) for c in ids)
-        ctx_signal = ([Signal(VIEW, req.channel, item_id=ctx_item,
-                              category=req.context.category or rec.item_category(ctx_item))] if ctx_item else [])
-        session_signal = ([Signal(VIEW, req.channel, item_id=viewed[0],
-                                  category=viewed[1] or rec.item_category(viewed[0]))] if viewed else [])
-        signals = {"personal": ctx_signal + _signals_from_profile(profile), "context": ctx_signal,
-                   "session": session_signal, "popular": []}
-        reasons = {k: self._reason(signals[k], req.channel, consent, logged_in) for k in {kinds[i] for i, _ in chosen}}
-        items = [api.ScoredItem(item_id=i, score=s, reason=reasons[kinds[i]]) for i, s in chosen]
-        logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), personal, len(items))
+        logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), out.personalized, len(out.items))
         return api.RecommendResponse(
-            profile_id=pid, cold_start=not personal, items=items,
+            profile_id=pid, personalized=out.personalized, cold_start=not out.personalized,
+            items=[_scored_item(p.item_id, p.score, p.item, reason=p.reason, basis=p.basis) for p in out.items],
             model_version=champ.status[RECOMMENDER_MODEL].version, fallback=champ.recommender_is_fallback)
 
     @bentoml.api(route="/similar_items")
@@ -609,53 +427,38 @@ class Mirror:
         rec = self.champions.current.recommender
         if not rec.has_item(req.item_id):
             raise NotFound(f"item_id: unknown item {req.item_id!r}")
-        sim = rec.similar_items(req.item_id, req.k + 5)
-        comp = rec.complements(req.item_id, req.k + 5)
-        stock = self.store.in_stock([i for i, _ in sim + comp])
-        skip = {req.item_id}
-        return api.SimilarItemsResponse(
-            item_id=req.item_id,
-            similar=[api.ScoredItem(item_id=i, score=s) for i, s in rank_candidates(sim, req.k, skip, stock)],
-            complements=[api.ScoredItem(item_id=i, score=s) for i, s in rank_candidates(comp, req.k, skip, stock)],
-        )
+        catalog = self.catalog()
+
+        def shown(pairs: list[tuple[str, float]]) -> list[api.ScoredItem]:
+            # an anonymous product page: nothing sensitive or life-event, nothing out of stock
+            ok = [(i, s) for i, s in pairs if i != req.item_id
+                  and self.recommendation.tier(i, catalog, rec) == Sensitivity.NONE
+                  and not ((it := catalog.get(i)) is not None and it.in_stock is False)]
+            return [_scored_item(i, s, catalog.get(i)) for i, s in ok[:req.k]]
+
+        return api.SimilarItemsResponse(item_id=req.item_id, similar=shown(rec.similar_items(req.item_id, req.k + 10)),
+                                        complements=shown(rec.complements(req.item_id, req.k + 10)))
 
     # -- next best action -----------------------------------------------------------------------
     @bentoml.api(route="/next_best_action")
     def next_best_action(self, req: api.NBARequest, /) -> api.NBAResponse:
-        """serving.nba decides; every action's message passes the guard (suppressed ones are dropped)."""
-        from serving.guard import NBA_MESSAGE, GuardRequest, guard
-
+        """serving.decisions decides on consented inputs; every message passes the guard; on an outbound
+        channel the action holds a slot in the store's ledger (once per decision)."""
         pid = self.store.resolve(req.identifiers())
         if pid is None:
             raise NotFound(f"{', '.join(req.identifiers())}: unknown customer")
-        now = datetime.now(UTC)
-        ctx, profile = self._nba_context(pid, now=now, campaign_id=req.campaign, channel=req.channel)
-        rec = self.champions.current.recommender
-        recent, exclude = personal_query(profile, time.time())
-        candidates = rec.recommend(pid, 5, exclude=exclude, recent_items=recent)
-        # the items only fill the cross-sell message; whether to cross-sell does not depend on them
-        ctx = dataclasses.replace(
-            ctx, candidate_items=tuple(nba.CandidateItem(i, s, rec.item_category(i)) for i, s in candidates))
-        decision = nba.decide_actions(ctx)
-        consent = self._consent(pid)
-        signals = tuple(_signals_from_profile(profile))
-        contact = nba_contact_context(ctx, profile)
-        allowed = nba_contact_rule(self.policy, now, consent, {pid: profile})
-        actions = []
-        for a in decision.actions:
-            if not allowed(ctx, a):  # the same rule /scores applies, so both give the same first action
-                continue
-            channel = a.channel or req.channel
-            d = guard(GuardRequest(NBA_MESSAGE, channel, consent, signals, action=a.name, params=dict(a.params),
-                                   now=now, logged_in=True, context=contact), self.policy)
-            if not d.allowed:
-                continue
-            actions.append(api.ActionOut(action=a.name, score=a.expected_value, expected_value=a.expected_value,
-                                         channel=a.channel, params=_jsonable(dict(d.params)), reason=d.text))
+        out = self.decisions.next_best_action(self.champions.current, self.catalog(), pid, channel=req.channel,
+                                              campaign=req.campaign, now=datetime.now(UTC))
+        actions = [api.ActionOut(action=a.action, score=a.expected_value, expected_value=a.expected_value,
+                                 channel=a.channel, params=_jsonable(dict(a.params)), reason=a.message,
+                                 recommended_channel=a.recommended_channel if a.recommended_channel != a.channel
+                                 else None, send_at=a.send_at.isoformat() if a.send_at else None,
+                                 decision_id=a.decision_id) for a in out.actions]
         if not actions:
-            actions = [api.ActionOut(action=nba.DO_NOTHING, score=0.0, expected_value=0.0)]
-        return api.NBAResponse(profile_id=pid, holdout=decision.holdout, actions=actions,
-                               decided_at=str(decision.time_bucket))
+            actions = [api.ActionOut(action=nba.DO_NOTHING, score=0.0, expected_value=0.0, channel=req.channel,
+                                     reason=out.reason)]
+        return api.NBAResponse(profile_id=pid, channel=req.channel, personalized=out.personalized,
+                               holdout=out.holdout, actions=actions, decided_at=str(out.decided_at))
 
     # -- events ---------------------------------------------------------------------------------
     @bentoml.api(route="/events")
@@ -735,53 +538,9 @@ class Mirror:
 
     # -- scores ---------------------------------------------------------------------------------
     def score_profiles(self, profile_ids: Sequence[str]) -> pd.DataFrame:
-        """Churn, propensity and top action for known profiles: one features_for, one predict_proba each."""
-
-        feats = self.store.features_for(list(profile_ids)) if len(profile_ids) else pd.DataFrame()
-        return self._score_features(feats)
-
-    def _score_features(self, feats: pd.DataFrame) -> pd.DataFrame:
-        """Churn, propensity and top action per feature row: `/next_best_action`'s first action for the
-        default campaign (same contexts, same ranking, same contact rule), decided vectorised."""
-        if not len(feats):
-            return pd.DataFrame({PROFILE_ID: [], nba.CHURN_PROBABILITY: [], nba.PURCHASE_PROPENSITY: [],
-                                 nba.TOP_ACTION: []})
-        now = datetime.now(UTC)
-        churn, prop, ctxs, profiles = self._nba_inputs(feats, now=now)
-        # Consent enters the contact rule only through the customer's time zone (quiet hours), which the
-        # store does not keep (`_consent` builds every customer's state without one): the default state
-        # is what a per-customer read would give, without 10,000 consent reads.
-        rule = nba_contact_rule(self.policy, now, self._default_consent, profiles)
-        top = nba.decide_top_actions(ctxs, allowed=rule)
-        return pd.DataFrame({PROFILE_ID: feats[PROFILE_ID].astype(str).to_numpy(), nba.CHURN_PROBABILITY: churn,
-                             nba.PURCHASE_PROPENSITY: prop, nba.TOP_ACTION: top[nba.TOP_ACTION].to_numpy()})
-
-    def _nba_inputs(self, feats: pd.DataFrame, *, now: datetime, campaign_id: str = "default",
-                    channel: str | None = None) -> tuple[np.ndarray, np.ndarray, list[nba.NBAContext],
-                                                          dict[str, Any]]:
-        """Model scores, decision contexts and store profiles of feature rows: the one place both
-        `/scores` and `/next_best_action` get their decision inputs from (`nba.contexts_from_profiles`)."""
+        """Churn, propensity and top action for known profiles (`DecisionEngine.score`)."""
         champ = self.champions.current
-        churn = _predict_proba(champ.churn, feats)
-        prop = _predict_proba(champ.purchase, feats)
-        pids = feats[PROFILE_ID].astype(str).tolist()
-        profiles = self.store.get_profiles(pids)
-        ctxs = nba.contexts_from_profiles(profiles, feats, churn, prop, now=now, campaign_id=campaign_id,
-                                          channel=channel)
-        return churn, prop, ctxs, dict(zip(pids, profiles, strict=True))
-
-    def _nba_context(self, pid: str, *, now: datetime, campaign_id: str,
-                     channel: str | None) -> tuple[nba.NBAContext, Any]:
-        """One customer's decision context (as `/scores` builds it) and store profile."""
-        feats = self.store.features_for([pid])
-        if len(feats):
-            _, _, ctxs, profiles = self._nba_inputs(feats, now=now, campaign_id=campaign_id, channel=channel)
-            return ctxs[0], profiles[pid]
-        # no feature row yet (first events in the current feature bucket): no scores, /scores says unknown
-        profile = self.store.get_profile(pid)
-        ctx = nba.contexts_from_profiles([profile], pd.DataFrame({PROFILE_ID: [pid]}), [np.nan], [np.nan],
-                                         now=now, campaign_id=campaign_id, channel=channel)[0]
-        return ctx, profile
+        return self.decisions.score(champ.churn, champ.purchase, list(profile_ids))
 
     @bentoml.api(route="/scores")
     def scores(self, req: api.ScoresRequest, /) -> api.ScoresResponse:
@@ -844,10 +603,21 @@ class Mirror:
 
     @http_app.put("/stock")
     def put_stock(self, req: api.StockRequest) -> dict[str, int]:
-        """Out-of-stock items leave /recommend and /similar_items from the next call."""
+        """Out-of-stock items leave /recommend and /similar_items from the next call (part of the catalog)."""
         for it in req.items:
             self.store.set_stock(it.item_id, it.in_stock)
+        self._refresh_catalog(force=True)
         return {"updated": len(req.items)}
+
+    @http_app.put("/items")
+    def put_items(self, req: api.ItemsRequest) -> api.ItemsResponse:
+        """Upsert catalog records (each row updates the fields it gives); bad rows are listed, never dropped."""
+        res = self.store.upsert_items(pd.DataFrame.from_records(req.items))
+        self._refresh_catalog(force=True)
+        rejected = [api.ItemRejection(row=int(r[ERROR_ROW]), item_id=None if pd.isna(r[ITEM_ID]) else str(r[ITEM_ID]),
+                                      field=str(r[ERROR_FIELD]), reason=str(r[ERROR_REASON]))
+                    for r in res.errors.to_dict("records")]
+        return api.ItemsResponse(upserted=int(res.upserted), rejected=rejected)
 
     def _profile_id(self, ident: str, by: str | None) -> str:
         if by is None or by == PROFILE_ID:
@@ -868,7 +638,8 @@ class Mirror:
         from serving.guard import profile_view
 
         pid = self._profile_id(profile_id, by)
-        return _jsonable(profile_view(self.store.get_profile(pid), self._consent(pid), self.policy))
+        profile = self.store.get_profile(pid)
+        return _jsonable(profile_view(profile, self._consent(pid, profile), self.policy))
 
     @http_app.delete("/profiles/{profile_id}")
     def delete_profile(self, profile_id: str, by: str | None = Query(default=None)) -> dict[str, Any]:
@@ -884,75 +655,15 @@ class Mirror:
         return {"ready": self.__is_ready__(), "models": self.champions.status()}
 
 
+def _scored_item(item_id: str, score: float, item: CatalogItem | None, **extra: Any) -> api.ScoredItem:
+    """An item of an answer with its catalog metadata (name, category, price, links) when known."""
+    meta = {} if item is None else {"name": item.name, "category": item.category, "price": item.price,
+                                    "currency": item.currency, "url": item.url, "image_url": item.image_url}
+    return api.ScoredItem(item_id=item_id, score=float(score), **meta, **extra)
+
+
 def _nan_none(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
-
-
-def _predict_proba(model: Any, features: pd.DataFrame) -> np.ndarray:
-    """P(class 1) for each row, or NaN when the model is not loaded or fails on this input."""
-    if model is None:
-        return np.full(len(features), np.nan)
-    cols = list(getattr(model, "feature_names_in_", []))
-    if not cols:
-        from features.profiles import FEATURE_COLUMNS
-
-        cols = [c for c in FEATURE_COLUMNS if c in features]
-    try:
-        return np.asarray(model.predict_proba(features[cols])[:, 1], dtype=float)
-    except Exception:
-        logger.exception("predict_proba failed; answering without this score")
-        return np.full(len(features), np.nan)
-
-
-def _aware_ts(t: Any) -> datetime | None:
-    """An NBAContext instant (epoch seconds or datetime) as the aware datetime the guard expects."""
-    if t is None:
-        return None
-    if isinstance(t, datetime):
-        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(float(t), tz=UTC)
-
-
-def nba_contact_context(ctx: nba.NBAContext, profile: Any) -> Any:
-    """The guard's ContactContext of a decision context. `purchases` (item -> latest purchase) holds the
-    cart's items only: all the contact policy reads it for (a cart reminder for an item just bought;
-    the thank-you window reads `last_purchase_ts`), and this runs per customer on the /scores path."""
-    from serving.guard import ContactContext
-
-    purchases: dict[str, datetime] = {}
-    cart = {i.item_id for i in ctx.cart}
-    for e in (getattr(profile, "purchases", None) or ()) if cart else ():
-        item = _entry_item(e)
-        ts = _aware_ts(getattr(e, TS, None)) if item in cart else None
-        if item is not None and ts is not None and (item not in purchases or ts > purchases[item]):
-            purchases[item] = ts
-    return ContactContext(profile_id=ctx.profile_id, purchases=purchases,
-                          last_purchase_ts=_aware_ts(ctx.last_purchase_ts),
-                          last_return_ts=_aware_ts(ctx.last_return_ts),
-                          last_negative_sentiment_ts=_aware_ts(ctx.last_negative_sentiment_ts))
-
-
-def nba_contact_rule(policy: Any, now: datetime, consent: Any, profiles: Mapping[str, Any]) -> nba.ContactRule:
-    """The guard's contact policy (`serving.guard.check_contact`: no upsell/cross-sell/reminders after a
-    return or negative sentiment, no cart reminder for an item just bought, quiet hours) as the one rule
-    `/next_best_action` and `/scores` both apply to a ranked action. Every cart item is checked, so the
-    guard's own check (on the message's items) never refuses what this allowed. No frequency-cap slot
-    is reserved here."""
-    from serving.guard import check_contact
-
-    contacts: dict[str, Any] = {}  # one ContactContext per customer, however many actions are checked
-
-    def allowed(ctx: nba.NBAContext, action: nba.ScoredAction) -> bool:
-        if action.name == nba.DO_NOTHING:
-            return True
-        contact = contacts.get(ctx.profile_id)
-        if contact is None:
-            contact = contacts[ctx.profile_id] = nba_contact_context(ctx, profiles.get(ctx.profile_id))
-        check = check_contact(action.channel or "web", action.name, now, consent, policy, contact,
-                              [i.item_id for i in ctx.cart])
-        return check.allowed
-
-    return allowed
 
 
 def _jsonable(x: Any) -> Any:

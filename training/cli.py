@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -195,16 +195,21 @@ def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 1000,
     days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    end: Annotated[str | None, typer.Option(
+        help="Date the data end on (UTC midnight; they start --days before). Default: today (UTC), so a "
+             "service started now scores fresh data.")] = None,
+    start: Annotated[str | None, typer.Option(
+        help="Pin the first day instead of --end (same seed and start: the same data on any day).")] = None,
 ) -> None:
-    """Generate synthetic omnichannel events with planted, known structure."""
+    """Generate synthetic omnichannel events and a catalog (items.parquet) with planted, known structure."""
+    if start is not None and end is not None:
+        _fail("give either --start or --end, not both", 2)
+    if start is None and end is None:
+        end = datetime.now(UTC).date().isoformat()
     synthetic = _module("features.synthetic", "generate")
     t0 = time.perf_counter()
     with _user_errors():
-        if hasattr(synthetic, "generate_to_dir"):
-            synthetic.generate_to_dir(customers=customers, days=days, seed=seed, out=out)
-        else:
-            config = _config(synthetic.SyntheticConfig, customers=customers, days=days, seed=seed)
-            synthetic.write(synthetic.generate(config), out)
+        synthetic.generate_to_dir(customers=customers, days=days, seed=seed, out=out, start=start, end=end)
     events = out / "events.parquet"
     n = _count_rows(events)
     typer.echo(f"wrote {n} events for {customers} customers over {days} days to {out} "
@@ -444,24 +449,122 @@ def models() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# store and catalog
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def _opened_store(store: Path, command: str) -> Iterator[Any]:
+    """The SQLite profile store at `store`, closed after the block.
+
+    A file that is not an SQLite database (or cannot be opened) is a one-line error naming it, not a
+    traceback, and not a service whose worker restarts forever on it.
+    """
+    import sqlite3
+
+    store_mod = _module("features.store", command)
+    try:
+        db = store_mod.SQLiteProfileStore(store)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"store {store} is not a usable SQLite database: {exc}") from exc
+    try:
+        yield db
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"store {store} is not a usable SQLite database: {exc}") from exc
+    finally:
+        db.close()
+
+
+def _read_catalog(path: Path) -> Any:
+    """A catalog file (CSV or parquet) as read by features.catalog, unvalidated."""
+    from features.catalog import read_catalog
+
+    _existing(path, "catalog file")
+    try:
+        return read_catalog(path)
+    except OSError as exc:  # unreadable (permissions, a folder that is not a parquet data set, ...)
+        raise UserError(f"cannot read catalog file {path}: {exc}") from exc
+    except ValueError as exc:
+        raise UserError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+
+
+def _unknown_catalog_columns(frame: Any, path: Path) -> None:
+    """A column the catalog does not know is the file's problem, not each row's: one line naming it."""
+    from features.catalog import CATALOG_COLUMNS
+
+    unknown = [str(c) for c in frame.columns if c not in CATALOG_COLUMNS]
+    if unknown:
+        raise UserError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} "
+                        f"(catalog columns: {', '.join(CATALOG_COLUMNS)})")
+
+
+def _load_catalog(store: Path, path: Path, command: str) -> tuple[int, list[dict[str, Any]]]:
+    """Validate `path` and upsert its good rows into `store`: (rows upserted, rejected-row errors)."""
+    frame = _read_catalog(path)
+    _unknown_catalog_columns(frame, path)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with _opened_store(store, command) as db:
+        result = db.upsert_items(frame)
+    return int(result.upserted), result.errors.to_dict("records")
+
+
+def _rejected_line(error: dict[str, Any]) -> str:
+    """One rejected row of a catalog load: row (0-based, in file order), item_id, field, reason."""
+    import pandas as pd
+
+    from features.catalog import ITEM_ID
+    from features.schema import ERROR_FIELD, ERROR_REASON, ERROR_ROW
+
+    item = error.get(ITEM_ID)
+    item = "" if item is None or pd.isna(item) else item
+    return f"rejected: row {error.get(ERROR_ROW)} {ITEM_ID}={item} {error.get(ERROR_FIELD)}: {error.get(ERROR_REASON)}"
+
+
+catalog_app = typer.Typer(help="The product catalog: names, category paths, flags and stock.",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("load")
+def catalog_load_cmd(
+    file: Annotated[Path, typer.Argument(help="Catalog file, CSV or parquet (columns of features.catalog).")],
+    store: Annotated[Path, typer.Option(envvar="MIRROR_STORE", help="Online profile store (SQLite).")] = Path(
+        DEFAULT_STORE
+    ),
+) -> None:
+    """Validate a catalog and upsert its items into the store.
+
+    Good rows are kept even when other rows are rejected: each rejected row is printed (row, item_id,
+    field, reason) and the exit code is then 1, so a script notices; fix those rows and load again
+    (loading is an upsert by item_id).
+    """
+    with _user_errors():
+        upserted, errors = _load_catalog(store, file, "catalog load")
+    from features.schema import ERROR_ROW
+
+    rows = {e.get(ERROR_ROW) for e in errors}
+    typer.echo(f"loaded {upserted} items from {file} into {store}; {len(rows)} rows rejected")
+    for e in errors:
+        typer.echo(_rejected_line(e), err=True)
+    raise typer.Exit(1 if errors else 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # serve
 # ---------------------------------------------------------------------------------------------
+#: Seconds the server gets to stop its workers after SIGTERM before everything left is killed.
+STOP_GRACE_S = 20.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _seed_store(store: Path, events: Path) -> None:
     """Load events into the store when it is new or empty (the store shows its own progress bar)."""
-    store_mod = _module("features.store", "serve")
     existed = store.exists()
-    db = store_mod.SQLiteProfileStore(store)
-    try:
+    with _opened_store(store, "serve") as db:
         if existed and len(db.export_events()):
             typer.echo(f"store {store} already holds events; not seeding", err=True)
             return
         df = _load_events(events)
         result = db.load_events(df, validated=True)
         typer.echo(f"seeded {store} with {result.accepted} events ({len(result.profile_ids)} profiles)", err=True)
-    finally:
-        close = getattr(db, "close", None)
-        if callable(close):
-            close()
 
 
 def _example_customer(store: Path, events: Path | None) -> str | None:
@@ -474,12 +577,8 @@ def _example_customer(store: Path, events: Path | None) -> str | None:
 
             df = read_events(events)
         else:
-            store_mod = importlib.import_module("features.store")
-            db = store_mod.SQLiteProfileStore(store)
-            df = db.export_events()
-            close = getattr(db, "close", None)
-            if callable(close):
-                close()
+            with _opened_store(store, "serve") as db:
+                df = db.export_events()
     except Exception:  # noqa: BLE001 - examples are a convenience; fall back to a placeholder
         return None
     if CUSTOMER_ID not in df or not df[CUSTOMER_ID].notna().any():
@@ -501,10 +600,33 @@ def _example_item(events: Path | None) -> str | None:
         return None
 
 
-def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
-    """curl calls for every public endpoint, for a real customer and item (bodies as serving/api.py)."""
+def _example_record(store: Path, item_id: str | None) -> dict[str, Any] | None:
+    """The store's catalog record of the example item (else its first), for a PUT /items that changes
+    nothing; None when the store holds no catalog."""
+    try:
+        with _opened_store(store, "serve") as db:
+            items = db.catalog()
+        item = (items.get(item_id) if item_id is not None else None) or next(iter(items), None)
+    except Exception:  # noqa: BLE001 - examples are a convenience; fall back to a demo record
+        return None
+    if item is None:
+        return None
+    return {k: v for k, v in dataclasses.asdict(item).items() if v is not None}
+
+
+def example_calls(base_url: str, customer_id: str, item_id: str,
+                  catalog_record: dict[str, Any] | None = None) -> list[str]:
+    """curl calls for every public endpoint, for a real customer and item (bodies as serving/api.py).
+
+    `catalog_record` is an item as the catalog holds it, so the PUT /items example rewrites what is
+    there; without one it adds a demo item rather than overwrite a real item with made-up fields.
+    """
+    from features import catalog as cat
+
     j = "-H 'Content-Type: application/json'"
     now = datetime.now(UTC).isoformat(timespec="seconds")  # a view happening now: it shows in /recommend
+    record = catalog_record or {cat.ITEM_ID: "demo-item-1", cat.NAME: "Demo item", cat.CATEGORY: "demo",
+                                cat.PRICE: 9.99, cat.CURRENCY: "USD", cat.IN_STOCK: True}
 
     def post(path: str, body: dict[str, Any], method: str = "POST") -> str:
         return f"curl -s -X {method} {base_url}/{path} {j} -d '{json.dumps(body)}'"
@@ -517,6 +639,7 @@ def example_calls(base_url: str, customer_id: str, item_id: str) -> list[str]:
         post("events", {"event": {"event_id": "demo-1", "ts": now, "channel": "web",
                                   "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
         post("consent", {"customer_id": customer_id, "purpose": "email_engagement", "granted": True}, "PUT"),
+        post("items", {"items": [record]}, "PUT"),
         f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",
     ]
 
@@ -530,6 +653,89 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _die_with(parent: int) -> Any:
+    """A preexec_fn: the kernel sends the server SIGTERM when `mirror serve` dies, even by SIGKILL.
+
+    SIGTERM, not SIGKILL: BentoML's arbiter then stops its workers, which run in sessions of their own
+    and would otherwise outlive it, holding the port.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the wrapper died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (Linux /proc; empty elsewhere), children before grandchildren."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:  # gone meanwhile
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for p in pids:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(p, sig)
+
+
+def _stop_server(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM to the server's process group (BentoML then stops its workers); after `grace_s`, SIGKILL to
+    the group and to every descendant (the workers are in sessions of their own). Returns its exit code."""
+    if proc.poll() is not None:
+        return proc.returncode
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # stuck, or a second Ctrl-C: no more waiting
+        pass
+    workers = _descendants(proc.pid)  # read while the arbiter lives: afterwards they are init's
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _signal(workers, signal.SIGKILL)
+    return proc.wait()
+
+
+class _Terminated(Exception):
+    """SIGTERM to `mirror serve`: unwind like Ctrl-C, stopping the server on the way out."""
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise _Terminated
+
+
+def _server_env(store: Path, uri: str, port: int) -> dict[str, str]:
+    """The server's environment: its store, models and port, and a BentoML home of its own.
+
+    BentoML clears part of its home when a server starts, so two instances sharing one deleted each
+    other's task results: unless the operator set BENTOML_HOME, each store gets `<store>.bentoml/`.
+    """
+    env = {**os.environ, "MIRROR_STORE": str(store.resolve()), "MLFLOW_TRACKING_URI": uri,
+           "MIRROR_PORT": str(port)}
+    if not os.environ.get("BENTOML_HOME"):
+        home = store.resolve().with_name(store.name + ".bentoml")
+        home.mkdir(parents=True, exist_ok=True)
+        env["BENTOML_HOME"] = str(home)
+    return env
+
+
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(envvar="MIRROR_PORT", min=1, max=65535, help="HTTP port.")] = DEFAULT_PORT,
@@ -537,30 +743,37 @@ def serve(
         DEFAULT_STORE
     ),
     events: Annotated[Path | None, typer.Option(help="Events to seed the store with when it is empty.")] = None,
+    catalog: Annotated[Path | None, typer.Option(
+        help="Catalog (CSV or parquet) to upsert into the store before starting; rejected rows are "
+             "reported and skipped, good rows kept.")] = None,
     examples: Annotated[bool, typer.Option(help="Print example curl calls once ready.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 300.0,
 ) -> None:
-    """Run the BentoML service in the foreground (Ctrl-C stops it)."""
+    """Run the BentoML service in the foreground (Ctrl-C or SIGTERM stops it, and it never outlives this
+    command: the server stops with it however it ends, kill -9 included)."""
     from training.registry import configure_tracking
 
     with _user_errors():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with _opened_store(store, "serve"):  # a file that is not a store fails here, in one line
+            pass
         if events is not None:
             _existing(events, "events file")
-            store.parent.mkdir(parents=True, exist_ok=True)
             _seed_store(store, events)
+        if catalog is not None:
+            upserted, errors = _load_catalog(store, catalog, "serve")
+            typer.echo(f"loaded {upserted} catalog items from {catalog} into {store}", err=True)
+            for e in errors:
+                typer.echo(f"warning: {_rejected_line(e)}", err=True)
         uri = configure_tracking()
-    env = {**os.environ, "MIRROR_STORE": str(store.resolve()), "MLFLOW_TRACKING_URI": uri,
-           "MIRROR_PORT": str(port)}
+    env = _server_env(store, uri, port)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(port)]
     typer.echo(f"starting {' '.join(cmd)} (store {store}, models from {uri})", err=True)
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum: int, _frame: Any) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    old_term = signal.signal(signal.SIGTERM, forward)
+    # its own process group, so a Ctrl-C in this terminal reaches only us and we stop it in order
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with(os.getpid()))
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     base = f"http://127.0.0.1:{port}"
+    code: int | None = None
     try:
         deadline = time.monotonic() + ready_timeout
         while not _ready(f"{base}/readyz"):
@@ -576,21 +789,15 @@ def serve(
             customer = _example_customer(store, events) or "<customer_id>"
             item = _example_item(events) or "<item_id>"
             typer.echo("\nExample calls:")
-            for line in example_calls(base, customer, item):
+            for line in example_calls(base, customer, item, _example_record(store, item)):
                 typer.echo(f"  {line}")
         code = proc.wait()
-    except KeyboardInterrupt:
-        forward(signal.SIGINT, None)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+    except (KeyboardInterrupt, _Terminated):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
+        code = _stop_server(proc)
     finally:
         signal.signal(signal.SIGTERM, old_term)
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=20)
+        _stop_server(proc)  # whatever ended us (an error, _fail): the server does not outlive this command
     raise typer.Exit(code if code and code > 0 else 0)
 
 

@@ -15,7 +15,7 @@ from features.schema import CHURN_MODEL, RECOMMENDER_MODEL
 from serving.auth import Access, GatekeeperMiddleware, KeyRing, required_access
 from serving.config import Settings
 from serving.models import ChampionSet, PopularityFallback
-from serving.service import (
+from serving.recommend import (
     blend_session,
     blocked_purchases,
     personal_query,
@@ -179,7 +179,7 @@ class FakeRegistry:
 
 def test_champion_set_swaps_keeps_last_good_and_falls_back():
     reg = FakeRegistry()
-    champs = ChampionSet((RECOMMENDER_MODEL, CHURN_MODEL), loader=reg.load, resolver=reg.resolve)
+    champs = ChampionSet((RECOMMENDER_MODEL, CHURN_MODEL), loader=reg.load, resolver=reg.resolve, validator=None)
     assert champs.current.recommender_is_fallback and not champs.loaded_once
     first = champs.reload()
     assert first.recommender.version == "1" and first.churn is None
@@ -194,7 +194,7 @@ def test_champion_set_swaps_keeps_last_good_and_falls_back():
     assert "version 2" in champs.status()[RECOMMENDER_MODEL]["error"]
     assert first.recommender.version == "1"  # snapshots are never mutated
 
-    fresh = ChampionSet((RECOMMENDER_MODEL,), loader=reg.load, resolver=reg.resolve,
+    fresh = ChampionSet((RECOMMENDER_MODEL,), loader=reg.load, resolver=reg.resolve, validator=None,
                         fallback_factory=lambda: PopularityFallback([("a", "x", 3.0), ("b", "y", 1.0)]))
     fell_back = fresh.reload()
     assert fell_back.recommender_is_fallback and fresh.status()[RECOMMENDER_MODEL]["fallback"] is True
@@ -227,8 +227,8 @@ def test_blocked_purchases_consumables_come_back_at_replenishment_time():
                    entry(item_id="sofa", ts=now - timedelta(days=400))),
         replenish_days={"coffee": 14.0, "shampoo": 30.0},
     )
-    assert blocked_purchases(profile, now.timestamp()) == {"shampoo", "sofa"}
-    assert blocked_purchases(None, now.timestamp()) == set()
+    assert blocked_purchases(profile, now) == {"shampoo", "sofa"}
+    assert blocked_purchases(None, now) == set()
 
 
 # -- recent interest ------------------------------------------------------------------------------
@@ -247,10 +247,10 @@ def test_personal_query_is_newest_first_and_leaves_out_purchases_and_returns():
     e = lambda i, days: SimpleNamespace(item_id=i, ts=now - pd.Timedelta(days=days))  # noqa: E731
     profile = SimpleNamespace(recent_views=[e("v-new", 0.1), e("v-old", 9)], cart_items=[e("cart", 2)],
                               purchases=[e("bought", 3)], returns=[e("returned", 1)], replenish_days={})
-    recent, exclude = personal_query(profile, now.timestamp())
+    recent, exclude = personal_query(profile, now)
     assert recent == ["v-new", "cart", "v-old"]  # the cart no longer jumps ahead of a newer view
     assert exclude == ["bought", "returned"]
-    assert personal_query(None, now.timestamp()) == ([], [])
+    assert personal_query(None, now) == ([], [])
 
 
 def test_session_views_are_the_recent_window_newest_first():
@@ -258,9 +258,12 @@ def test_session_views_are_the_recent_window_newest_first():
     view = lambda i, c, minutes: SimpleNamespace(item_id=i, category=c, ts=now - pd.Timedelta(minutes=minutes))  # noqa: E731
     profile = SimpleNamespace(recent_views=[view("a", "shoes", 40), view("b", "hats", 5), view("c", None, 1),
                                             view("b", "hats", 20)])
-    assert session_views(profile, now.timestamp()) == [("c", None), ("b", "hats")]
-    assert session_views(profile, now.timestamp(), window_s=3600) == [("c", None), ("b", "hats"), ("a", "shoes")]
-    assert session_views(None, now.timestamp()) == []
+    def seen(**kw):
+        return [(e.item_id, e.category) for e in session_views(profile, now, **kw)]
+
+    assert seen() == [("c", None), ("b", "hats")]
+    assert seen(window=timedelta(hours=1)) == [("c", None), ("b", "hats"), ("a", "shoes")]
+    assert session_views(None, now) == []
 
 
 def test_blend_session_gives_the_slots_to_the_session_and_keeps_scores_descending():

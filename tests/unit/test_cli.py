@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from features.catalog import validate_catalog
 from features.schema import (
     CHANNEL,
     CUSTOMER_ID,
@@ -198,16 +199,29 @@ def test_summary_json_has_metrics_and_baselines_and_no_nan() -> None:
     assert back["mirror-churn"]["version"] == "3" and back["mirror-churn"]["promoted"] is False
 
 
+def _body(call: str) -> dict[str, object]:
+    return json.loads(call.split(" -d '", 1)[1].rstrip("'"))
+
+
 def test_example_calls_cover_every_endpoint() -> None:
     calls = example_calls("http://127.0.0.1:3000", "c42", "i7")
     text = "\n".join(calls)
-    for endpoint in ("recommend", "similar_items", "next_best_action", "scores", "events", "consent", "profiles"):
+    for endpoint in ("recommend", "similar_items", "next_best_action", "scores", "events", "consent", "items",
+                     "profiles"):
         assert f"/{endpoint}" in text
     assert '"c42"' in text and '"i7"' in text
     # every JSON body is valid JSON
     for call in calls:
         if " -d '" in call:
-            json.loads(call.split(" -d '", 1)[1].rstrip("'"))
+            _body(call)
+    # PUT /items: a catalog record; without the real one, a demo item (never made-up fields on a real item)
+    put = next(c for c in calls if "-X PUT" in c and "/items" in c)
+    items = _body(put)["items"]
+    assert isinstance(items, list) and len(items) == 1
+    assert validate_catalog(pd.DataFrame(items)).errors.empty and items[0][ITEM_ID] != "i7"
+    record = {ITEM_ID: "i7", "name": "Trail Runner jacket", "category": "outerwear", "price": 89.0}
+    put = next(c for c in example_calls("http://h", "c42", "i7", record) if "/items" in c)
+    assert _body(put) == {"items": [record]}
 
 
 def test_train_prints_one_json_object_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,3 +290,262 @@ def test_train_sentiment_passes_finetune_options_into_the_config(tmp_path: Path,
     assert seen[-1].finetune_max_texts >= 1_000_000  # every text, not the default subsample
     bad = runner.invoke(app, [*args, "--finetune-members", "2"])
     assert bad.exit_code == 2 and "--finetune-epochs" in bad.output and len(seen) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# generate: the data end today by default
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not _has("features.synthetic"), reason="features.synthetic not available")
+def test_generate_ends_today_unless_pinned(tmp_path: Path) -> None:
+    def run(name: str, *extra: str) -> pd.Series:
+        result = runner.invoke(app, ["generate", "--customers", "30", "--days", "10", "--seed", "1",
+                                     "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        return pd.read_parquet(tmp_path / name / "events.parquet")[TS]
+
+    before = pd.Timestamp.now(tz="UTC").normalize()
+    ts = run("today")
+    after = pd.Timestamp.now(tz="UTC").normalize()  # the same day, unless the test ran across midnight
+    assert ts.min() >= before - pd.Timedelta(days=10) and ts.max() < after
+    assert ts.max() > before - pd.Timedelta(days=2)  # fresh: the service's "now" falls right after the data
+    ts = run("end", "--end", "2025-03-01")
+    assert ts.min() >= pd.Timestamp("2025-02-19", tz="UTC") and ts.max() < pd.Timestamp("2025-03-01", tz="UTC")
+    ts = run("start", "--start", "2025-01-01")
+    assert ts.min() >= pd.Timestamp("2025-01-01", tz="UTC") and ts.max() < pd.Timestamp("2025-01-11", tz="UTC")
+    both = runner.invoke(app, ["generate", "--out", str(tmp_path / "x"), "--start", "2025-01-01",
+                               "--end", "2025-03-01"])
+    assert both.exit_code == 2 and "not both" in both.stderr
+    bad = runner.invoke(app, ["generate", "--out", str(tmp_path / "y"), "--end", "2025-03-01T10:00"])
+    assert bad.exit_code == 1 and "end must be a date" in bad.stderr and "Traceback" not in bad.output
+    checked = validate_catalog(pd.read_parquet(tmp_path / "today" / "items.parquet"))
+    assert checked.errors.empty and len(checked.valid) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: a server that never outlives its wrapper
+# ---------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL",  # ~10 s on 2 idle cores; the handled stops are the same code path
+                                 pytest.param("SIGTERM", marks=pytest.mark.slow),
+                                 pytest.param("SIGINT", marks=pytest.mark.slow)])
+def test_killing_mirror_serve_stops_the_server(sig: str, tmp_path: Path) -> None:
+    """kill -9 (or TERM, or INT) of the `mirror serve` process alone: the BentoML server and its workers
+    go with it, within seconds, and the port is free. No models needed: the service starts without."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+
+    port = _free_port()
+    store = tmp_path / "store.db"
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_HOME"}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        wrapper = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--store", str(store),
+             "--ready-timeout", "120"],
+            cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert wrapper.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        tree = psutil.Process(wrapper.pid).children(recursive=True)
+        assert len(tree) >= 2, tree  # the BentoML server and at least one worker
+        # each instance has a BentoML home of its own, beside its store
+        assert tree[0].environ()["BENTOML_HOME"] == str(store.resolve()) + ".bentoml"
+        wrapper.send_signal(getattr(signal, sig))
+        wrapper.wait(timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, f"left running after {sig} of the wrapper: {alive}"
+        assert not _listening(port)
+        if sig != "SIGKILL":  # a stop the wrapper handled: it stopped the server, then exited cleanly
+            assert wrapper.returncode == 0, log.read_text()
+    finally:  # whatever failed: leave nothing running
+        if wrapper.poll() is None:
+            wrapper.kill()
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        wrapper.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# catalog load, and serve's preparation (with the server itself replaced by a stand-in)
+# ---------------------------------------------------------------------------------------------
+CATALOG_CSV = """item_id,name,category,price,currency,in_stock
+sku-1,Trail Runner jacket,Women > Outerwear,89.50,USD,true
+sku-2,Wrap dress,Women > Dresses,-5,USD,true
+sku-3,Espresso beans,Coffee,12,usd,maybe
+sku-4,Canvas tote,Bags,30,EUR,false
+"""
+
+
+def _catalog(store: Path) -> dict[str, object]:
+    from features.store import SQLiteProfileStore
+
+    db = SQLiteProfileStore(store)
+    try:
+        return {it.item_id: it for it in db.catalog()}
+    finally:
+        db.close()
+
+
+def test_catalog_load_keeps_good_rows_and_reports_each_rejected_one(tmp_path: Path) -> None:
+    src = tmp_path / "items.csv"
+    src.write_text(CATALOG_CSV)
+    store = tmp_path / "store.db"
+    result = runner.invoke(app, ["catalog", "load", str(src), "--store", str(store)])
+    assert result.exit_code == 1, result.output  # some rows were rejected: a script notices
+    assert "loaded 2 items" in result.stdout and "2 rows rejected" in result.stdout
+    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert len(rejected) == 3  # one line per (row, field): sku-2's price, sku-3's currency and stock
+    assert any("row 1 " in r and "sku-2" in r and "price" in r and "negative" in r for r in rejected)
+    assert sum("sku-3" in r for r in rejected) == 2 and any("in_stock" in r for r in rejected)
+    items = _catalog(store)
+    assert set(items) == {"sku-1", "sku-4"}  # good rows kept
+    assert items["sku-1"].name == "Trail Runner jacket" and items["sku-1"].category == "Women > Outerwear"
+    assert items["sku-4"].in_stock is False and items["sku-4"].price == 30.0
+    # all good: exit 0; loading is an upsert (a price-only feed keeps the other fields)
+    fixed = tmp_path / "fix.csv"
+    fixed.write_text("item_id,price\nsku-1,79\nsku-2,45\n")
+    again = runner.invoke(app, ["catalog", "load", str(fixed), "--store", str(store)])
+    assert again.exit_code == 0, again.output
+    assert "loaded 2 items" in again.stdout and "0 rows rejected" in again.stdout and not again.stderr
+    items = _catalog(store)
+    assert items["sku-1"].price == 79.0 and items["sku-1"].name == "Trail Runner jacket"
+    assert items["sku-2"].price == 45.0
+    # serve's PUT /items example puts back the store's own record of the example item
+    from training.cli import _example_record
+
+    record = _example_record(store, "sku-4")
+    assert record == {"item_id": "sku-4", "name": "Canvas tote", "category": "Bags", "price": 30.0,
+                      "currency": "EUR", "in_stock": False}
+    assert _example_record(store, "unknown")["item_id"] in items
+
+
+def test_catalog_load_help_says_good_rows_are_kept() -> None:
+    result = runner.invoke(app, ["catalog", "load", "--help"])
+    assert result.exit_code == 0 and "Good rows are kept" in result.stdout
+    assert "catalog" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_catalog_load_user_errors_are_one_line(tmp_path: Path) -> None:
+    store = str(tmp_path / "store.db")
+    unknown = tmp_path / "typo.csv"
+    unknown.write_text("item_id,nmae\nsku-1,Jacket\n")
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"this is not parquet at all")
+    bad_store = tmp_path / "notastore.db"
+    bad_store.write_bytes(b"this is not an SQLite database, it is text " * 20)
+    good = tmp_path / "ok.csv"
+    good.write_text("item_id\nsku-1\n")
+    for args, needles in [
+        ([str(tmp_path / "missing.csv"), "--store", store], ["missing.csv"]),
+        ([str(unknown), "--store", store], ["typo.csv", "'nmae'"]),
+        ([str(garbage), "--store", store], ["garbage.parquet"]),
+        ([str(good), "--store", str(bad_store)], ["notastore.db", "not a usable SQLite database"]),
+    ]:
+        result = runner.invoke(app, ["catalog", "load", *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert all(n in result.stderr for n in needles), (needles, result.stderr)
+
+
+class _FakeServer:
+    """Stands in for `bentoml serve`: records how it was started and exits at once."""
+
+    calls: list[dict[str, object]] = []
+
+    def __init__(self, cmd: list[str], **kwargs: object) -> None:
+        type(self).calls.append({"cmd": cmd, **kwargs})
+        self.pid = 999_999_999
+        self.returncode = 3
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> type[_FakeServer]:
+    import training.cli as cli
+
+    _FakeServer.calls = []
+    monkeypatch.setattr(cli.subprocess, "Popen", _FakeServer)
+    monkeypatch.delenv("BENTOML_HOME", raising=False)
+    return _FakeServer
+
+
+def test_serve_refuses_a_store_that_is_not_sqlite_before_starting(tmp_path: Path,
+                                                                  fake_server: type[_FakeServer]) -> None:
+    bad = tmp_path / "store.db"
+    bad.write_bytes(b"garbage, not a database " * 50)
+    result = runner.invoke(app, ["serve", "--store", str(bad), "--port", str(_free_port())])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "store.db" in result.stderr
+    assert fake_server.calls == []  # no server whose worker would restart forever on it
+
+
+def test_serve_loads_the_catalog_and_gives_the_server_its_own_home(tmp_path: Path, fake_server: type[_FakeServer],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "items.csv"
+    src.write_text(CATALOG_CSV)
+    events = tmp_path / "events.parquet"
+    write_events(_events(), events)
+    store = tmp_path / "a" / "store.db"
+    port = str(_free_port())
+    result = runner.invoke(app, ["serve", "--store", str(store), "--events", str(events), "--catalog", str(src),
+                                 "--port", port])
+    assert result.exit_code == 1 and "exited with code 3 before it was ready" in result.stderr
+    assert "loaded 2 catalog items" in result.stderr and result.stderr.count("warning: rejected:") == 3
+    assert set(_catalog(store)) == {"sku-1", "sku-4"}
+    (call,) = fake_server.calls
+    env = call["env"]
+    assert isinstance(env, dict)
+    assert env["MIRROR_STORE"] == str(store.resolve())
+    assert env["BENTOML_HOME"] == str(store.resolve()) + ".bentoml"  # its own, beside its store
+    assert call["start_new_session"] is True and callable(call["preexec_fn"])  # dies with the wrapper
+    # two stores, two homes; an operator's BENTOML_HOME is kept
+    other = runner.invoke(app, ["serve", "--store", str(tmp_path / "b.db"), "--port", port])
+    assert other.exit_code == 1
+    assert fake_server.calls[-1]["env"]["BENTOML_HOME"] == str((tmp_path / "b.db").resolve()) + ".bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "mine"))
+    runner.invoke(app, ["serve", "--store", str(store), "--port", port])
+    assert fake_server.calls[-1]["env"]["BENTOML_HOME"] == str(tmp_path / "mine")

@@ -7,6 +7,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -102,7 +103,7 @@ def test_item_level_only_on_logged_in_web_with_item_consent() -> None:
     assert reason("web", ConsentState(level=Specificity.ITEM), logged_in=False).level == Specificity.CATEGORY
     # social: none
     d = reason("social", ConsentState(level=Specificity.ITEM))
-    assert (d.level, d.text, dict(d.params)) == (Specificity.NONE, "Popular right now", {})
+    assert (d.level, d.text, dict(d.params)) == (Specificity.NONE, "Picked for you", {})
 
 
 def test_brand_only_when_policy_allows() -> None:
@@ -139,7 +140,7 @@ def test_picks_the_most_specific_allowed_signal() -> None:
 def test_scrubber_falls_back_to_none_when_a_name_slips(name: str) -> None:
     s = dataclasses.replace(CREEPY, item_name=name)
     d = reason("web", ConsentState(level=Specificity.ITEM), [s])
-    assert d.level == Specificity.NONE and d.text == "Popular right now" and not d.params
+    assert d.level == Specificity.NONE and d.text == "Picked for you" and not d.params
     assert any("replaced by the none text" in a.reason for a in d.audit)
     assert not any(a.reason in d.text or a.what in d.text for a in d.audit)
 
@@ -154,9 +155,9 @@ def test_signal_store_and_colour_values_are_never_shown() -> None:
     s = dataclasses.replace(CREEPY, item_name="Soho Classic Tee", store_id="Soho", location="Soho")
     consent = ConsentState(level=Specificity.ITEM, granted=g.DEFAULT_PURPOSES | {STORE_VISITS, LOCATION},
                            location_opt_in=True)
-    assert reason("web", consent, [s]).text == "Popular right now"
+    assert reason("web", consent, [s]).text == "Picked for you"
     blue = dataclasses.replace(CREEPY, item_name="Blue Ridge jacket")
-    assert reason("web", consent, [blue]).text == "Popular right now"
+    assert reason("web", consent, [blue]).text == "Picked for you"
 
 
 # --------------------------------------------------------------------------------------------- sensitive
@@ -165,7 +166,7 @@ def test_sensitive_categories_are_never_named(category: str) -> None:
     s = dataclasses.replace(CREEPY, category=category, item_name="Comfort Wrap")
     for channel in ("web", "email", "app"):
         d = reason(channel, ConsentState(level=Specificity.ITEM), [s])
-        assert d.level == Specificity.NONE and d.text == "Popular right now", channel
+        assert d.level == Specificity.NONE and d.text == "Picked for you", channel
 
 
 def test_sensitive_matching_is_whole_word() -> None:
@@ -180,7 +181,7 @@ def test_declared_sensitive_interest_only_where_policy_allows() -> None:
     lenient = dataclasses.replace(POLICY, sensitive_declared_allowed_on=frozenset({"web", "email"}))
     # scrubber still refuses the sensitive word, so even the lenient policy cannot leak it
     d = reason("web", consent, [declared], policy=lenient)
-    assert d.text == "Popular right now"
+    assert d.text == "Picked for you"
     assert reason("email", consent, [declared], policy=lenient).level == Specificity.NONE
 
 
@@ -190,8 +191,9 @@ def test_consent_from_flags() -> None:
     assert c.level == Specificity.CATEGORY and c.granted == g.DEFAULT_PURPOSES and not c.location_opt_in
     assert SOCIAL not in c.granted and STORE_VISITS not in c.granted
     assert consent_from_flags({DETAILED_PERSONALIZATION: True}).level == Specificity.ITEM
-    off = consent_from_flags({PERSONALIZATION: False, DETAILED_PERSONALIZATION: True})
-    assert off.level == Specificity.NONE and not off.granted
+    off = consent_from_flags({PERSONALIZATION: False, DETAILED_PERSONALIZATION: True, "email_marketing": True})
+    assert off.level == Specificity.NONE and not off.personalization and not off.sources
+    assert off.allows_marketing("email")  # a newsletter without profiling stays possible
     assert consent_from_flags({LOCATION: True}).location_opt_in
     with pytest.raises(ValueError, match="time zone"):
         consent_from_flags({}, timezone="Mars/Olympus")
@@ -220,7 +222,7 @@ def test_revoking_consent_changes_the_very_next_output() -> None:
     after = reason("web", consent_from_flags({**flags, BEHAVIORAL: False}))
     assert after.level == Specificity.NONE and after.signals_used == ()
     off = reason("web", consent_from_flags({**flags, PERSONALIZATION: False}))
-    assert off.text == "Popular right now" and not off.params
+    assert off.text == "You may also like" and not off.params  # nothing about the person at all
     # purchase history still explains when only behaviour is revoked
     bought = Signal("purchase", "web", item_id="sku_k", item_name="Chef Knife", category="kitchen")
     d = reason("web", consent_from_flags({**flags, BEHAVIORAL: False}), [CREEPY, bought])
@@ -230,6 +232,10 @@ def test_revoking_consent_changes_the_very_next_output() -> None:
 
 
 # --------------------------------------------------------------------------------------------- NBA
+#: Marketing consent on email and SMS over the default purposes (outbound marketing needs its own).
+MARKETING = ConsentState(granted=g.DEFAULT_PURPOSES | {"email_marketing", "sms_marketing"})
+
+
 def nba(action: str, channel: str, consent: ConsentState, params: dict, signals=(CREEPY,), now=NOON_NY,
         context: ContactContext | None = None, policy=POLICY) -> g.GuardDecision:
     return guard(GuardRequest(NBA_MESSAGE, channel, consent, tuple(signals), action=action, params=params,
@@ -239,7 +245,7 @@ def nba(action: str, channel: str, consent: ConsentState, params: dict, signals=
 def test_nba_params_are_whitelisted_and_level_gated() -> None:
     params = {"item_ids": ["sku_trail", "sku_unbacked"], "categories": ["running shoes", "maternity"],
               "discount_pct": 15, "reasons": ["negative_sentiment"], "offer_code": "<script>", "points": -3}
-    d = nba(g.CROSS_SELL, "email", ConsentState(level=Specificity.ITEM), params)
+    d = nba(g.CROSS_SELL, "email", dataclasses.replace(MARKETING, level=Specificity.ITEM), params)
     assert d.allowed and d.text == "More running shoes picks for you"
     assert dict(d.params) == {"categories": ["running shoes"], "discount_pct": 15}
     d = nba(g.CROSS_SELL, "web", ConsentState(level=Specificity.ITEM), params)
@@ -249,34 +255,55 @@ def test_nba_params_are_whitelisted_and_level_gated() -> None:
     assert dict(revoked.params) == {"discount_pct": 15}
 
 
-def test_quiet_hours_use_the_customer_time_zone() -> None:
-    d = nba(g.CART_REMINDER, "email", ConsentState(), {}, now=MONDAY_NIGHT)
-    assert not d.allowed and "quiet hours" in (d.suppressed_reason or "") and d.text == "" and not d.params
-    tokyo = ConsentState(timezone="Asia/Tokyo")  # 13:45 there
-    assert nba(g.CART_REMINDER, "email", tokyo, {}, now=MONDAY_NIGHT).allowed
-    assert nba(g.CART_REMINDER, "web", ConsentState(), {}, now=MONDAY_NIGHT).allowed  # on-site: no quiet hours
+def test_quiet_hours_use_the_customer_time_zone_and_defer_to_send_at() -> None:
+    d = nba(g.CART_REMINDER, "email", MARKETING, {}, now=MONDAY_NIGHT)
+    assert d.allowed and d.send_at is not None  # deferred, not dropped
+    local = d.send_at.astimezone(ZoneInfo("America/New_York"))
+    assert (local.hour, local.minute) == (8, 0) and d.send_at > MONDAY_NIGHT
+    assert any("quiet hours" in a.reason for a in d.audit)
+    tokyo = dataclasses.replace(MARKETING, timezone="Asia/Tokyo")  # 13:45 there
+    assert nba(g.CART_REMINDER, "email", tokyo, {}, now=MONDAY_NIGHT).send_at is None
+    assert nba(g.CART_REMINDER, "web", ConsentState(), {}, now=MONDAY_NIGHT).send_at is None  # on-site: none
+
+
+def test_outbound_marketing_needs_its_own_consent_service_messages_do_not() -> None:
+    d = nba(g.CART_REMINDER, "email", ConsentState(), {})
+    assert not d.allowed and d.suppressed_reason == "no email_marketing consent"
+    assert not nba(g.CART_REMINDER, "sms", ConsentState(granted=MARKETING.granted - {"sms_marketing"}), {}).allowed
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}).allowed
+    assert nba(g.SERVICE_RECOVERY, "email", ConsentState(), {}).allowed  # a service message
+    assert nba(g.CART_REMINDER, "app", ConsentState(), {}).allowed  # their own app: no marketing purpose
 
 
 def test_frequency_cap_and_rejected_messages_take_no_slot() -> None:
     ledger = InMemoryContactLedger()
     ctx = ContactContext(profile_id="p_1", ledger=ledger)
-    assert not nba(g.CART_REMINDER, "email", ConsentState(), {}, now=MONDAY_NIGHT, context=ctx).allowed
+    assert not nba(g.CART_REMINDER, "email", ConsentState(), {}, context=ctx).allowed  # no marketing consent
     assert ledger.count("p_1", "email") == 0
-    assert nba(g.CART_REMINDER, "email", ConsentState(), {}, context=ctx).allowed
-    second = nba(g.CART_REMINDER, "email", ConsentState(), {}, now=NOON_NY + timedelta(hours=1), context=ctx)
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}, context=ctx).allowed
+    second = nba(g.CART_REMINDER, "email", MARKETING, {}, now=NOON_NY + timedelta(hours=1), context=ctx)
     assert not second.allowed and second.suppressed_reason == "frequency cap reached"
-    assert nba(g.CART_REMINDER, "email", ConsentState(), {}, now=NOON_NY + timedelta(hours=24), context=ctx).allowed
-    assert nba(g.CART_REMINDER, "sms", ConsentState(), {}, context=ctx).allowed  # caps are per channel
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}, now=NOON_NY + timedelta(hours=24), context=ctx).allowed
+    assert nba(g.CART_REMINDER, "sms", MARKETING, {}, context=ctx).allowed  # caps are per channel
+    # the same decision asked again takes no second slot
+    keyed = dataclasses.replace(ctx, key="default|1|cart_reminder")
+    day3 = NOON_NY + timedelta(hours=48)
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}, now=day3, context=keyed).allowed
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}, now=day3 + timedelta(minutes=1), context=keyed).allowed
+    assert ledger.count("p_1", "email") == 3
+    # in quiet hours the slot is counted at the send time
+    night = nba(g.CART_REMINDER, "sms", MARKETING, {}, now=MONDAY_NIGHT + timedelta(days=7), context=ctx)
+    assert night.allowed and night.send_at is not None
 
 
 def test_purchase_stops_cart_reminder_and_starts_thank_you() -> None:
     cart = Signal("add_to_cart", "web", item_id="sku_trail", item_name="Trail Runner jacket", category="running shoes")
     bought = ContactContext(purchases={"sku_trail": NOON_NY - timedelta(hours=2)},
                             last_purchase_ts=NOON_NY - timedelta(hours=2))
-    d = nba(g.CART_REMINDER, "email", ConsentState(), {"item_ids": ["sku_trail"]}, [cart], context=bought)
+    d = nba(g.CART_REMINDER, "email", MARKETING, {"item_ids": ["sku_trail"]}, [cart], context=bought)
     assert not d.allowed and d.suppressed_reason == "cart item already purchased"
     other = ContactContext(purchases={"sku_other": NOON_NY - timedelta(hours=2)})
-    assert nba(g.CART_REMINDER, "email", ConsentState(), {}, [cart], context=other).allowed
+    assert nba(g.CART_REMINDER, "email", MARKETING, {}, [cart], context=other).allowed
     assert nba(g.THANK_YOU, "email", ConsentState(), {}, [cart], context=bought).allowed
     assert not nba(g.THANK_YOU, "email", ConsentState(), {}, [cart], context=ContactContext()).allowed
 
@@ -288,7 +315,7 @@ def test_after_return_or_negative_sentiment_service_recovery_first() -> None:
         d = nba(g.SERVICE_RECOVERY, "email", ConsentState(), {}, context=ctx)
         assert d.allowed and d.text == "We're sorry: how can we make it right?"
     old = ContactContext(last_return_ts=NOON_NY - timedelta(days=15))
-    assert nba(g.CROSS_SELL, "email", ConsentState(), {}, context=old).allowed
+    assert nba(g.CROSS_SELL, "email", MARKETING, {}, context=old).allowed
 
 
 def test_action_names_match_nba_module() -> None:
@@ -327,21 +354,29 @@ def test_ledger_rejects_naive_time() -> None:
 
 # --------------------------------------------------------------------------------------------- profile view
 def test_profile_view_is_guarded() -> None:
-    profile = {
-        "profile_id": "p_0123456789abcdef",
-        "recent_views": [("sku_trail", "running shoes", MONDAY_NIGHT), ("sku_m", "Maternity Dresses", MONDAY_NIGHT)],
-        "purchases": [{ITEM_ID: "sku_k", CATEGORY: "kitchen", TS: MONDAY_NIGHT}],
-        "category_counts": {"running shoes": 9, "Lingerie": 4, "tents": 2},
-        "identifiers": ["email:h:0123", "device_id:dev_zz", "customer_id:c1"],
-        "channel_last_seen": {"web": MONDAY_NIGHT, "email": MONDAY_NIGHT},
-    }
+    from features.store import OnlineProfile, ProfileEntry
+
+    profile = OnlineProfile(
+        profile_id="p_0123456789abcdef",
+        recent_views=(ProfileEntry("sku_trail", "running shoes", MONDAY_NIGHT, "web", "view"),
+                      ProfileEntry("sku_m", "Maternity Dresses", MONDAY_NIGHT, "web", "view"),
+                      ProfileEntry("sku_t", "tents", MONDAY_NIGHT, "store", "try_on")),
+        cart_items=(), returns=(),
+        purchases=(ProfileEntry("sku_k", "kitchen", MONDAY_NIGHT, "web", "purchase"),),
+        category_counts={"running shoes": 9, "Lingerie": 4, "tents": 2, "kitchen": 1},
+        category_sources={"running shoes": {"behavioral": 9}, "Lingerie": {"behavioral": 4},
+                          "tents": {"behavioral": 1, "store_visits": 1}, "kitchen": {"purchase_history": 1},
+                          "bbq": {"store_visits": 3}},
+        channel_last_seen={"web": MONDAY_NIGHT, "email": MONDAY_NIGHT}, last_negative_ts=None,
+        identifiers=("email", "device_id", "customer_id"), updated_at=MONDAY_NIGHT,
+    )
     v = profile_view(profile, ConsentState(), POLICY)
     assert v["interests"] == ["running shoes", "kitchen", "tents"]
     assert v["identifier_types"] == ["customer_id", "device_id", "email"]
     assert v["channels"] == ["email", "web"] and "recent_items" not in v and v["level"] == "category"
     assert v["summary"] == "Your interests: running shoes, kitchen, tents"
     blob = repr({k: val for k, val in v.items() if k != "profile_id"}).lower()
-    for bad in ("maternity", "lingerie", "2025", "h:0123", "dev_zz", "9"):
+    for bad in ("maternity", "lingerie", "2025", "bbq", "sku_t", "9"):  # bbq: only seen in a store
         assert bad not in blob
     detailed = profile_view(profile, ConsentState(level=Specificity.ITEM), POLICY)
     assert detailed["recent_items"] == ["sku_trail", "sku_k"] and detailed["level"] == "item"

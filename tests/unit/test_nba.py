@@ -510,14 +510,15 @@ def _first_allowed(ctx: NBAContext, allowed) -> str:
 def test_scores_top_action_is_next_best_actions_first_action(hour: int) -> None:
     from serving.guard import consent_from_flags, load_policy
     from serving.nba import decide_top_actions
-    from serving.service import nba_contact_rule
+    from serving.decisions import contact_rule
 
     now = NOW.replace(hour=hour)
     policy = load_policy()
     seen: dict[str, set[str]] = {}
     for churn, propensity in [(0.1, 0.9), (0.5, 0.5), (0.9, 0.2), (0.2, 0.05)]:
         profiles, ctxs = _consistency_case(now, churn, propensity)
-        rule = nba_contact_rule(policy, now, consent_from_flags({}), {p.profile_id: p for p in profiles})
+        consent = consent_from_flags({"email_marketing": True, "sms_marketing": True})
+        rule = contact_rule(policy, now, lambda _pid: consent, {p.profile_id: p for p in profiles})
         batch = decide_top_actions(ctxs, allowed=rule)
         assert list(batch[PROFILE_ID]) == [c.profile_id for c in ctxs]
         for ctx, top, hold in zip(ctxs, batch[TOP_ACTION], batch[HOLDOUT], strict=True):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from features import schema
 from features.schema import (
     FAST_PATH_MAX_ROWS,
+    EventLimits,
     IdentifierHasher,
     _validate_rowwise,
     _validate_vectorised,
@@ -21,9 +22,19 @@ from features.schema import (
 
 HASHER = IdentifierHasher("test-key")
 PRE_HASHED = HASHER.hash("a@b.co")
+#: One fixed window for both paths (the default takes the clock): 2000-01-01 .. 2024-06-02.
+LIMITS = EventLimits(now="2024-06-01T00:00:00Z")
 
 _missing = st.sampled_from([None, np.nan, pd.NA, "", "   ", "\t"])
-_junk = st.sampled_from([1.5, math.inf, -math.inf, True, False, 0, 7, np.int64(3), "x", " y "])
+_junk = st.sampled_from([1.5, math.inf, -math.inf, True, False, 0, 7, np.int64(3), "x", " y ", 2**70, -(2**64)])
+# characters and lengths the content rules look at: control, format (zero-width, bidi, BOM, soft hyphen),
+# line breaks (free text keeps them), composed/decomposed (NFC), and values around the length limits
+_odd = st.sampled_from([
+    "a\x00b", "\x07bell", "\u200bc1", "c\u200d1", "c\u202e1", "\u2066c\u2069", "\ufeffc", "soft\u00adhy",
+    "e\u0301", "\u00e9", "Cafe\u0301", "tab\tx", "line\nx", "cr\r\nx", "\x85nel", "\u00a0nb", "\U000e0041",
+    "x" * 100, "x" * 101, "y" * 256, "y" * 257, "z" * 300, "z" * 301, "q" * 1001, "\u00e9" * 256,
+    "e\u0301" * 200,
+])
 
 
 def _text(words: list[str]) -> st.SearchStrategy[object]:
@@ -32,6 +43,7 @@ def _text(words: list[str]) -> st.SearchStrategy[object]:
         st.sampled_from(words).map(lambda w: f"  {w} "),
         _missing,
         _junk,
+        _odd,
         st.text(max_size=6),
     )
 
@@ -41,15 +53,21 @@ _ts = st.one_of(
         "2024-01-01T00:00:00Z", "2024-03-05T10:11:12.123+02:00", "2024-03-05 10:11:12+0100",
         "2024-03-05T10:11:12.123456789-05:30", "2024-01-01T00:00:00", "2024-01-01", "not a date",
         "2024-02-30T00:00:00Z", " 2024-01-01T00:00:00Z ", "2024-01-01T00:00:00Z\n", "5",
+        # the window (LIMITS) and beyond pandas' nanosecond range
+        "1500-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "1677-09-21T00:12:43Z", "1999-12-31T23:59:59.999999999Z",
+        "2000-01-01T00:00:00Z", "2000-01-01T01:00:00+01:00", "2024-06-02T00:00:00Z", "2024-06-02T00:00:00.000001Z",
+        "2024-06-02T00:00:00.000000001Z", "2262-04-12T00:00:00Z", "3000-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
     ]),
-    st.sampled_from([pd.Timestamp("2024-01-01T12:00:00", tz="Europe/Paris"), pd.Timestamp("2024-01-01")]),
+    st.sampled_from([pd.Timestamp("2024-01-01T12:00:00", tz="Europe/Paris"), pd.Timestamp("2024-01-01"),
+                     pd.Timestamp("1500-01-01", tz="UTC"), pd.Timestamp("2100-01-01", tz="UTC")]),
     _missing,
     _junk,
 )
 _email = st.sampled_from(["A@Example.com", " a@b.co ", "not-an-email", "a@b", PRE_HASHED, "h:123"])
 _phone = st.sampled_from(["+1 (555) 123-4567", "555-1234", "12", "0123456789012345678", PRE_HASHED])
 _num = st.one_of(
-    st.sampled_from([1, 2, 0, -1, 3.5, 5, 6, "2", " 4.5 ", "abc", "", "  ", "inf", "nan", True, None]),
+    st.sampled_from([1, 2, 0, -1, 3.5, 5, 6, "2", " 4.5 ", "abc", "", "  ", "inf", "nan", True, None,
+                     10**400, -(10**400), 2**70, "1e400", b"1", np.True_, np.float32(2.5)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-10, 10),
 )
@@ -77,6 +95,8 @@ FIELDS: dict[str, st.SearchStrategy[object]] = {
     "size": _text(["M"]),
     "brand": _text(["acme"]),
     "duration_s": _num,
+    "timezone": _text(["Europe/Paris", "UTC", "America/Argentina/Buenos_Aires", "Mars/Olympus", "localtime",
+                       "europe/paris", "../etc/passwd", "America", "Factory"]),
     "mystery": _text(["?"]),
     "identifiers": _text(["x"]),
 }
@@ -97,14 +117,20 @@ def records(draw: st.DrawFn) -> list[dict[str, object]]:
         out.append(rec)
     if n > 1 and draw(st.booleans()):
         out[-1] = dict(out[0])  # a duplicate event
+        if draw(st.booleans()) and cols:  # ... or a conflicting one: same id, one field changed
+            c = draw(st.sampled_from(cols))
+            out[-1][c] = draw(FIELDS[c])
+    if draw(st.integers(0, 9)) == 0:
+        out[draw(st.integers(0, n - 1))] = {}  # an empty record
     return out
 
 
-def assert_same(df: pd.DataFrame, allow_unknown: bool = False) -> None:
-    expected = _validate_vectorised(df.copy(), HASHER, allow_unknown_columns=allow_unknown)
-    got = validate_events(df, HASHER, allow_unknown_columns=allow_unknown)
+def assert_same(df: pd.DataFrame | list[dict[str, object]], allow_unknown: bool = False) -> None:
+    expected = _validate_vectorised(df.copy(), HASHER, allow_unknown_columns=allow_unknown, limits=LIMITS)
+    got = validate_events(df, HASHER, allow_unknown_columns=allow_unknown, limits=LIMITS)
     pd.testing.assert_frame_equal(got.valid, expected.valid)
     pd.testing.assert_frame_equal(got.errors, expected.errors)
+    assert got.duplicates == expected.duplicates
 
 
 def _build(recs: list[dict[str, object]], explicit: bool) -> pd.DataFrame | None:
@@ -113,7 +139,7 @@ def _build(recs: list[dict[str, object]], explicit: bool) -> pd.DataFrame | None
         if explicit:
             dtypes = {c: ("float64" if c in schema.NUMERIC_COLUMNS else "string") for c in df.columns}
             df = df.astype(dtypes)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return df
 
@@ -128,6 +154,18 @@ def test_fast_path_equals_vectorised(recs: list[dict[str, object]], explicit: bo
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records(), st.booleans(), st.data())
+def test_fast_path_equals_vectorised_on_records(recs: list[dict[str, object]], allow_unknown: bool,
+                                                data: st.DataObject) -> None:
+    """The same for records (what the API passes): NaN is a value there, and {} a row."""
+    for _ in range(data.draw(st.integers(0, 2))):  # JSON NaN, a non-object entry
+        i = data.draw(st.integers(0, len(recs) - 1))
+        recs[i] = data.draw(st.sampled_from(["not a record", None])) if data.draw(st.booleans()) else {
+            **recs[i], data.draw(st.sampled_from(["price", "customer_id", "ts", "mystery"])): math.nan}
+    assert_same(recs, allow_unknown)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records())
 def test_fast_path_equals_vectorised_good_rows(recs: list[dict[str, object]]) -> None:
     base = {"event_id": "e", "ts": "2024-01-01T00:00:00Z", "channel": "web", "event_type": "view",
@@ -135,6 +173,15 @@ def test_fast_path_equals_vectorised_good_rows(recs: list[dict[str, object]]) ->
     fixed = [{**base, **{k: v for k, v in r.items() if k not in COMMON}, "event_id": f"e{i % 5}"}
              for i, r in enumerate(recs)]
     assert_same(pd.DataFrame(fixed))
+
+
+def test_records_take_the_fast_path() -> None:
+    """Records (the API's input) are validated row by row, not sent to the vectorised path."""
+    recs = [{"event_id": "e1", "ts": "2024-01-01T00:00:00Z", "channel": "web", "event_type": "view",
+             "customer_id": "c", "item_id": "i", "price": 2, "timezone": "Europe/Paris"}, {}]
+    fast = _validate_rowwise(recs, HASHER, limits=LIMITS)
+    assert fast is not None and len(fast.valid) == 1 and fast.errors["field"].tolist() == ["record"]
+    assert_same(recs)
 
 
 def test_known_answer_good_row() -> None:
@@ -173,12 +220,16 @@ def test_known_answer_errors() -> None:
 
 
 def test_duplicates_first_wins() -> None:
+    """An identical repeat is a duplicate (the first copy counts); the same id with other content is a
+    conflict, reported against the first row."""
     rec = {"event_id": "e1", "ts": "2024-01-01T00:00:00Z", "channel": "web", "event_type": "search",
            "customer_id": "c"}
-    df = pd.DataFrame([rec, {**rec, "customer_id": "other"}])
-    r = validate_events(df, HASHER)
+    df = pd.DataFrame([rec, {**rec, "event_id": " e1 "}, {**rec, "customer_id": "other"}])
+    r = validate_events(df, HASHER, limits=LIMITS)
     assert len(r.valid) == 1 and r.valid["customer_id"].iloc[0] == "c"
-    assert r.errors.empty
+    assert r.duplicates == ((1, "e1"),)
+    assert list(zip(r.errors["row"], r.errors["field"], r.errors["reason"], strict=True)) == [
+        (2, "event_id", "conflicts with row 0: same event_id, different content")]
     assert_same(df)
 
 

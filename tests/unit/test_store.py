@@ -1,23 +1,39 @@
 """Online store: idempotence, crash durability, merges, erasure, caps, agreement with the offline build,
-and the bulk (vectorised) paths giving exactly what the per-event paths give."""
+the bulk (vectorised) paths giving exactly what the per-event paths give, typed profile entries, consent
+on the inputs of feature rows, idempotent contact reservations, the catalog and stock, and old files."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import features.store as store_module
+from features.catalog import Catalog
+from features.consent import granted_purposes, source_of, usable_sources
 from features.identity import IdentityConfig, resolve_identities
-from features.profiles import build_profiles
-from features.schema import CUSTOMER_ID, DEVICE_ID, EMAIL, EVENT_ID, PROFILE_ID, validate_events
+from features.profiles import FEATURE_COLUMNS, NEVER_DAYS, TOP_CATEGORY, build_profiles
+from features.schema import (
+    CHANNEL,
+    CUSTOMER_ID,
+    DEVICE_ID,
+    EMAIL,
+    EVENT_ID,
+    EVENT_TYPE,
+    PROFILE_ID,
+    TS,
+    validate_events,
+)
 from features.store import SQLiteProfileStore, StoreConfig, profile_id_for
 from features.synthetic import SyntheticConfig, generate
 
@@ -26,10 +42,42 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ev(eid: str, ts: str, etype: str = "view", channel: str = "web", **kw: object) -> dict[str, object]:
     row: dict[str, object] = {"event_id": eid, "ts": ts, "channel": channel, "event_type": etype}
-    if etype in ("view", "add_to_cart", "purchase", "return", "remove_from_cart") and "item_id" not in kw:
+    if etype in ("view", "add_to_cart", "purchase", "return", "remove_from_cart", "try_on",
+                 "social_like") and "item_id" not in kw:
         kw["item_id"] = "sku1"
     row.update(kw)
     return row
+
+
+def consented_events(store: SQLiteProfileStore, events: pd.DataFrame) -> pd.DataFrame:
+    """The events each profile's consent lets into its feature row, decided row by row (the reference)."""
+    usable = {p: usable_sources(granted_purposes(store.get_consent(p))) for p in events[PROFILE_ID].unique()}
+    keep = [source_of(e, c) in usable[p]
+            for e, c, p in zip(events[EVENT_TYPE], events[CHANNEL], events[PROFILE_ID], strict=True)]
+    return events.loc[keep]
+
+
+def assert_features_are_the_consented_build(store: SQLiteProfileStore, online: pd.DataFrame,
+                                            events: pd.DataFrame, as_of: str) -> set[str]:
+    """`online` is build_profiles of the consented events, plus an empty-history row for every profile
+    that had events before as_of but none it allows; returns those profiles."""
+    offline = build_profiles(consented_events(store, events), as_of)
+    built = online[PROFILE_ID].isin(offline[PROFILE_ID])
+    pd.testing.assert_frame_equal(online.loc[built].reset_index(drop=True), offline)
+    before = set(events.loc[events[TS] < pd.Timestamp(as_of), PROFILE_ID])
+    blank = set(online.loc[~built, PROFILE_ID])
+    assert blank == before - set(offline[PROFILE_ID])
+    assert_empty_history(online.loc[~built])
+    return blank
+
+
+def assert_empty_history(rows: pd.DataFrame) -> None:
+    """Rows of profiles none of whose events were used: nothing counted, nothing recent, all alike."""
+    for _, row in rows.iterrows():
+        for col in FEATURE_COLUMNS:
+            expected = NEVER_DAYS if col.startswith("days_") or col == "purchase_cadence_days" else 0.0
+            assert row[col] == expected, (col, row[col])
+        assert row[TOP_CATEGORY] == ""
 
 
 @pytest.fixture()
@@ -240,10 +288,11 @@ def test_bulk_load_equals_appending_batch_by_batch(tmp_path: Path) -> None:
     assert cfg >= 3  # no planted shared devices here, so batch boundaries cannot change the links
     # (aliases differ by design: only merges across batches leave old ids behind)
     _assert_same(_snapshot(bulk), _snapshot(small), aliases=False)
-    # and the features are the offline build of the same events
+    # and the features are the offline build of the same events, as far as each profile's consent allows
     snap = _snapshot(bulk)
-    offline = build_profiles(bulk.export_events(), AS_OF)
-    pd.testing.assert_frame_equal(snap["features"], offline)
+    blank = assert_features_are_the_consented_build(bulk, snap["features"], bulk.export_events(), AS_OF)
+    assert len(snap["features"]) == len(blank) + len(build_profiles(consented_events(
+        bulk, bulk.export_events()), AS_OF))
 
 
 def test_bulk_load_links_like_offline_resolution_with_shared_devices(tmp_path: Path) -> None:
@@ -320,10 +369,10 @@ def test_warm_features_serves_from_cache_until_a_write(tmp_path: Path, monkeypat
     monkeypatch.setattr(store, "_build_features", counting)
     warm = store.features_for(pids, AS_OF)
     assert builds == []  # all from the warmed cache
-    pd.testing.assert_frame_equal(warm, build_profiles(store.events_for(pids), AS_OF))
+    assert_features_are_the_consented_build(store, warm, store.events_for(pids), AS_OF)
     pid = pids[0]
     cust = store.events_for([pid])[CUSTOMER_ID].dropna().iloc[0]
-    r = store.append_events(pd.DataFrame([ev("late-buy", "2029-12-31T00:00:00Z", "purchase", customer_id=cust,
+    r = store.append_events(pd.DataFrame([ev("late-buy", "2025-06-01T00:00:00Z", "purchase", customer_id=cust,
                                              price=1000.0)]))
     assert r.profile_ids == (pid,)
     after = store.features_for(pids, AS_OF).set_index(PROFILE_ID)
@@ -359,3 +408,394 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
     proc.wait(timeout=30)
     stored = set(SQLiteProfileStore(db).export_events()[EVENT_ID])
     assert set(acked) <= stored
+
+
+# -- typed profile entries ----------------------------------------------------------------------
+def _typed_history() -> pd.DataFrame:
+    return pd.DataFrame([
+        ev("t1", "2025-01-01T10:00:00Z", "view", "web", customer_id="c1", item_id="a", category="Women>Dresses"),
+        ev("t2", "2025-01-01T11:00:00Z", "try_on", "store", customer_id="c1", item_id="b", category="Women > Dresses",
+           store_id="s1"),
+        ev("t3", "2025-01-01T12:00:00Z", "social_like", "social", customer_id="c1", item_id="c", category="Beauty"),
+        ev("t4", "2025-01-01T13:00:00Z", "email_click", "email", customer_id="c1", item_id="d", category="Beauty"),
+        ev("t5", "2025-01-01T14:00:00Z", "add_to_cart", "app", customer_id="c1", item_id="e", category="Shoes"),
+        ev("t6", "2025-01-01T15:00:00Z", "purchase", "store", customer_id="c1", item_id="f", category="Shoes"),
+        ev("t7", "2025-01-01T16:00:00Z", "return", "web", customer_id="c1", item_id="f", category="Shoes"),
+        ev("t8", "2025-01-01T17:00:00Z", "email_open", "email", customer_id="c1"),
+    ])
+
+
+@pytest.mark.parametrize("bulk_rows", [SMALL_ONLY, 1])
+def test_profile_entries_keep_channel_event_type_and_sources(tmp_path: Path, bulk_rows: int) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(bulk_rows=bulk_rows))
+    r = store.append_events(_typed_history())
+    assert r.accepted == 8
+    prof = store.get_profile(store.resolve({CUSTOMER_ID: "c1"}))
+    dresses = "Women > Dresses"  # the events' categories are taken as they come (the catalog normalises its own)
+    assert [(e.item_id, e.channel, e.event_type) for e in prof.recent_views] == [
+        ("d", "email", "email_click"), ("c", "social", "social_like"), ("b", "store", "try_on"), ("a", "web", "view")]
+    assert [e.category for e in prof.recent_views] == ["Beauty", "Beauty", dresses, "Women>Dresses"]
+    assert [tuple(e)[:1] + tuple(e)[3:] for e in prof.cart_items] == [("e", "app", "add_to_cart")]
+    assert [(e.item_id, e.category, e.channel, e.event_type) for e in prof.purchases] == [
+        ("f", "Shoes", "store", "purchase")]
+    assert [(e.item_id, e.channel, e.event_type) for e in prof.returns] == [("f", "web", "return")]
+    assert all(e.ts.tzinfo is not None and e.ts.utcoffset().total_seconds() == 0
+               for e in prof.recent_views + prof.cart_items + prof.purchases + prof.returns)
+    assert prof.recent_views[-1].ts == pd.Timestamp("2025-01-01T10:00:00Z").to_pydatetime()
+    assert prof.category_counts == {"Women>Dresses": 1, dresses: 1, "Beauty": 2, "Shoes": 3}
+    assert prof.category_sources == {"Women>Dresses": {"behavioral": 1}, dresses: {"store_visits": 1},
+                                     "Beauty": {"social": 1, "email_engagement": 1},
+                                     "Shoes": {"behavioral": 1, "purchase_history": 2}}
+    for cat, n in prof.category_counts.items():
+        assert sum(prof.category_sources[cat].values()) == n
+    assert prof.sources == {"behavioral", "store_visits", "social", "email_engagement", "purchase_history"}
+    assert prof.timezone is None  # no event said
+
+
+@pytest.mark.parametrize("bulk_rows", [SMALL_ONLY, 1])
+def test_timezone_is_the_latest_given_one(tmp_path: Path, bulk_rows: int) -> None:
+    valid = validate_events(_typed_history()).valid
+    zones = pd.array(["Europe/Paris", None, "America/New_York", None, None, None, None, None], dtype="string")
+    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(bulk_rows=bulk_rows))
+    store.append_events(valid.assign(timezone=zones), validated=True)
+    pid = store.resolve({CUSTOMER_ID: "c1"})
+    assert store.get_profile(pid).timezone == "America/New_York"
+    # a later event without a zone keeps it; a late (older) one with another zone does not replace it
+    later = validate_events(pd.DataFrame([ev("t9", "2025-01-02T00:00:00Z", "search", customer_id="c1"),
+                                          ev("t0", "2024-12-31T00:00:00Z", "search", customer_id="c1")])).valid
+    store.append_events(later.assign(timezone=pd.array([None, "Asia/Tokyo"], dtype="string")), validated=True)
+    assert store.get_profile(pid).timezone == "America/New_York"
+    newest = validate_events(pd.DataFrame([ev("t10", "2025-01-03T00:00:00Z", "search", customer_id="c1")])).valid
+    store.append_events(newest.assign(timezone=pd.array(["Asia/Tokyo"], dtype="string")), validated=True)
+    assert store.get_profile(pid).timezone == "Asia/Tokyo"
+
+
+def test_bulk_and_per_event_folds_agree_on_sources_and_timezones(tmp_path: Path) -> None:
+    """The vectorised fold and the event-by-event fold give the same typed state, zones with ties included."""
+    raw = _synthetic(customers=80).drop(columns=["timezone"], errors="ignore")
+    valid = validate_events(raw).valid
+    rng = np.random.default_rng(5)
+    zones = np.array(["Europe/Paris", "America/New_York", "Asia/Tokyo", None], dtype=object)
+    valid = valid.assign(timezone=pd.array(zones[rng.integers(0, len(zones), len(valid))], dtype="string"))
+    # ties: the same instant with two zones, in both orders
+    cust = valid[CUSTOMER_ID].dropna().iloc[0]
+    tie = validate_events(pd.DataFrame([ev("tie1", "2025-06-01T00:00:00Z", "search", customer_id=cust),
+                                        ev("tie2", "2025-06-01T00:00:00Z", "search", customer_id=cust)])).valid
+    assert len(tie) == 2
+    valid = pd.concat([valid, tie.assign(timezone=pd.array(["Asia/Tokyo", "Europe/Paris"], dtype="string"))],
+                      ignore_index=True)
+    bulk = SQLiteProfileStore(tmp_path / "bulk.db", config=StoreConfig(bulk_rows=100))
+    bulk.load_events(valid, progress=False, validated=True)
+    small = SQLiteProfileStore(tmp_path / "small.db", config=StoreConfig(bulk_rows=SMALL_ONLY))
+    ordered = valid.sort_values("ts", kind="stable")
+    for start in range(0, len(ordered), 37):
+        small.append_events(ordered.iloc[start:start + 37], validated=True)
+    # and a late batch, so the per-event path also replays histories
+    rev = SQLiteProfileStore(tmp_path / "rev.db", config=StoreConfig(bulk_rows=SMALL_ONLY))
+    for start in range(0, len(ordered), 500):
+        rev.append_events(ordered.iloc[len(ordered) - start - 500 if len(ordered) > start + 500 else 0:
+                                       len(ordered) - start], validated=True)
+    a, b, c = _snapshot(bulk), _snapshot(small), _snapshot(rev)
+    _assert_same(a, b, aliases=False)
+    assert a["profiles"] == c["profiles"]
+    profiles = list(a["profiles"].values())
+    assert any(len(p.sources) >= 3 for p in profiles)  # not vacuous: mixed sources are compared
+    assert any(len(srcs) >= 2 for p in profiles for srcs in p.category_sources.values())
+    assert sum(p.timezone is not None for p in profiles) > len(profiles) // 2
+    assert a["profiles"][bulk.resolve({CUSTOMER_ID: cust})].timezone == "Europe/Paris"  # the larger name wins a tie
+
+
+# -- files written by the previous release ------------------------------------------------------
+def _v1_doc(doc: str) -> str:
+    """The state doc as the release before typed entries wrote it."""
+    s = json.loads(doc)
+    return json.dumps({"views": [[i, c, t] for i, c, t, _, e in s["views"] if e == "view"],
+                       "cart": {i: v[0] for i, v in s["cart"].items()},
+                       "purchases": [[i, t] for i, _, t, _ in s["purchases"]],
+                       "returns": [[i, t] for i, _, t, _ in s["returns"]],
+                       "cats": s["cats"], "chan": s["chan"], "neg": s["neg"], "ids": s["ids"], "last": s["last"]})
+
+
+def _downgrade(path: Path, stock: list[tuple[str, int]]) -> None:
+    """Turn a store file into the previous release's layout: no catalog, a `stock` table, contacts
+    without keys, events without the timezone column, version-less state docs."""
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE events DROP COLUMN timezone")
+    con.execute("ALTER TABLE contacts DROP COLUMN key")
+    for table in ("catalog", "store_stock", "meta"):
+        con.execute(f"DROP TABLE {table}")
+    con.execute("CREATE TABLE stock (item_id TEXT PRIMARY KEY, in_stock INTEGER NOT NULL)")
+    con.executemany("INSERT INTO stock VALUES (?, ?)", stock)
+    docs = con.execute("SELECT profile_id, doc FROM state").fetchall()
+    con.executemany("UPDATE state SET doc=? WHERE profile_id=?", [(_v1_doc(d), p) for p, d in docs])
+    con.execute("PRAGMA user_version=0")
+    con.commit()
+    con.close()
+
+
+def test_an_old_file_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    first = SQLiteProfileStore(path)
+    first.append_events(pd.concat([_typed_history(), pd.DataFrame([ev("o1", "2025-01-02T00:00:00Z", "try_on",
+                                                                       "store", customer_id="c2")])]))
+    pids = sorted(first.export_events()[PROFILE_ID].unique())
+    expected = {p: first.get_profile(p) for p in pids}
+    c1 = first.resolve({CUSTOMER_ID: "c1"})
+    caps = {"24h": 2}
+    assert [first.reserve_contact(c1, "email", "2025-01-05T00:00:00Z", caps) for _ in range(3)] == [True, True, False]
+    first.close()
+    _downgrade(path, [("sku-out", 0), ("sku-in", 1)])
+    assert all("v" not in json.loads(d) for (d,) in sqlite3.connect(path).execute("SELECT doc FROM state"))
+
+    store = SQLiteProfileStore(path)
+    assert {p: store.get_profile(p) for p in pids} == expected  # typed entries rebuilt from the events
+    assert store.in_stock(["sku-out", "sku-in", "never-heard-of"]) == {"sku-out": False, "sku-in": True,
+                                                                        "never-heard-of": True}
+    assert store.catalog().get("sku-out").in_stock is False and store.catalog_version() > 0
+    assert not store.reserve_contact(c1, "email", "2025-01-05T01:00:00Z", caps)  # earlier contacts still count
+    assert len(store.contacts_for(c1)) == 2
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT name FROM sqlite_master WHERE name='stock'").fetchone() is None
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store_module._FILE_VERSION
+    assert {json.loads(d)["v"] for (d,) in con.execute("SELECT doc FROM state")} == {store_module._STATE_VERSION}
+    con.close()
+    # opening again changes nothing (the migration ran once)
+    version = store.catalog_version()
+    assert SQLiteProfileStore(path).catalog_version() == version
+
+    # a doc an older release writes into the migrated file is rebuilt on read, and stored by the next write
+    con = sqlite3.connect(path)
+    (doc,) = con.execute("SELECT doc FROM state WHERE profile_id=?", (c1,)).fetchone()
+    con.execute("UPDATE state SET doc=? WHERE profile_id=?", (_v1_doc(doc), c1))
+    con.commit()
+    reader = SQLiteProfileStore(path, cache=False)
+    assert reader.get_profile(c1) == expected[c1] and reader.get_profiles([c1]) == [expected[c1]]
+    reader.append_events(pd.DataFrame([ev("o2", "2025-01-03T00:00:00Z", "view", customer_id="c1", item_id="z")]))
+    assert json.loads(con.execute("SELECT doc FROM state WHERE profile_id=?", (c1,)).fetchone()[0])["v"] == 2
+    assert reader.get_profile(c1).recent_views[0].item_id == "z"
+    con.close()
+
+
+# -- consent on the inputs of feature rows ------------------------------------------------------
+def _store_with_mixed_sources(tmp_path: Path) -> tuple[SQLiteProfileStore, dict[str, str]]:
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    store.load_events(_synthetic(customers=40), progress=False)
+    events = store.export_events()
+    by_src = events.assign(src=[source_of(e, c) for e, c in zip(events[EVENT_TYPE], events[CHANNEL], strict=True)])
+    in_store = by_src.loc[by_src["src"] == "store_visits", PROFILE_ID].value_counts()
+    web = by_src.loc[by_src["src"] == "behavioral", PROFILE_ID].value_counts()
+    picks = {"store": in_store.index[0], "no_behavioral": web.index[0], "off": web.index[1]}
+    assert len(set(picks.values())) == 3
+    return store, picks
+
+
+def test_feature_rows_are_built_only_from_granted_sources(tmp_path: Path) -> None:
+    store, picks = _store_with_mixed_sources(tmp_path)
+    pids = sorted(store.export_events()[PROFILE_ID].unique())
+    before = store.features_for(pids, AS_OF).set_index(PROFILE_ID)
+    assert before.loc[picks["store"], "n_try_on"] == 0  # by default in-store behaviour is left out
+    assert (before["n_try_on"] == 0).all() and (before["n_social_like"] == 0).all()
+    store.set_consent(picks["store"], "store_visits", True)
+    store.set_consent(picks["no_behavioral"], "behavioral", False)
+    store.set_consent(picks["off"], "personalization", False)
+    online = store.features_for(pids, AS_OF)
+    blank = assert_features_are_the_consented_build(store, online, store.events_for(pids), AS_OF)
+    assert picks["off"] in blank
+    after = online.set_index(PROFILE_ID)
+    assert after.loc[picks["store"], "n_try_on"] > 0  # granted at once: the cached row was dropped
+    assert after.loc[picks["no_behavioral"], "n_view"] == 0 < before.loc[picks["no_behavioral"], "n_view"]
+    assert list(online.columns) == list(before.reset_index().columns)
+    # warm path: the same rows, one consent read for everyone
+    warm = SQLiteProfileStore(tmp_path / "s.db")
+    statements: list[str] = []
+    warm._conn().set_trace_callback(statements.append)
+    warm.warm_features(AS_OF)
+    warm._conn().set_trace_callback(None)
+    assert sum("FROM consent" in s for s in statements) == 1
+    pd.testing.assert_frame_equal(warm.features_for(pids, AS_OF), online)
+    statements.clear()
+    fresh = SQLiteProfileStore(tmp_path / "s.db")
+    fresh._conn().set_trace_callback(statements.append)
+    pd.testing.assert_frame_equal(fresh.features_for(pids, AS_OF), online)
+    assert sum("FROM consent" in s for s in statements) == 1
+
+
+def test_without_personalization_a_profile_gets_the_empty_history_row(tmp_path: Path) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    store.append_events(pd.DataFrame([
+        ev("a1", "2025-01-01T00:00:00Z", "purchase", customer_id="buyer", price=50.0),
+        ev("a2", "2025-01-02T00:00:00Z", "view", customer_id="buyer"),
+        ev("b1", "2025-01-01T00:00:00Z", "try_on", "store", customer_id="shopper"),  # store only: not granted
+        ev("c1", "2025-01-03T00:00:00Z", "view", customer_id="other"),
+    ]))
+    buyer, shopper, other = (store.resolve({CUSTOMER_ID: c}) for c in ("buyer", "shopper", "other"))
+    as_of = "2025-02-01T00:00:00Z"
+    assert store.features_for([buyer], as_of)["spend_total"].iloc[0] == 50.0
+    store.set_consent(buyer, "personalization", False)
+    rows = store.features_for([buyer, shopper, other, "p_unknown"], as_of).set_index(PROFILE_ID)
+    assert set(rows.index) == {buyer, shopper, other}  # an unknown id still has no row
+    assert_empty_history(rows.loc[[buyer, shopper]].reset_index())
+    pd.testing.assert_series_equal(rows.loc[buyer], rows.loc[shopper], check_names=False)
+    assert rows.loc[other, "n_events"] == 1
+    store.set_consent(buyer, "personalization", True)
+    assert store.features_for([buyer], as_of)["spend_total"].iloc[0] == 50.0
+
+
+# -- idempotent contact reservations ------------------------------------------------------------
+def test_a_repeated_decision_uses_no_second_slot_and_survives_a_restart(tmp_path: Path) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    caps, now = {"24h": 2}, "2025-01-01T12:00:00Z"
+    assert store.reserve_contact("p1", "email", now, caps, key="spring|7|cart")
+    assert store.reserve_contact("p1", "email", now, caps, key="spring|7|cart")  # the same decision again
+    assert [k for _, _, k in store.contacts_for("p1")] == ["spring|7|cart"]
+    assert store.reserve_contact("p1", "email", now, caps, key="spring|7|winback")
+    assert not store.reserve_contact("p1", "email", now, caps, key="spring|7|other")  # the cap is full
+    assert store.reserve_contact("p1", "email", now, caps, key="spring|7|cart")  # but a repeat still answers
+    assert store.reserve_contact("p1", "sms", now, caps, key="spring|7|cart")  # another channel: its own slot
+    contacts = store.contacts_for("p1")
+    assert [(ch, k) for ch, _, k in contacts] == [("email", "spring|7|cart"), ("email", "spring|7|winback"),
+                                                  ("sms", "spring|7|cart")]
+    assert contacts[0][1] == pd.Timestamp(now).to_pydatetime()
+    with pytest.raises(ValueError):
+        store.reserve_contact("p1", "email", now, caps, key="")
+    store.close()
+    again = SQLiteProfileStore(tmp_path / "s.db")  # a restart
+    assert again.contacts_for("p1") == contacts
+    assert not again.reserve_contact("p1", "email", now, caps)
+    assert again.reserve_contact("p1", "email", now, caps, key="spring|7|winback")
+    assert len(again.contacts_for("p1")) == 3
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_caps_hold_for_two_store_objects_on_one_file(tmp_path: Path, keyed: bool) -> None:
+    """Two workers (two store objects, each with its own connections and lock) on one file."""
+    stores = [SQLiteProfileStore(tmp_path / "s.db"), SQLiteProfileStore(tmp_path / "s.db")]
+    granted: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            key = f"k{n}-{i}" if keyed else None
+            ok = stores[(n + i) % 2].reserve_contact("p1", "email", "2025-01-01T12:00:00Z", {"24h": 3}, key=key)
+            with lock:
+                granted.append(ok)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 3 and len(granted) == 80
+    assert len(stores[0].contacts_for("p1")) == 3
+
+
+def test_one_key_from_many_threads_is_one_contact(tmp_path: Path) -> None:
+    stores = [SQLiteProfileStore(tmp_path / "s.db"), SQLiteProfileStore(tmp_path / "s.db")]
+    answers: list[bool] = []
+
+    def worker(n: int) -> None:
+        answers.append(stores[n % 2].reserve_contact("p1", "email", "2025-01-01T12:00:00Z", {"24h": 1},
+                                                     key="spring|7|cart"))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [True] * 8 and len(stores[1].contacts_for("p1")) == 1
+
+
+def test_erasure_removes_contacts(store: SQLiteProfileStore) -> None:
+    store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1")]))
+    pid = store.resolve({CUSTOMER_ID: "c1"})
+    store.reserve_contact(pid, "email", "2025-01-02T00:00:00Z", {"24h": 1}, key="k")
+    assert len(store.contacts_for(pid)) == 1
+    store.erase_profile(pid)
+    assert store.contacts_for(pid) == []
+
+
+# -- the catalog and stock in the store ---------------------------------------------------------
+def test_upserts_replace_given_fields_keep_the_rest_and_are_durable(tmp_path: Path) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    first = store.upsert_items(pd.DataFrame({
+        "item_id": ["a", "b", "bad"], "name": ["Alpha", "Beta", "Bad"],
+        "category": ["Women>Dresses", "Men > Shoes", "X"], "price": [10.0, 20.0, -1.0], "currency": ["EUR", "EUR", "EUR"], "in_stock": [True, None, True]}))
+    assert first.upserted == 2
+    assert first.errors[["row", "item_id", "field"]].values.tolist() == [[2, "bad", "price"]]
+    # a price feed: id and price only (and a new item)
+    feed = store.upsert_items(pd.DataFrame({"item_id": ["a", "n"], "price": ["12.5", "3"]}).astype("string"))
+    assert feed.upserted == 2 and len(feed.errors) == 0
+    store.close()
+    cat = SQLiteProfileStore(tmp_path / "s.db").catalog()  # a reopened store: durable
+    expected = Catalog.from_frame(pd.DataFrame({
+        "item_id": ["a", "b"], "name": ["Alpha", "Beta"], "category": ["Women > Dresses", "Men > Shoes"],
+        "price": [10.0, 20.0], "currency": ["EUR", "EUR"], "in_stock": [True, None]})).merged(
+        pd.DataFrame({"item_id": ["a", "n"], "price": [12.5, 3.0]}))
+    assert cat == expected
+    assert cat.get("a").name == "Alpha" and cat.get("a").price == 12.5 and cat.get("n").name is None
+    assert cat.item_ids_in("Women") == ("a",)
+    assert store.upsert_items(pd.DataFrame({"item_id": ["only-id"]})).upserted == 1
+
+
+def test_catalog_version_changes_on_every_write_and_across_store_objects(tmp_path: Path) -> None:
+    writer, server = SQLiteProfileStore(tmp_path / "s.db"), SQLiteProfileStore(tmp_path / "s.db")
+    seen = [server.catalog_version()]
+    cached = server.catalog()
+    assert server.catalog() is cached  # unchanged version: the same object, no re-read
+    writer.upsert_items(pd.DataFrame({"item_id": ["a"], "name": ["Alpha"]}))
+    seen.append(server.catalog_version())
+    assert server.catalog().get("a").name == "Alpha"
+    writer.set_stock("a", False)
+    seen.append(server.catalog_version())
+    assert server.catalog().get("a").in_stock is False
+    writer.set_stock("a", True, store_id="paris")
+    seen.append(server.catalog_version())
+    writer.upsert_items(pd.DataFrame({"item_id": ["bad"], "price": [-1.0]}))  # nothing written
+    seen.append(server.catalog_version())
+    assert len(set(seen[:4])) == 4 and seen[4] == seen[3]
+
+
+def test_stock_overall_and_per_store(store: SQLiteProfileStore) -> None:
+    store.upsert_items(pd.DataFrame({"item_id": ["a", "b", "c"], "in_stock": [True, False, None]}))
+    store.set_stock("d", False)  # an item the catalog does not know yet gets a row
+    assert store.in_stock(["a", "b", "c", "d", "zz"]) == {"a": True, "b": False, "c": True, "d": False, "zz": True}
+    store.set_stock("a", False, store_id="paris")
+    store.set_stock("b", True, store_id="paris")
+    assert store.in_stock(["a", "b", "c", "d"], store_id="paris") == {"a": False, "b": True, "c": True,
+                                                                       "d": False}
+    assert store.in_stock(["a", "b"], store_id="lyon") == {"a": True, "b": False}  # unknown there: overall
+    assert store.in_stock(["a", "b"]) == {"a": True, "b": False}
+    assert store.catalog().get("d") == store_module.CatalogItem("d", in_stock=False)
+    with pytest.raises(ValueError):
+        store.set_stock("a", "yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        store.set_stock("", True)
+    with pytest.raises(ValueError):
+        store.set_stock("a", True, store_id=" ")
+    with pytest.raises(ValueError):
+        store.set_stock("a", True, store_id="paris\x00")
+
+
+def test_caps_count_contacts_on_both_sides_of_now(tmp_path):
+    """A request that started a moment earlier may commit after a later one, and a message deferred past
+    quiet hours is recorded ahead: both must still count against the cap (once a day here)."""
+    import datetime as dt
+
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    t = dt.datetime(2025, 3, 1, 12, tzinfo=dt.UTC)
+    caps = {86_400.0: 1}
+    assert store.reserve_contact("p", "email", t, caps)
+    assert not store.reserve_contact("p", "email", t - dt.timedelta(seconds=1), caps)
+    assert store.reserve_contact("q", "email", t + dt.timedelta(hours=10), caps)  # deferred to the morning
+    assert not store.reserve_contact("q", "email", t, caps)
+    assert store.reserve_contact("p", "email", t + dt.timedelta(days=1, seconds=1), caps)
+
+
+def test_get_consents_reads_many_profiles_in_one_query(tmp_path):
+    store = SQLiteProfileStore(tmp_path / "s.db")
+    store.set_consent("a", "email_marketing", True)
+    store.set_consent("a", "social", False)
+    store.set_consent("b", "personalization", False)
+    assert store.get_consents(["a", "b", "c"]) == {"a": {"email_marketing": True, "social": False},
+                                                  "b": {"personalization": False}}
+    assert store.get_consents([]) == {}

@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features import catalog, schema
+from features.catalog import CATALOG_COLUMNS, read_catalog, validate_catalog
 from features.schema import (
     CATEGORY,
+    CHANNEL,
+    COLOR,
     EMAIL,
     EVENT_ID,
     EVENT_TYPE,
@@ -34,6 +38,7 @@ from features.synthetic import (
     IDENTIFIER_TYPE,
     IDENTIFIER_VALUE,
     IDENTITIES,
+    ITEM_COLORS,
     LABEL,
     PERSON_ID,
     PERSONS,
@@ -69,7 +74,8 @@ def test_events_are_canonical(data: SyntheticData) -> None:
     assert len(result.valid) == len(ev) > 10 * CONFIG.customers
     assert ev[EVENT_ID].is_unique
     assert str(ev[TS].dtype) == "datetime64[ns, UTC]"
-    start = pd.Timestamp(CONFIG.start, tz="UTC")
+    start = CONFIG.start_ts
+    assert start == pd.Timestamp("2025-01-01", tz="UTC")  # the default when neither start nor end is pinned
     assert ev[TS].min() >= start and ev[TS].max() < start + pd.Timedelta(days=CONFIG.days)
     hasher = IdentifierHasher.from_env()
     for col in (EMAIL, PHONE):
@@ -144,8 +150,7 @@ def test_churners_stop_and_fade(data: SyntheticData, with_person: pd.DataFrame) 
     rate = persons["churned"].mean()
     assert 0.1 < rate < 0.3
     churned = persons.loc[persons["churned"]]
-    start = pd.Timestamp(CONFIG.start, tz="UTC")
-    day = (churned["churn_date"] - start).dt.days
+    day = (churned["churn_date"] - CONFIG.start_ts).dt.days
     assert day.between(0.5 * CONFIG.days, 0.95 * CONFIG.days).all()
     ev = with_person.join(persons["churn_date"], on="person")
     assert not (ev["churn_date"].notna() & (ev[TS] >= ev["churn_date"])).any()
@@ -183,7 +188,10 @@ def test_write_read_roundtrip(tmp_path: Path) -> None:
     back = read(tmp_path / "out")
     pd.testing.assert_frame_equal(back.events, d.events)
     assert set(back.truth) == set(d.truth)
-    assert back.items[ITEM_ID].tolist() == d.items[ITEM_ID].tolist()
+    pd.testing.assert_frame_equal(back.items, d.items)
+    # items.parquet is a catalog file as `mirror catalog load` reads it
+    checked = validate_catalog(read_catalog(tmp_path / "out" / "items.parquet"))
+    assert checked.errors.empty and len(checked.valid) == len(d.items)
     with pytest.raises(FileNotFoundError, match="events.parquet"):
         read(tmp_path / "missing")
 
@@ -191,8 +199,86 @@ def test_write_read_roundtrip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"customers": 0}, "customers"), ({"days": 3}, "days"), ({"churn_rate": 1.5}, "churn_rate"),
-     ({"start": "not a date"}, "start"), ({"items": 5}, "items")],
+     ({"start": "not a date"}, "start"), ({"items": 5}, "items"), ({"end": "soon"}, "end"),
+     ({"end": "2025-03-01T12:00"}, "end must be a date"),
+     ({"start": "2025-01-01", "end": "2025-03-01"}, "not both"), ({"out_of_stock_share": 2.0}, "out_of_stock_share")],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SyntheticConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# the catalog record, the data's end date and the events' time zones
+# ---------------------------------------------------------------------------------------------
+def test_items_are_a_valid_catalog(data: SyntheticData) -> None:
+    items = data.items
+    assert tuple(items.columns) == CATALOG_COLUMNS
+    checked = validate_catalog(items)
+    assert checked.errors.empty, checked.errors.head()
+    assert len(checked.valid) == len(items) == CONFIG.n_items
+    for col in (catalog.NAME, catalog.CATEGORY, catalog.BRAND, catalog.PRICE, catalog.URL, catalog.IMAGE_URL):
+        assert items[col].notna().all(), col
+    assert (items[catalog.CURRENCY] == "USD").all()
+    assert items[catalog.URL].str.startswith("https://shop.example/").all() and items[catalog.URL].is_unique
+    assert items[catalog.IMAGE_URL].str.startswith("https://shop.example/").all()
+    # one-level category paths: the names planted truth uses
+    assert not items[catalog.CATEGORY].str.contains(">").any()
+    persons_cats = {c for cats in data.truth[PERSONS]["preferred_categories"] for c in cats}
+    assert persons_cats <= set(items[catalog.CATEGORY])
+    # explicit sensitivity: health and intimates; baby is left to the guard's milder life-event tier
+    flagged = set(items.loc[items[catalog.SENSITIVE], catalog.CATEGORY])
+    assert flagged == {"health", "intimates"}
+    assert not items.loc[items[catalog.CATEGORY] == "baby", catalog.SENSITIVE].any()
+    # replenishment only for consumables, and the same intervals the events were planted with
+    assert (items[catalog.REPLENISH_DAYS].notna() == items[catalog.CONSUMABLE]).all()
+    truth = data.truth[REPLENISHMENT].set_index(ITEM_ID)[REPLENISH_DAYS]
+    cons = items.loc[items[catalog.CONSUMABLE]].set_index(ITEM_ID)[catalog.REPLENISH_DAYS]
+    pd.testing.assert_series_equal(cons, truth, check_names=False, check_index_type=False)
+    # a small seeded share is out of stock
+    assert 0 < (~items[catalog.IN_STOCK]).mean() < 0.1
+
+
+def test_colour_is_truth_not_catalog(data: SyntheticData) -> None:
+    colors = data.truth[ITEM_COLORS]
+    assert COLOR not in data.items.columns
+    assert colors[ITEM_ID].tolist() == data.items[ITEM_ID].tolist() and colors[COLOR].notna().all()
+
+
+def test_added_fields_leave_the_events_of_a_seed_unchanged() -> None:
+    """Stock and time zones draw from their own streams: changing them changes nothing else."""
+    base = SyntheticConfig(customers=150, days=30, seed=4)
+    a = generate(base)
+    b = generate(SyntheticConfig(customers=150, days=30, seed=4, out_of_stock_share=0.5, timezone_share=0.0))
+    keep = [c for c in a.events.columns if c != getattr(schema, "TIMEZONE", None)]
+    pd.testing.assert_frame_equal(a.events[keep], b.events[keep])
+    for name in a.truth:
+        pd.testing.assert_frame_equal(a.truth[name], b.truth[name])
+    other = [c for c in CATALOG_COLUMNS if c != catalog.IN_STOCK]
+    pd.testing.assert_frame_equal(a.items[other], b.items[other])
+    assert (~b.items[catalog.IN_STOCK]).mean() > 0.3
+
+
+def test_end_pins_the_last_day() -> None:
+    cfg = SyntheticConfig(customers=80, days=20, seed=2, end="2025-03-01")
+    assert cfg.start_ts == pd.Timestamp("2025-02-09", tz="UTC")
+    assert cfg.end_ts == pd.Timestamp("2025-03-01", tz="UTC")
+    ts = generate(cfg).events[TS]
+    assert ts.min() >= cfg.start_ts and ts.max() < cfg.end_ts
+    assert ts.max() > cfg.end_ts - pd.Timedelta(days=2)  # the data run up to the end, not just before it
+    pinned = generate(SyntheticConfig(customers=80, days=20, seed=2, start="2025-02-09"))
+    pd.testing.assert_frame_equal(pinned.events, generate(cfg).events)
+
+
+def test_web_and_app_events_carry_the_persons_time_zone(data: SyntheticData, with_person: pd.DataFrame) -> None:
+    tz_col = getattr(schema, "TIMEZONE", None)
+    if tz_col is None:
+        pytest.skip("features.schema has no TIMEZONE column yet")
+    ev = with_person
+    has = ev[tz_col].notna()
+    web_app = ev[CHANNEL].isin(["web", "app"])
+    assert not (has & ~web_app).any()
+    assert 0.4 < has[web_app].mean() < 0.8  # a share (timezone_share = 0.6), not every event
+    planted = data.truth[PERSONS].set_index(PERSON_ID)["timezone"]
+    assert (ev.loc[has, tz_col] == ev.loc[has, "person"].map(planted)).all()
+    assert validate_events(data.events).errors.empty
