@@ -6,7 +6,8 @@ Run: `.venv/bin/python benchmarks/guard.py`. In one run:
   every class of creepy fragment and disguise, every channel and consent combination, reasons and NBA
   messages), judged by that test's oracle (what was planted must not come out);
 - the pass rate of the ordinary-name corpus (`tests/data/ordinary_names.txt`: clean for the scrubber,
-  tier none, accepted as a name) and the catch rate of the sensitive corpus (`tests/data/sensitive_names.txt`);
+  tier none, accepted as a name) and the catch rate of the sensitive corpus
+  (`tests/data/sensitive_names.txt`);
 - the cost of `guard()` per recommendation reason, warm (the names seen before: the memo caches hit, as
   in steady state) and cold (every name new), against a bare f-string, which is what an unguarded
   service pays. The service calls `guard()` about ten times per /recommend, whose budget is a few ms.

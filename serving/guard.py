@@ -870,7 +870,7 @@ _OWN_SCREENS: Final[frozenset[str]] = frozenset({"web", "app"})
 def signal_tier(s: Signal, policy: GuardPolicy) -> Sensitivity:
     """How sensitive a signal's item is: the catalog's flag and the configured terms decide together."""
     tier = Sensitivity.SENSITIVE if s.sensitive else Sensitivity.NONE
-    return max(tier, policy.sensitivity(s.category), policy.sensitivity(s.item_name))
+    return max(tier, policy.sensitivity(s.category), policy.sensitivity(s.item_name), policy.sensitivity(s.brand))
 
 
 def may_show(tier: Sensitivity, channel: str, logged_in: bool, policy: GuardPolicy, *,
@@ -995,8 +995,9 @@ def _item_records(v: Any, ok_items: Mapping[str, Signal], policy: GuardPolicy) -
             continue
         kept = {k: x for k, x in rec.items() if k in ITEM_FIELDS and x is not None}
         name = kept.get("name")
-        if name is not None and (_safe_name(str(name)) is None or scrub_problems(str(name), (), policy)):
-            continue
+        if name is not None and (_safe_name(str(name)) is None or scrub_problems(str(name), (), policy)
+                                 or policy.sensitivity(str(name)) != Sensitivity.NONE):
+            continue  # a tiered name is never said, whatever signal backs the id
         for k in ("url", "image_url"):
             if k in kept and not (isinstance(kept[k], str) and re.match(r"https?://", kept[k])):
                 del kept[k]

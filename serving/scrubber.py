@@ -465,24 +465,23 @@ def _words(*groups: str) -> frozenset[str]:
 
 # Weekdays and months, full and unambiguously abbreviated (en, fr, de, es; folded: no accents).
 _WEEKDAYS: Final = _words(
-    "monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays fridays",
-    "saturdays sundays weekend weekends weekday weekdays weeknight weeknights tue tues wed weds thu thur thurs",
-    "fri lundi mardi mercredi jeudi vendredi samedi dimanche lundis mardis mercredis jeudis vendredis samedis",
-    "dimanches montag dienstag mittwoch donnerstag freitag samstag sonnabend sonntag montags dienstags",
-    "mittwochs donnerstags freitags samstags sonntags wochenende wochenenden werktag werktags wochentag",
-    "lunes martes miercoles jueves viernes sabado sabados domingo domingos jue",
+    "monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays",
+    "fridays saturdays sundays weekend weekends weekday weekdays weeknight weeknights tue tues wed weds",
+    "thu thur thurs fri lundi mardi mercredi jeudi vendredi samedi dimanche lundis mardis mercredis jeudis",
+    "vendredis samedis dimanches montag dienstag mittwoch donnerstag freitag samstag sonnabend sonntag",
+    "montags dienstags mittwochs donnerstags freitags samstags sonntags wochenende wochenenden werktag",
+    "werktags wochentag lunes martes miercoles jueves viernes sabado sabados domingo domingos jue",
 )
 _MONTHS: Final = _words(
     "january february april june july september october november december jan feb apr jun jul aug sep sept",
     "oct nov dec janvier fevrier avril juin juillet aout septembre octobre novembre decembre janv fevr avr",
-    "juil januar jaenner jaenner februar marz maerz juni juli oktober dezember okt dez enero febrero marzo",
+    "juil januar jaenner februar marz maerz juni juli oktober dezember okt dez enero febrero marzo",
     "abril junio julio agosto septiembre setiembre octubre noviembre diciembre ene abr dic",
 )
 #: Abbreviations that are also ordinary words ("Sun hats", "mon premier", "Mars bar", "Mayo"): only
 #: with a dot ("Sun.", "Mo.") or a number next to them ("Sat 9am", "le 3 mars").
 _AMBIGUOUS_DAYS: Final = ("mon", "sat", "sun", "lun", "mar", "mer", "jeu", "ven", "sam", "dim", "mo", "di",
-                          "mi",
-                          "do", "fr", "sa", "so", "mie", "vie", "sab", "dom")
+                          "mi", "do", "fr", "sa", "so", "mie", "vie", "sab", "dom")
 _AMBIGUOUS_MONTHS: Final = ("march", "may", "august", "mars", "mai", "mayo", "ago", "mar", "marz")
 _TIME_WORDS: Final = _words(
     "tonight tonite midnight noon midday yesterday today tomorrow",
@@ -500,7 +499,8 @@ _COUNT_WORDS: Final = _words(
 )
 _SIZE_WORDS: Final = _words(
     "size sizes sized sizing taille tailles pointure groesse grosse groessen grossen konfektionsgrosse",
-    "schuhgrosse schuhgroesse talla tallas xxs xs xl xxl xxxl xxxxl 2xl 3xl 4xl 5xl 6xl ubergrosse ubergrossen",
+    "schuhgrosse schuhgroesse talla tallas xxs xs xl xxl xxxl xxxxl 2xl 3xl 4xl 5xl 6xl ubergrosse",
+    "ubergrossen",
 )
 _PLACE_WORDS: Final = _words(
     "store stores branch mall boutique nearby aisle latitude longitude magasin magasins succursale",
@@ -520,8 +520,8 @@ _FORBIDDEN: Final[Mapping[str, str]] = {
 
 #: Ordinary names that contain a forbidden word: removed before the words are checked.
 _SAFE_TEXT_RE: Final = re.compile(
-    r"\b(?:(?:super\s+)?king|queen|double|single|twin|travel|full|mini|trial|sample|pocket|bite|life|fun|family"
-    r"|one|compact|regular|standard|economy|jumbo|party|snack|hand|purse)[\s-]+sized?\b"
+    r"\b(?:(?:super\s+)?king|queen|double|single|twin|travel|full|mini|trial|sample|pocket|bite|life|fun"
+    r"|family|one|compact|regular|standard|economy|jumbo|party|snack|hand|purse)[\s-]+sized?\b"
     r"|\btaille\s+(?:haute|basse|unique|elastiquee?|ajustable|reglable)s?\b|\btalla\s+unica\b"
     r"|\b(?:black\s+friday|cyber\s+monday|mardi\s+gras|good\s+friday|boxing\s+day)\b"
     r"|\bmidnight\s+(?:blue|black|navy|green|purple|oil|sun)\b"
@@ -563,7 +563,8 @@ _PHRASE_RE: Final = _phrase_re(_PHRASES)
 _PHRASE_TRIGGERS: Final = frozenset(max(p.split(), key=len) for p in _PHRASES)
 
 _NUMBER_WORDS: Final = _words(
-    "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty several",
+    "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty",
+    "several",
     "un une deux trois quatre cinq six sept huit neuf dix onze douze quinze vingt trente ein eine zwei drei",
     "vier funf fuenf sechs sieben acht neun zehn elf zwolf zwoelf zwanzig dreissig uno una dos tres cuatro",
     "cinco seis siete ocho nueve diez once doce quince veinte treinta",
@@ -593,55 +594,58 @@ _US_STATES: Final = (
 _CUP: Final = r"(?:aa|a|b|c|d|dd|ddd|e|f|ff|g|gg|h|hh|j|jj|k)"
 #: Patterns with a digit, only run when the text has one. Each alternative is named for the audit.
 _DIGIT_PATTERNS: Final[tuple[tuple[str, str], ...]] = (
-    ("time", r"(?<![\d.,:])(?:[01]?\d|2[0-3])\s?[:h]\s?[0-5]\d(?![\d%])"),  # 11:45, 9h30, 9 h 30
-    ("time", r"(?<![\d.,])(?:[01]?\d|2[0-3])\s?h(?![^\W\d_])"),  # 9h, 23h
-    ("time", r"(?<![\d.,])\d{1,2}(?:[:.]\d{2})?\s?(?:a\.?\s?m|p\.?\s?m)\b\.?"),  # 9am, 11.45pm, 9 a.m.
-    ("time", r"(?<![\d.,])\d{1,2}(?:[:.]\d{2})?\s?(?:uhr|heures?|hrs?|horas?|hs)\b"),  # 14 Uhr, 9 heures
-    ("date", r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),  # 2025-01-06
-    ("date", r"\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b"),  # 06/01/2025, 6.1.25
-    ("date", r"(?<![\d.,])\d{1,2}\.\d{1,2}\.(?!\d)"),  # 6.1. (German)
-    ("date", r"(?<![\d/.,])\d{1,2}/\d{1,2}(?![\d/])"),  # 1/6 (fractions such as 3/4 are taken out first)
-    ("date", rf"\b\d{{1,2}}(?:st|nd|rd|th|er|e|eme|o|a)?\.?\s?(?:de\s|of\s)?(?:{_MONTH_ALT})\b"),  # 6 Jan,
-    le 3 mars
-    ("date", rf"\b(?:{_MONTH_ALT})\.?\s?\d{{1,2}}(?:st|nd|rd|th)?\b"),  # Jan 6, Sept 3rd
-    ("date", rf"\b(?:{_DAY_ALT})\.?\s?\d"),  # Mon 9am, Sun 12
-    ("duration", rf"(?<![\d.,])\d+(?:[.,]\d+)?\s?(?:{_UNITS})\b"),  # 7 minutes, 3 Std., 3 times
-    ("duration", r"\b(?!(?:1[89]\d0|20[0-2]0|[1-9]0)s\b)\d+\s?(?:s|sec|min)\b"),  # 420s, 5 min (not "1990s")
-    ("count", r"(?<![\d.,x])\b\d+\s?x\b(?!\s?\d)"),  # 3x (not 4x4, 10x50)
-    ("count", r"\bx\s?\d+\b(?![x\d.,])"),  # x3
-    ("size", rf"\b(?:28|30|32|34|36|38|40|42|44|46|48|65|70|75|80|85|90|95|100|105|110){_CUP}\b"),  # 32B, 75C
-    ("size", r"\bw\s?\d{2}\b(?:\s?[/x]?\s?l\s?\d{2}\b)?|\b\d{2}\s?w\s?[/x]?\s?\d{2}\s?l\b"),  # W32 L34,
-    32W 34L
-    ("size", r"\b(?:2[6-9]|3\d|4[0-4])\s?x\s?(?:2[6-9]|3[0-6])\b"),  # 32x34 (jeans)
+    # times: 11:45, 9h30, 9 h 30; 9h, 23h; 9am, 11.45pm, 9 a.m.; 14 Uhr, 9 heures
+    ("time", r"(?<![\d.,:])(?:[01]?\d|2[0-3])\s?[:h]\s?[0-5]\d(?![\d%])"),
+    ("time", r"(?<![\d.,])(?:[01]?\d|2[0-3])\s?h(?![^\W\d_])"),
+    ("time", r"(?<![\d.,])\d{1,2}(?:[:.]\d{2})?\s?(?:a\.?\s?m|p\.?\s?m)\b\.?"),
+    ("time", r"(?<![\d.,])\d{1,2}(?:[:.]\d{2})?\s?(?:uhr|heures?|hrs?|horas?|hs)\b"),
+    # dates: 2025-01-06; 06/01/2025, 6.1.25; 6.1. (German); 1/6 (proper fractions are taken out first);
+    # 6 Jan, le 3 mars, 3 de marzo; Jan 6, Sept 3rd; Mon 9am, Sun 12
+    ("date", r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),
+    ("date", r"\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b"),
+    ("date", r"(?<![\d.,])\d{1,2}\.\d{1,2}\.(?!\d)"),
+    ("date", r"(?<![\d/.,])\d{1,2}/\d{1,2}(?![\d/])"),
+    ("date", rf"\b\d{{1,2}}(?:st|nd|rd|th|er|e|eme|o|a)?\.?\s?(?:de\s|of\s)?(?:{_MONTH_ALT})\b"),
+    ("date", rf"\b(?:{_MONTH_ALT})\.?\s?\d{{1,2}}(?:st|nd|rd|th)?\b"),
+    ("date", rf"\b(?:{_DAY_ALT})\.?\s?\d"),
+    # durations and counts: 7 minutes, 3 Std., 3 times; 420s, 5 min (not "1990s"); 3x (not 4x4, 10x50), x3
+    ("duration", rf"(?<![\d.,])\d+(?:[.,]\d+)?\s?(?:{_UNITS})\b"),
+    ("duration", r"\b(?!(?:1[89]\d0|20[0-2]0|[1-9]0)s\b)\d+\s?(?:s|sec|min)\b"),
+    ("count", r"(?<![\d.,x])\b\d+\s?x\b(?!\s?\d)"),
+    ("count", r"\bx\s?\d+\b(?![x\d.,])"),
+    # a person's sizes: 32B, 75C; W32 L34, 32W 34L; 32x34 (jeans); EU 42, UK 9, US 10.5 (not a UK 3-pin
+    # plug); 42 EU; size 10, Größe 40, Gr. M; 3-6 months, 8-9 ans (children's sizes)
+    ("size", rf"\b(?:28|30|32|34|36|38|40|42|44|46|48|65|70|75|80|85|90|95|100|105|110){_CUP}\b"),
+    ("size", r"\bw\s?\d{2}\b(?:\s?[/x]?\s?l\s?\d{2}\b)?|\b\d{2}\s?w\s?[/x]?\s?\d{2}\s?l\b"),
+    ("size", r"\b(?:2[6-9]|3\d|4[0-4])\s?x\s?(?:2[6-9]|3[0-6])\b"),
     ("size", r"\b(?:eu|uk|us|fr|it|jp|au)\s?\d{1,2}(?:[.,]5)?\b(?!\s?-?\s?(?:pin|prong|way|gang|plug))"),
-    # EU 42
-    ("size", r"\b\d{1,2}(?:[.,]5)?\s?(?:eu|uk|us)\b"),  # 42 EU
+    ("size", r"\b\d{1,2}(?:[.,]5)?\s?(?:eu|uk|us)\b"),
     ("size", r"\b(?:size|sizes|taille|tailles|talla|tallas|pointure|gr|grosse|groesse)\.?"
-             r"\s?:?\s?(?:\d|xx?s\b|xx?l\b|[sml]\b)"),  # size 10, Größe 40, Gr. M
-    ("size",
-     r"\b\d{1,2}\s?[-/]\s?\d{1,2}\s?(?:years?|yrs?|months?|mths?|ans|mois|jahre|monate|anos|meses)\b"),
-    ("address",
-     r"\b\d{1,5}[a-z]?,?\s+(?:[^\W\d_]+\s+){1,3}(?:street|st|avenue|ave|boulevard|blvd|lane|ln|terrace"
-                r"|crescent)\b"),  # 221B Baker Street
+             r"\s?:?\s?(?:\d|xx?s\b|xx?l\b|[sml]\b)"),
+    ("size", r"\b\d{1,2}\s?[-/]\s?\d{1,2}\s?"
+             r"(?:years?|yrs?|months?|mths?|ans|mois|jahre|monate|anos|meses)\b"),
+    # street addresses: 221B Baker Street; 12 Abbey Road (not "16 inch road bike"); 12 rue de Rivoli;
+    # Hauptstraße 5; Calle Mayor 3
+    ("address", r"\b\d{1,5}[a-z]?,?\s+(?:[^\W\d_]+\s+){1,3}"
+                r"(?:street|st|avenue|ave|boulevard|blvd|lane|ln|terrace|crescent)\b"),
     ("address", r"\b\d{1,5}[a-z]?,?\s+(?:[^\W\d_]+\s+){1,3}(?:road|rd)\b"
                 r"(?!\s?(?:bikes?|cycling|shoes?|running|tyres?|tires?|helmets?|racing|trip))"),
-                # not "16 inch road bike"
-    ("address",
-     r"\b\d{1,4}(?:\s?(?:bis|ter))?,?\s(?:rue|avenue|av|bd|boulevard|allee|impasse|chemin|quai|route"
-                r"|place\s(?:de|du|des|d)|square|passage)\b"),  # 12 rue de Rivoli
+    ("address", r"\b\d{1,4}(?:\s?(?:bis|ter))?,?\s(?:rue|avenue|av|bd|boulevard|allee|impasse|chemin|quai"
+                r"|route|place\s(?:de|du|des|d)|square|passage)\b"),
     ("address", r"\b[^\W\d_]*(?:strasse|str|gasse|platz|allee|damm|ufer|chaussee)\.?\s?\d{1,4}[a-z]?\b"),
-    ("address", r"(?:\bcalle|\bc/|\bavenida|\bavda|\bpaseo|\bplaza|\bpza|\bcarrer|\bcamino|\bronda|\btravesia"
-                r"|\bcarretera|\bctra)\.?\s?(?:[^\W\d_]+\s){0,3}?\d{1,4}\b"),  # Calle Mayor 3
-    ("postcode", r"\b\d{5}-\d{4}\b"),  # ZIP+4
-    ("postcode", rf"\b(?:{_US_STATES}),?\s\d{{5}}\b"),  # NY 10001
+    ("address", r"(?:\bcalle|\bc/|\bavenida|\bavda|\bpaseo|\bplaza|\bpza|\bcarrer|\bcamino|\bronda"
+                r"|\btravesia|\bcarretera|\bctra)\.?\s?(?:[^\W\d_]+\s){0,3}?\d{1,4}\b"),
+    # postcodes: ZIP+4; NY 10001; SW1A 1AA (not "PS5 2TB"); 75001 Paris
+    ("postcode", r"\b\d{5}-\d{4}\b"),
+    ("postcode", rf"\b(?:{_US_STATES}),?\s\d{{5}}\b"),
     ("postcode", r"\b[a-z]{1,2}\d[a-z\d]?\s\d(?!gb|tb|mb|kb|pk|pc|hp|xl|in|ft|lb)[abd-hjlnp-uw-z]{2}\b"),
-    # SW1A 1AA
-    ("postcode", rf"\b\d{{4,5}}\s(?:{_CITIES})\b|\b(?:{_CITIES}),?\s\d{{4,5}}\b"),  # 75001 Paris
-    ("store code",
-     r"\b(?:store|shop|branch|outlet|magasin|boutique|filiale|geschaft|geschaeft|tienda|sucursal"
-                   r"|local|loja|negozio)\s?(?:#|no\.?|n°|nº|nr\.?|num\.?|number)?\s?\d+"),  # store #123
-    ("store code", r"\b(?:st|str|sto|stor|shp|mag|fil|tda|suc|loc)[-_#]\d{2,}\b|#\s?\d"),  # STR-0042, #12
-    ("phone", r"(?:\+|\b00)?\d[\d\s().-]{7,}\d"),  # checked for 8+ digits below
+    ("postcode", rf"\b\d{{4,5}}\s(?:{_CITIES})\b|\b(?:{_CITIES}),?\s\d{{4,5}}\b"),
+    # store codes: store #123, Filiale 12; STR-0042, #12
+    ("store code", r"\b(?:store|shop|branch|outlet|magasin|boutique|filiale|geschaft|geschaeft|tienda"
+                   r"|sucursal|local|loja|negozio)\s?(?:#|no\.?|n°|nº|nr\.?|num\.?|number)?\s?\d+"),
+    ("store code", r"\b(?:st|str|sto|stor|shp|mag|fil|tda|suc|loc)[-_#]\d{2,}\b|#\s?\d"),
+    # phone numbers (a match counts with 8+ digits) and coordinates
+    ("phone", r"(?:\+|\b00)?\d[\d\s().-]{7,}\d"),
     ("coordinates", r"-?\d{1,3}\.\d{4,}"),
 )
 _DIGIT_RE: Final = re.compile("|".join(f"(?P<g{i}>{p})" for i, (_, p) in enumerate(_DIGIT_PATTERNS)))
@@ -652,10 +656,13 @@ _FRACTION_RE: Final = re.compile(r"(?<![\d/])([1-9]|1[0-5])/(2|3|4|8|16)(?![\d/]
 def _no_fractions(f: str) -> str:
     """Proper fractions ("3/4 sleeve", "7/8 leggings", "1/2 zip") taken out before dates are looked for."""
     return _FRACTION_RE.sub(lambda m: " " if int(m[1]) < int(m[2]) else m[0], f)
+
+
 _HAS_DIGIT: Final = re.compile(r"\d")
 _CONTEXT_RE: Final = re.compile(
     rf"\b(?:{'|'.join(_AMBIGUOUS_DAYS)})\.(?![^\W_])"  # "Sun.", "Mo."
-    r"|\b(?:size|sizes|taille|tailles|talla|tallas|pointure|gr|grosse|groesse)\.?\s?:?\s?(?:xx?s|s|m|l|xx?l)\b"
+    r"|\b(?:size|sizes|taille|tailles|talla|tallas|pointure|gr|grosse|groesse)\.?\s?:?\s?"
+    r"(?:xx?s|s|m|l|xx?l)\b"  # "Gr. L", "taille M"
     r"|\bin\s(?:xx?s|s|m|l|xx?l)(?=\s*(?:$|[|,)]))"  # "in M" at the end of a name
 )
 #: A letter size standing alone: "(M)", "S/M", "- XL" or ", L" closing a name.
@@ -665,10 +672,10 @@ _LETTER_SIZE_RE: Final = re.compile(
     r"|(?:\s[-–—/|,]\s?|,\s?)(?:s|m|l)\s*(?=$|\|)"
 )
 _CONTACT_RE: Final = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|@[^\W_]|https?:|://|\bwww\.|\b[\w-]+\.(?:com|net|org|io|co|uk|fr|de|es|it|eu"
-    r"|shop|store|info|biz|app|online|site)\b"
+    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|@[^\W_]|https?:|://|\bwww\."
+    r"|\b[\w-]+\.(?:com|net|org|io|co|uk|fr|de|es|it|eu|shop|store|info|biz|app|online|site)\b"
 )
-#: Fragments (of `_TIME_WORDS`, phrases, contact patterns) that trigger the slower checks.
+#: Characters without which `_CONTACT_RE` cannot match (it is only run when one is present).
 _CONTACT_HINTS: Final = ("@", "://", "www.", ".")
 _WORD_RE: Final = re.compile(r"[^\W_]+")
 _SCRUB_CACHE: dict[str, tuple[tuple[str, ...], str, frozenset[str]]] = {}

@@ -634,11 +634,13 @@ def example_calls(base_url: str, customer_id: str, item_id: str,
     return [
         post("recommend", {"customer_id": customer_id, "k": 5, "channel": "web"}),
         post("similar_items", {"item_id": item_id, "k": 5}),
+        post("next_best_action", {"customer_id": customer_id, "channel": "web"}),
+        # marketing email needs its own opt-in: grant it, then ask for the email decision
+        post("consent", {"customer_id": customer_id, "purpose": "email_marketing", "granted": True}, "PUT"),
         post("next_best_action", {"customer_id": customer_id, "channel": "email"}),
         post("scores", {"customer_ids": [customer_id]}),
         post("events", {"event": {"event_id": "demo-1", "ts": now, "channel": "web",
                                   "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
-        post("consent", {"customer_id": customer_id, "purpose": "email_engagement", "granted": True}, "PUT"),
         post("items", {"items": [record]}, "PUT"),
         f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",
     ]

@@ -291,6 +291,49 @@ def test_quiet_hours_use_the_customers_own_time_zone_and_give_send_at(srv):
     assert soon["action"] == "cart_reminder" and soon["send_at"] is None
 
 
+def test_readme_worked_examples(srv):
+    """README's guard section, row by row ("One customer, every channel")."""
+    c = "careful-readme"
+    send(srv, [ev(f"{c}-1", c, "view", iid(1), minutes_ago=10), ev(f"{c}-2", c, "try_on", iid(19), channel="store",
+                                                                   minutes_ago=50),
+               ev(f"{c}-3", c, "add_to_cart", iid(7), minutes_ago=40)])
+    consent(srv, c, "email_marketing", True)
+    reasons = {"Sports > Running shoes": "Because you like running shoes",
+               "Kids’ jackets": "Because you like kids’ jackets"}
+    web = recommend(srv, c, k=10)
+    for x in web["items"]:
+        assert x["reason"] == reasons.get(x["category"], "Picked for you"), x
+    assert "socks" not in texts(web)
+    store = recommend(srv, c, k=10, channel="store")
+    assert "socks" not in texts(store) and "because you like running shoes" in texts(store)
+    social = recommend(srv, c, k=10, channel="social")
+    assert {x["reason"] for x in social["items"]} == {"Picked for you"}
+
+    email = nba(srv, c, "email", campaign="readme")["actions"][0]
+    assert (email["action"], email["channel"]) == ("cart_reminder", "email")
+    assert email["reason"] == "The Kestrel Puffer jacket 7 is still in your cart"
+    assert email["params"]["items"][0]["name"] == "Puffer jacket 7" and email["params"]["items"][0]["url"]
+    second = nba(srv, c, "email", campaign="readme-2")["actions"][0]
+    assert second["action"] == "do_nothing" and second["reason"] == "frequency cap reached"
+    sms = nba(srv, c, "sms", campaign="readme")["actions"][0]
+    assert sms["action"] == "do_nothing" and sms["reason"] == "no sms_marketing consent"
+
+    consent(srv, c, "detailed_personalization", True)
+    detailed = recommend(srv, c, k=10)
+    assert "Because you viewed the Kestrel Trail runner 1" in {x["reason"] for x in detailed["items"]}
+    consent(srv, c, "store_visits", True)
+    assert "because you like socks" in texts(recommend(srv, c, k=10, channel="store"))
+    consent(srv, c, "personalization", False)
+    off = recommend(srv, c, k=10)
+    assert off["personalized"] is False and items(off) == items(recommend(srv, None, k=10))
+
+    r = "careful-returned"
+    send(srv, [ev(f"{r}-1", r, "purchase", iid(3), minutes_ago=3000, quantity=1),
+               ev(f"{r}-2", r, "return", iid(3), minutes_ago=60)])
+    call = nba(srv, r, "call_center")["actions"][0]
+    assert call["action"] == "service_recovery" and call["reason"] == "We're sorry: how can we make it right?"
+
+
 def test_caps_survive_a_restart(srv, tmp_path_factory):
     """The ledger is the store's: a new server on the same store still counts earlier contacts."""
     c = "careful-caps"  # capped by the test above (run order is file order)

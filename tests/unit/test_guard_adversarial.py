@@ -48,8 +48,9 @@ OWN_SCREENS = frozenset({"web", "app"})
 # Clean names (letters only: a digit in an output is always a leak).
 BASE_CATEGORIES = (
     "running shoes", "Sports > Tents", "Home > Kitchen > Frying pans", "garden tools", "board games",
-    "Kids’ jackets", "T-shirts & tops", "Sport > Laufschuhe", "Chaussures de randonnée", "Zapatillas de running",
-    "Home > Bedroom > Pillows", "Electronics > Headphones", "Beauty > Night cream", "Wohnen > Kerzen",
+    "Kids’ jackets", "T-shirts & tops", "Sport > Laufschuhe", "Chaussures de randonnée",
+    "Zapatillas de running", "Home > Bedroom > Pillows", "Electronics > Headphones", "Beauty > Night cream",
+    "Wohnen > Kerzen",
 )
 BASE_ITEMS = (
     "Trail Runner jacket", "Chef Knife", "Cloud Tee", "Alpine Tent", "Garden Fork", "Couteau de chef",
@@ -59,8 +60,8 @@ BRANDS = ("Nike", "Patagonia", "Acme", "Kestrel", "Lumen")
 ITEM_IDS = ("sku_alpha", "sku_beta", "sku_gamma", "sku_delta", "sku_epsilon")
 OWN_VALUES = {COLOR: ("teal", "crimson", "Navy"), SIZE: ("medium", "petite", "Large"),
               "store_id": ("Soho", "Camden Market"), "location": ("Brooklyn", "Montmartre")}
-ACTIONS = ("cart_reminder", "cross_sell", "upsell", "replenishment_reminder", "winback_offer", "service_recovery",
-           "loyalty_reward", "thank_you", "brand_new_action")
+ACTIONS = ("cart_reminder", "cross_sell", "upsell", "replenishment_reminder", "winback_offer",
+           "service_recovery", "loyalty_reward", "thank_you", "brand_new_action")
 EVENT_TYPES = ("view", "search", "add_to_cart", "purchase", "try_on", "social_like", "email_click",
                "declared_preference", "return", "review")
 ORIGINS = ("first_party", "zero_party", "inferred")
@@ -69,10 +70,11 @@ TIMEZONES = (None, "Europe/Paris", "Asia/Tokyo", "America/Los_Angeles")
 # Sensitive and life-event terms as a shopper would read them: (singular or phrase, plural), language.
 SENSITIVE_TERMS = (
     ("lingerie", "lingeries"), ("pregnancy test", "pregnancy tests"), ("sex toy", "sex toys"),
-    ("condom", "condoms"), ("maternity dress", "maternity dresses"), ("incontinence pad", "incontinence pads"),
-    ("weight loss", "weight loss"), ("hearing aid", "hearing aids"), ("tampon", "tampons"),
-    ("adult toy", "adult toys"), ("prenatal vitamin", "prenatal vitamins"), ("funeral", "funerals"),
-    ("e-cigarette", "e-cigarettes"), ("préservatif", "préservatifs"), ("test de grossesse", "tests de grossesse"),
+    ("condom", "condoms"), ("maternity dress", "maternity dresses"),
+    ("incontinence pad", "incontinence pads"), ("weight loss", "weight loss"),
+    ("hearing aid", "hearing aids"), ("tampon", "tampons"), ("adult toy", "adult toys"), ("prenatal vitamin", "prenatal vitamins"),
+    ("funeral", "funerals"), ("e-cigarette", "e-cigarettes"), ("préservatif", "préservatifs"),
+    ("test de grossesse", "tests de grossesse"),
     ("sous-vêtement", "sous-vêtements"), ("perte de poids", "perte de poids"),
     ("Schwangerschaftstest", "Schwangerschaftstests"), ("Unterwäsche", "Unterwäsche"), ("Kondom", "Kondome"),
     ("Sexspielzeug", "Sexspielzeuge"), ("Inkontinenz", "Inkontinenz"), ("lencería", "lencerías"),
@@ -105,7 +107,8 @@ def disguise(term: tuple[str, str], how: str, rng: random.Random) -> str:
     if how == "compound":  # words run together, German style
         return word.replace(" ", "").replace("-", "")
     if how == "hyphen":
-        return word.replace(" ", "-") if " " in word else "-".join([word[: len(word) // 2], word[len(word) // 2:]])
+        half = len(word) // 2
+        return word.replace(" ", "-") if " " in word else word[:half] + "-" + word[half:]
     if how == "underscore":
         return word.replace(" ", "_")
     if how == "dots":
@@ -143,20 +146,22 @@ FRAGMENTS: dict[str, tuple[Any, ...]] = {
         lambda r: f"{_n(r, 0, 23)}:{_n(r, 0, 59):02d}", lambda r: f"{_n(r, 1, 12)}.{_n(r, 0, 59):02d}pm",
         lambda r: f"{_n(r, 0, 23)}h{_n(r, 0, 59):02d}", lambda r: f"{_n(r, 1, 12)} am",
         lambda r: f"{_n(r, 1, 12)} PM", lambda r: f"{_n(r, 0, 23)} Uhr", lambda r: f"{_n(r, 1, 12)} heures",
-        *(lambda r, p=p: p for p in ("tonight", "this evening", "this morning", "late night", "last night",
-                                     "ce soir", "ce matin", "hier soir", "heute Abend", "heute Nacht", "gestern",
-                                     "esta noche", "esta mañana", "anoche", "midnight", "yesterday", "today")),
+        *(lambda r, p=p: p for p in (
+            "tonight", "this evening", "this morning", "late night", "last night", "ce soir", "ce matin",
+            "hier soir", "heute Abend", "heute Nacht", "gestern", "esta noche", "esta mañana", "anoche",
+            "midnight", "yesterday", "today")),
     ),
     "weekday": tuple(lambda r, d=d: d for d in (
-        "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "weekend", "Tue", "Tues",
-        "Wed", "Thu", "Thurs", "Fri", "Mon.", "Sat.", "Sun.", "lundi", "mardi", "mercredi", "jeudi", "vendredi",
-        "samedi", "dimanche", "lun.", "mer.", "Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag",
-        "Sonntag", "Mo.", "Di.", "Fr.", "lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")),
+        "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "weekend", "Tue",
+        "Tues", "Wed", "Thu", "Thurs", "Fri", "Mon.", "Sat.", "Sun.", "lundi", "mardi", "mercredi", "jeudi",
+        "vendredi", "samedi", "dimanche", "lun.", "mer.", "Montag", "Dienstag", "Mittwoch", "Donnerstag",
+        "Freitag", "Samstag", "Sonntag", "Mo.", "Di.", "Fr.", "lunes", "martes", "miércoles", "jueves",
+        "viernes", "sábado", "domingo")),
     "month": tuple(lambda r, m=m: m for m in (
-        "January", "February", "April", "June", "July", "September", "October", "November", "December", "Jan",
-        "Feb", "Sept", "Oct", "Nov", "Dec", "janvier", "février", "avril", "juillet", "août", "décembre", "janv.",
-        "févr.", "Januar", "Februar", "März", "Juni", "Oktober", "Dezember", "Okt.", "Dez.", "enero", "febrero",
-        "marzo", "abril", "junio", "agosto", "octubre", "diciembre")),
+        "January", "February", "April", "June", "July", "September", "October", "November", "December",
+        "Jan", "Feb", "Sept", "Oct", "Nov", "Dec", "janvier", "février", "avril", "juillet", "août",
+        "décembre", "janv.", "févr.", "Januar", "Februar", "März", "Juni", "Oktober", "Dezember", "Okt.",
+        "Dez.", "enero", "febrero", "marzo", "abril", "junio", "agosto", "octubre", "diciembre")),
     "date": (
         lambda r: f"{_n(r, 2000, 2030)}-{_n(r, 1, 12):02d}-{_n(r, 1, 28):02d}", _non_fraction,
         lambda r: f"{_n(r, 1, 28):02d}.{_n(r, 1, 12):02d}.{_n(r, 2000, 2030)}",
@@ -167,22 +172,26 @@ FRAGMENTS: dict[str, tuple[Any, ...]] = {
         lambda r: f"{r.choice(('Jan', 'Mar', 'May', 'Oct'))} {_n(r, 1, 28)}th",
     ),
     "duration": (
-        lambda r: f"{_n(r, 2, 59)} minutes", lambda r: f"{_n(r, 2, 59)} mins", lambda r: f"{_n(r, 2, 9)} hours",
-        lambda r: f"{_n(r, 2, 9)} Std.", lambda r: f"{_n(r, 2, 9)} Stunden", lambda r: f"{_n(r, 2, 59)} minutos",
+        lambda r: f"{_n(r, 2, 59)} minutes", lambda r: f"{_n(r, 2, 59)} mins",
+        lambda r: f"{_n(r, 2, 9)} hours", lambda r: f"{_n(r, 2, 9)} Std.", lambda r: f"{_n(r, 2, 9)} Stunden",
+        lambda r: f"{_n(r, 2, 59)} minutos",
         lambda r: f"{_n(r, 2, 59)} secondes", lambda r: f"{r.choice((7, 13, 45, 421, 999))}s",
         lambda r: f"{_n(r, 2, 30)} days", lambda r: "seven minutes", lambda r: "trois heures",
     ),
     "count": (
         lambda r: f"x{_n(r, 2, 9)}", lambda r: f"{_n(r, 2, 9)}x", lambda r: f"{_n(r, 2, 30)} times",
         lambda r: f"{r.choice(('three', 'five', 'seven'))} times", lambda r: "twice", lambda r: "à nouveau",
-        lambda r: "otra vez", lambda r: "dreimal", lambda r: f"{_n(r, 2, 9)} fois", lambda r: f"{_n(r, 2, 9)} veces",
+        lambda r: "otra vez", lambda r: "dreimal", lambda r: f"{_n(r, 2, 9)} fois",
+        lambda r: f"{_n(r, 2, 9)} veces",
         lambda r: "visited", lambda r: "again and again", lambda r: "de nuevo",
     ),
     "size": (
         lambda r: r.choice(("XS", "XL", "XXL", "3XL")), lambda r: f"size {_n(r, 4, 16)}",
-        lambda r: f"taille {_n(r, 34, 46)}", lambda r: f"Größe {_n(r, 34, 46)}", lambda r: f"talla {_n(r, 34, 46)}",
+        lambda r: f"taille {_n(r, 34, 46)}", lambda r: f"Größe {_n(r, 34, 46)}",
+        lambda r: f"talla {_n(r, 34, 46)}",
         lambda r: f"{r.choice((32, 34, 36, 38))}{r.choice(('B', 'C', 'DD', 'E'))}",
-        lambda r: f"W{_n(r, 28, 38)} L{_n(r, 28, 34)}", lambda r: f"EU {_n(r, 36, 46)}", lambda r: f"UK {_n(r, 4, 12)}",
+        lambda r: f"W{_n(r, 28, 38)} L{_n(r, 28, 34)}", lambda r: f"EU {_n(r, 36, 46)}",
+        lambda r: f"UK {_n(r, 4, 12)}",
         lambda r: f"US {_n(r, 5, 12)}.5", lambda r: "(M)", lambda r: "S/M", lambda r: "Gr. L",
     ),
     "address": (
@@ -198,12 +207,15 @@ FRAGMENTS: dict[str, tuple[Any, ...]] = {
         lambda r: f"{_n(r, 28001, 28080)} Madrid",
     ),
     "store_code": (
-        lambda r: f"store #{_n(r, 1, 999)}", lambda r: f"STR-{_n(r, 1, 9999):04d}", lambda r: f"shop {_n(r, 1, 99)}",
-        lambda r: f"Filiale {_n(r, 1, 99)}", lambda r: f"tienda {_n(r, 1, 99)}", lambda r: f"magasin {_n(r, 1, 99)}",
+        lambda r: f"store #{_n(r, 1, 999)}", lambda r: f"STR-{_n(r, 1, 9999):04d}",
+        lambda r: f"shop {_n(r, 1, 99)}", lambda r: f"Filiale {_n(r, 1, 99)}",
+        lambda r: f"tienda {_n(r, 1, 99)}", lambda r: f"magasin {_n(r, 1, 99)}",
     ),
     "phone": (
-        lambda r: f"+44 20 7946 {_n(r, 1000, 9999)}", lambda r: f"06 {_n(r, 10, 99)} {_n(r, 10, 99)} {_n(r, 10, 99)} 78",
-        lambda r: f"({_n(r, 200, 999)}) {_n(r, 200, 999)}-{_n(r, 1000, 9999)}", lambda r: f"+49 30 {_n(r, 100000, 999999)}",
+        lambda r: f"+44 20 7946 {_n(r, 1000, 9999)}",
+        lambda r: f"06 {_n(r, 10, 99)} {_n(r, 10, 99)} {_n(r, 10, 99)} 78",
+        lambda r: f"({_n(r, 200, 999)}) {_n(r, 200, 999)}-{_n(r, 1000, 9999)}",
+        lambda r: f"+49 30 {_n(r, 100000, 999999)}",
     ),
     "contact": (
         lambda r: f"jane.doe{_n(r, 1, 99)}@example.com", lambda r: f"www.example{_n(r, 1, 99)}.com",
@@ -312,8 +324,8 @@ def generate(n_signals: int = N_SIGNALS, seed: int = SEED) -> Iterator[Case]:
             "discount_pct": rng.randint(0, 50), "last_seen": rng.choice(FRAGMENTS[last])(rng),
         }
         plants.append(Plant(last, params["last_seen"], "param"))
-        reason = GuardRequest(RECOMMENDATION_REASON, channel, consent, tuple(sigs), now=now, logged_in=logged_in,
-                              **extra)
+        reason = GuardRequest(RECOMMENDATION_REASON, channel, consent, tuple(sigs), now=now,
+                              logged_in=logged_in, **extra)
         nba = GuardRequest(NBA_MESSAGE, channel, consent, tuple(sigs), action=ACTIONS[i % len(ACTIONS)],
                            params=params, now=now, logged_in=logged_in)
         yield Case(reason, nba, tuple(plants), k)
@@ -338,7 +350,8 @@ def output_of(d: g.GuardDecision) -> str:
     return " | ".join([d.text, *_strings({k: v for k, v in d.params.items() if k not in g.OFFER_PARAMS})])
 
 
-def leaks(req: GuardRequest, d: g.GuardDecision, plants: tuple[Plant, ...], policy: g.GuardPolicy) -> list[str]:
+def leaks(req: GuardRequest, d: g.GuardDecision, plants: tuple[Plant, ...],
+          policy: g.GuardPolicy) -> list[str]:
     """Why this decision leaks (empty when it does not), judged on what was planted."""
     out = output_of(d)
     low = _norm(out)
@@ -390,6 +403,7 @@ def test_no_adversarial_signal_leaks() -> None:
     assert set(planted) == set(CLASSES) and min(planted.values()) >= 2_000, planted
     assert set(DISGUISES) <= set(disguises), disguises
     assert seen_channels == set(CHANNELS) and len(seen_levels) == 3
-    assert len(seen_combos) >= 2 ** (len(PURPOSES) - 1)  # purposes granted (personalization-off states collapse)
+    # every combination of purposes (consent_from_flags may fold some personalization-off states together)
+    assert len(seen_combos) >= 2 ** (len(PURPOSES) - 1)
     assert named >= 0.05 * 2 * channels, f"only {named} outputs named anything: the test would be vacuous"
     assert elapsed < 120, f"{elapsed:.0f} s"

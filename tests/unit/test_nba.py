@@ -508,17 +508,17 @@ def _first_allowed(ctx: NBAContext, allowed) -> str:
 
 @pytest.mark.parametrize("hour", [12, 18])  # 12:00 UTC is quiet hours in New York (email refused), 18:00 not
 def test_scores_top_action_is_next_best_actions_first_action(hour: int) -> None:
+    from serving.decisions import contact_rule
     from serving.guard import consent_from_flags, load_policy
     from serving.nba import decide_top_actions
-    from serving.decisions import contact_rule
 
     now = NOW.replace(hour=hour)
     policy = load_policy()
     seen: dict[str, set[str]] = {}
+    marketing = consent_from_flags({"email_marketing": True, "sms_marketing": True})
     for churn, propensity in [(0.1, 0.9), (0.5, 0.5), (0.9, 0.2), (0.2, 0.05)]:
         profiles, ctxs = _consistency_case(now, churn, propensity)
-        consent = consent_from_flags({"email_marketing": True, "sms_marketing": True})
-        rule = contact_rule(policy, now, lambda _pid: consent, {p.profile_id: p for p in profiles})
+        rule = contact_rule(policy, now, lambda _pid: marketing, {p.profile_id: p for p in profiles})
         batch = decide_top_actions(ctxs, allowed=rule)
         assert list(batch[PROFILE_ID]) == [c.profile_id for c in ctxs]
         for ctx, top, hold in zip(ctxs, batch[TOP_ACTION], batch[HOLDOUT], strict=True):

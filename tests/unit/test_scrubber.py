@@ -51,7 +51,7 @@ def test_fold(raw: str, folded: str) -> None:
     assert fold(raw) == folded
 
 
-# --------------------------------------------------------------------------------------------- sensitive terms
+# ------------------------------------------------------------------------------------------ sensitive terms
 def _matcher(**kw) -> SensitiveMatcher:
     return SensitiveMatcher(kw.get("sensitive", ()), kw.get("life", ()), kw.get("safe", ()))
 
