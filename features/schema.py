@@ -563,6 +563,14 @@ def _number_kind(v: object) -> int:
     return 0 if isinstance(v, (str, float, np.integer, np.floating)) else 1
 
 
+def _not_a_number_dtype(dtype: Any) -> bool:
+    """Columns pandas would turn into numbers that are none: bools (1.0), complex (imaginary part dropped),
+    datetimes and durations (nanoseconds)."""
+    t = pd.api.types
+    return bool(t.is_bool_dtype(dtype) or t.is_complex_dtype(dtype) or t.is_datetime64_any_dtype(dtype)
+                or t.is_timedelta64_dtype(dtype) or isinstance(dtype, pd.PeriodDtype))
+
+
 #: One piece of the error report: (rows, field, reason), in the order the checks ran.
 _Piece = tuple[np.ndarray, str, str]
 
@@ -876,11 +884,12 @@ def _validate_vectorised(
             not_num, huge = kind.eq(1).fillna(False).astype(bool), kind.eq(2).fillna(False).astype(bool)
             num = pd.to_numeric(raw.mask(not_num | huge), errors="coerce")
             bad = (raw.notna() & ~_blank(raw) & num.isna() & ~huge) | not_num
+        elif _not_a_number_dtype(raw.dtype):
+            num = pd.Series(np.nan, index=src.index, dtype="float64")
+            bad = raw.notna()
         else:
             num = pd.to_numeric(raw, errors="coerce")
             bad = raw.notna() & ~_blank(raw) & num.isna()
-            if pd.api.types.is_bool_dtype(raw.dtype):
-                bad |= raw.notna()
         report(bad, name, _MUST_BE_NUMBER)
         num = num.where(~bad)
         fin = (num.notna() & ~np.isfinite(num.astype(float))) | huge

@@ -7,9 +7,9 @@ deployments can lower them with MIRROR_MAX_K / MIRROR_MAX_BATCH (checked in the 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError, ValidationError
 
 from features.schema import CHANNELS, IDENTIFIER_COLUMNS
@@ -171,6 +171,8 @@ class CustomerScore(_Out):
     churn_probability: float | None
     purchase_propensity: float | None
     top_action: str | None
+    #: the customer's best channel for the top action (ask /next_best_action there for its message)
+    top_channel: str | None = None
 
 
 class ScoresResponse(_Out):
@@ -180,17 +182,56 @@ class ScoresResponse(_Out):
     purchase_model_version: str | None
 
 
-class SegmentExportRequest(_Strict):
-    """A whole segment (all profiles, or a list) scored in the background into a file."""
+#: Most profile ids one segment export may list (the whole store: leave `profile_ids` out).
+MAX_SEGMENT_IDS = 1_000_000
+SegmentProfileId = Annotated[str, Field(min_length=1, max_length=256)]
 
-    profile_ids: list[str] | None = Field(default=None, max_length=1_000_000)
+
+class SegmentExportRequest(_Strict):
+    """A whole segment (every profile, or a list of profile ids) scored in the background into a file.
+
+    Checked at submit (a 400 naming the field), not when the job runs: a list that is empty, too long,
+    holds an empty or repeated id, or a format other than csv/parquet. Ids the store does not know are
+    not an error: the finished job lists them (`unknown`)."""
+
+    profile_ids: list[SegmentProfileId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
     format: ExportFormat = "parquet"
 
+    @field_validator("profile_ids")
+    @classmethod
+    def _no_repeats(cls, ids: list[str] | None) -> list[str] | None:
+        if ids is not None and len(set(ids)) != len(ids):
+            seen: dict[str, int] = {}
+            for i, pid in enumerate(ids):
+                if pid in seen:  # positions only: the answer never echoes ids back
+                    raise PydanticCustomError(
+                        "duplicate", "profile_ids[{i}] repeats profile_ids[{first}]: list each profile once",
+                        {"i": i, "first": seen[pid]})
+                seen[pid] = i
+        return ids
 
-class SegmentExportResult(_Out):
-    path: str
-    rows: int
+
+class SegmentTask(_Out):
+    """A submitted export: poll `/score_segment/status?task_id=`, then fetch `/score_segment/get`."""
+
+    task_id: str
+    status: str
+
+
+class SegmentTaskStatus(_Out):
+    task_id: str
+    #: in_progress (queued or running), completed, failed, or deleted (it held a profile since erased)
+    status: str
     format: str
+    created_at: str
+    executed_at: str | None = None
+    completed_at: str | None = None
+    #: rows written so far (all of them once completed)
+    rows: int | None = None
+    #: requested profile ids the store does not know (or no longer: erased), once scored
+    unknown: list[str] = Field(default_factory=list)
+    #: why a job failed or was deleted
+    error: str | None = None
 
 
 class EventsRequest(_Strict):

@@ -8,11 +8,15 @@ Scopes are ordered: `admin` implies `write` implies `read`. Keys come from MIRRO
 (`key1=read,write;key2=admin`) or MIRROR_API_KEYS_FILE (YAML/JSON mapping key -> scopes) and are
 sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Demo mode: with no keys configured
 every request is allowed and the service logs a loud warning at start.
+
+`/metrics` is open unless MIRROR_METRICS_KEY is set: then a scrape needs that key (a Prometheus
+`authorization: {credentials: ...}`) or an `admin` key, demo mode or not (setting it asks for it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -73,6 +77,10 @@ def required_access(method: str, path: str, require_key_for_read: bool) -> Acces
     return Access.OPEN
 
 
+#: Prometheus' scrape path (BentoML's route); guarded by MIRROR_METRICS_KEY when it is set.
+METRICS_PATH = "/metrics"
+
+
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -130,6 +138,20 @@ class KeyRing:
         if granted is None:
             return 401
         return 200 if granted >= needed else 403
+
+    def check_metrics(self, key: str | None, metrics_key: str | None) -> int:
+        """HTTP status for a scrape of /metrics: open without a metrics key; with one, that key or an
+        admin key (never demo mode's anything-goes: an operator who set the key wants it asked for)."""
+        if metrics_key is None:
+            return 200
+        if not key:
+            return 401
+        if hmac.compare_digest(_digest(key), _digest(metrics_key)):
+            return 200
+        granted = self.grants.get(_digest(key))
+        if granted is None:
+            return 401
+        return 200 if granted >= Access.ADMIN else 403
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -200,8 +222,12 @@ class GatekeeperMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        needed = required_access(scope["method"], scope["path"], self.settings.require_key_for_read)
-        status = self.keys.check(api_key_from(scope), needed)
+        if _matches(scope["path"], METRICS_PATH):
+            needed = Access.ADMIN
+            status = self.keys.check_metrics(api_key_from(scope), self.settings.metrics_key)
+        else:
+            needed = required_access(scope["method"], scope["path"], self.settings.require_key_for_read)
+            status = self.keys.check(api_key_from(scope), needed)
         if status != 200:
             msg = "missing or unknown API key" if status == 401 else f"this key lacks the '{needed.name.lower()}' scope"
             await _send_json(send, status, error_body(msg, ["header", "authorization"], "auth"))

@@ -13,7 +13,11 @@
 | MIRROR_MAX_BODY_BYTES        | largest request body accepted (413 above)                       | 8 MiB              |
 | MIRROR_MAX_BATCH             | most customers per /scores call and events per /events call      | 10000              |
 | MIRROR_MAX_K                 | largest `k`                                                     | 100                |
-| MIRROR_EXPORT_DIR            | where the segment-scoring task writes its files                 | `mirror-exports`   |
+| MIRROR_EXPORT_DIR            | where segment exports write their result files                  | `mirror-exports`   |
+| MIRROR_EXPORT_RETENTION_S    | seconds a segment export's file is kept, then deleted           | 86400 (1 day)      |
+| MIRROR_EXPORT_WORKERS        | segment exports running at once                                 | 2                  |
+| MIRROR_EXPORT_QUEUE          | segment exports waiting to run (429 when full)                  | 8                  |
+| MIRROR_METRICS_KEY           | when set, `/metrics` needs `Authorization: Bearer <it>` or an admin key | none (open) |
 | MIRROR_GC_INTERVAL_S         | seconds between the worker's scheduled full garbage collections | 30                 |
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_STORE_BACKEND = "features.store:SQLiteProfileStore"
@@ -29,6 +33,9 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_BATCH = 10_000
 DEFAULT_MAX_K = 100
 DEFAULT_GC_INTERVAL_S = 30
+DEFAULT_EXPORT_RETENTION_S = 24 * 3600
+DEFAULT_EXPORT_WORKERS = 2
+DEFAULT_EXPORT_QUEUE = 8
 DEFAULT_GUARD_CONFIG = Path(__file__).resolve().parent / "guard.yaml"
 
 
@@ -58,13 +65,17 @@ class Settings:
     tracking_uri: str | None = None
     registry_uri: str | None = None
     guard_config: Path = DEFAULT_GUARD_CONFIG
-    api_keys: str | None = None
+    api_keys: str | None = field(default=None, repr=False)  # secrets stay out of any log of the settings
     api_keys_file: Path | None = None
     require_key_for_read: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch: int = DEFAULT_MAX_BATCH
     max_k: int = DEFAULT_MAX_K
     export_dir: Path = Path("mirror-exports")
+    export_retention_s: int = DEFAULT_EXPORT_RETENTION_S
+    export_workers: int = DEFAULT_EXPORT_WORKERS
+    export_queue: int = DEFAULT_EXPORT_QUEUE
+    metrics_key: str | None = field(default=None, repr=False)
     gc_interval_s: int = DEFAULT_GC_INTERVAL_S
 
     @classmethod
@@ -84,5 +95,9 @@ class Settings:
             max_batch=_int(env, "MIRROR_MAX_BATCH", DEFAULT_MAX_BATCH),
             max_k=_int(env, "MIRROR_MAX_K", DEFAULT_MAX_K),
             export_dir=Path(env.get("MIRROR_EXPORT_DIR", "mirror-exports")),
+            export_retention_s=_int(env, "MIRROR_EXPORT_RETENTION_S", DEFAULT_EXPORT_RETENTION_S),
+            export_workers=_int(env, "MIRROR_EXPORT_WORKERS", DEFAULT_EXPORT_WORKERS),
+            export_queue=_int(env, "MIRROR_EXPORT_QUEUE", DEFAULT_EXPORT_QUEUE),
+            metrics_key=(env.get("MIRROR_METRICS_KEY") or "").strip() or None,
             gc_interval_s=_int(env, "MIRROR_GC_INTERVAL_S", DEFAULT_GC_INTERVAL_S),
         )

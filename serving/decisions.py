@@ -43,6 +43,8 @@ logger = logging.getLogger("mirror.decisions")
 
 #: Most cached customer scores (two models, so about half as many customers) before the cache restarts.
 SCORE_CACHE_ENTRIES = 2_000_000
+#: Column of `score`: the customer's best channel for the top action.
+TOP_CHANNEL: str = "top_channel"
 #: Why a customer gets no action at all when personalization is off.
 NO_PERSONALIZATION: str = "personalization not granted"
 
@@ -202,14 +204,15 @@ class DecisionEngine:
         views = {p: consented_profile(stored[p], consents[p]) for p in pids}
         feats = self.store.features_for(list(pids)) if len(pids) else pd.DataFrame({PROFILE_ID: []})
         have = set(feats[PROFILE_ID].astype(str)) if len(feats) else set()
-        missing = [p for p in pids if p not in have]  # no feature row yet: decided on the profile alone
+        # no feature row yet (first events of the bucket): decided on the profile alone; unknown ones drop out
+        missing = [p for p in pids if p not in have and stored[p] is not None]
         if missing:
             feats = pd.concat([feats, pd.DataFrame({PROFILE_ID: missing})], ignore_index=True)
         churn, prop = self._predict(churn_model, feats), self._predict(purchase_model, feats)
         rows = feats[PROFILE_ID].astype(str).tolist()
         off = np.array([not consents[p].personalization or p in missing for p in rows], dtype=bool)
         churn[off], prop[off] = np.nan, np.nan  # no personal data may be used: no score
-        ctxs = nba.contexts_from_profiles([views[p] for p in rows], feats, churn, prop, now=now,
+        ctxs = nba.contexts_from_profiles([views.get(p) for p in rows], feats, churn, prop, now=now,
                                           config=self.config, campaign_id=campaign_id, channel=channel)
         return _Inputs(feats, churn, prop, ctxs, views, consents)
 
@@ -218,7 +221,7 @@ class DecisionEngine:
               now: datetime | None = None) -> pd.DataFrame:
         """Churn, propensity and top action (the same as `/next_best_action`'s first for the default
         campaign on the customer's own channel) per profile, vectorised."""
-        cols = [PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION]
+        cols = [PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION, TOP_CHANNEL]
         if not len(pids):
             return pd.DataFrame({c: [] for c in cols})
         now = now or datetime.now(UTC)
@@ -227,8 +230,10 @@ class DecisionEngine:
         top = nba.decide_top_actions(x.contexts, self.config, allowed=rule)[nba.TOP_ACTION].to_numpy().copy()
         rows = x.features[PROFILE_ID].astype(str).tolist()
         top[[not x.consents[p].personalization for p in rows]] = nba.DO_NOTHING
+        channel = [nba.choose_channel(nba.ACTION_BY_NAME[a], ctx, self.config) if a != nba.DO_NOTHING else None
+                   for a, ctx in zip(top, x.contexts, strict=True)]
         return pd.DataFrame({PROFILE_ID: rows, nba.CHURN_PROBABILITY: x.churn, nba.PURCHASE_PROPENSITY: x.propensity,
-                             nba.TOP_ACTION: top})
+                             nba.TOP_ACTION: top, TOP_CHANNEL: channel})
 
     # -- one customer ---------------------------------------------------------------------------------
     def next_best_action(self, champions: Any, catalog: Catalog, pid: str, *, channel: str, campaign: str,

@@ -369,6 +369,7 @@ ACTIONS: Final[tuple[Action, ...]] = (
 ACTION_NAMES: Final[tuple[str, ...]] = tuple(a.name for a in ACTIONS) + (DO_NOTHING,)
 #: The channels each action may be offered on (a request on another channel is not offered it).
 ACTION_CHANNELS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({a.name: a.channels for a in ACTIONS})
+ACTION_BY_NAME: Final[Mapping[str, Action]] = MappingProxyType({a.name: a for a in ACTIONS})
 
 
 # ---------------------------------------------------------------------------------------------

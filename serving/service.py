@@ -18,16 +18,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from http import HTTPStatus
+from typing import Any, BinaryIO
 
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import StreamingResponse
 
 from features.catalog import Catalog, CatalogItem
 from features.schema import (
@@ -49,11 +51,11 @@ from features.schema import (
     TEXT_EVENT_TYPES,
     validate_events,
 )
-from serving import api, nba
+from serving import api, nba, segments
 from serving.auth import GatekeeperMiddleware, KeyRing, log_auth_mode
 from serving.config import Settings
 from serving.contact import customer_timezone
-from serving.decisions import DecisionEngine
+from serving.decisions import TOP_CHANNEL, DecisionEngine
 from serving.guard import ConsentState, Sensitivity, consent_from_flags, load_policy
 from serving.models import ChampionSet, PopularityFallback
 from serving.recommend import Query as RecommendQuery
@@ -135,6 +137,94 @@ class ServiceMetrics:
             self.model_version.labels(name).set(float(v) if v and str(v).isdigit() else 0.0)
             self.model_loaded.labels(name).set(1.0 if s.get("loaded") else 0.0)
             self.fallback.labels(name).set(1.0 if s.get("fallback") else 0.0)
+
+
+#: Routes BentoML serves itself (probes, metrics, docs), beside the service's API and mounted routes.
+BENTOML_ROUTES = ("/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json")
+#: The one label of every path that is no route of ours (scanners, typos, 404s).
+OTHER_ROUTE = "other"
+
+
+@dataclass(frozen=True)
+class RouteLabels:
+    """Request path -> the route template that serves it (`/profiles/{profile_id}`), else `other`.
+
+    Why: BentoML labels its request metrics with the raw path, so `/profiles/<email>?by=email` put
+    emails and customer ids into /metrics, and every distinct path was a new series for ever (5,000
+    requests: 18 KB -> 39 MB, 8-12 s a scrape). Templates are a fixed set, so the label set is bounded
+    whatever the traffic and carries no identifier (a query string is never part of the path)."""
+
+    exact: frozenset[str]
+    templated: tuple[tuple[re.Pattern[str], str], ...]
+
+    @classmethod
+    def of(cls, templates: Iterable[str]) -> RouteLabels:
+        from starlette.routing import compile_path
+
+        exact, templated = set(), []
+        for t in dict.fromkeys(templates):
+            if "{" in t:
+                templated.append((compile_path(t)[0], t))
+            else:
+                exact.add(t)
+        return cls(frozenset(exact), tuple(templated))
+
+    @classmethod
+    def of_service(cls, service: Any, app: FastAPI) -> RouteLabels:
+        """BentoML's routes, the service's APIs and the mounted FastAPI app's paths (from its OpenAPI)."""
+        return cls.of([*BENTOML_ROUTES, *(a.route for a in service.apis.values()), *app.openapi()["paths"]])
+
+    def __call__(self, path: str) -> str:
+        if path in self.exact:
+            return path
+        return next((t for rx, t in self.templated if rx.match(path)), OTHER_ROUTE)
+
+
+def label_request_metrics(label: Callable[[str], str]) -> bool:
+    """Make BentoML's HTTP request metrics label requests with `label(path)` instead of the raw path.
+
+    BentoML 1.4 records `bentoml_service_request_{total,duration_seconds,in_progress}` in
+    `RunnerTrafficMetricsMiddleware` (the outermost middleware, so even a 401 or a 404 counts), with
+    `endpoint=scope["path"]` and no setting to change it. The replacement hands BentoML's own code a
+    copy of the request scope whose path is the label, and the app below the real scope: metric names,
+    buckets and the other labels stay BentoML's. Returns False if BentoML's class is not the one we
+    know; its request metrics are then switched off (none rather than personal ones), with a warning.
+    """
+    import copy
+
+    from bentoml._internal.server.http import instruments
+
+    cls = instruments.RunnerTrafficMetricsMiddleware
+    cls._mirror_route_label = staticmethod(label)
+    if getattr(cls, "_mirror_relabelled", None) is not None:
+        return bool(cls._mirror_relabelled)
+    original = cls.__call__
+
+    if not callable(getattr(cls, "_setup", None)):
+        async def passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+        cls.__call__, cls._mirror_relabelled = passthrough, False
+        logger.warning("BentoML's request-metrics middleware changed; its request metrics are off "
+                       "(they would be labelled with raw paths)")
+        return False
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await original(self, scope, receive, send)
+        if not getattr(self, "_is_setup", True):
+            self._setup()  # on the shared instance: the copy below must not register the metrics again
+        view = copy.copy(self)  # shares the metric objects; only `app` differs, per request
+        app = self.app
+
+        async def routed(_labelled: Any, receive_: Any, send_: Any) -> None:
+            await app(scope, receive_, send_)
+
+        view.app = routed
+        await original(view, {**scope, "path": cls._mirror_route_label(scope["path"])}, receive, send)
+
+    cls.__call__, cls._mirror_relabelled = __call__, True
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +386,12 @@ class Mirror:
         self._catalog, self._catalog_version, self._catalog_checked = self.store.catalog(), -1, 0.0
         self._catalog_version = self.store.catalog_version()
         self.metrics = ServiceMetrics.get()
+        label_request_metrics(RouteLabels.of_service(Mirror, http_app))
+        self.segments = segments.SegmentRunner(
+            self.settings.export_dir, score=self.score_profiles, list_profiles=self.store.profile_ids,
+            chunk_size=self.settings.max_batch, workers=self.settings.export_workers,
+            queue_size=self.settings.export_queue, retention_s=self.settings.export_retention_s)
+        self.segments.start()
         self.champions = ChampionSet(fallback_factory=self._popularity_fallback)
         self._reload_lock = threading.Lock()
         self.reload_models()
@@ -555,7 +651,8 @@ class Mirror:
         pids = sorted({p for _, p in requested if p})
         table = self.score_profiles(pids)
         known = set(table[PROFILE_ID])
-        cols = {c: table[c].to_numpy() for c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION)}
+        cols = {c: table[c].to_numpy() for c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION,
+                                                 TOP_CHANNEL)}
         pos = {p: i for i, p in enumerate(table[PROFILE_ID])}
         out, unknown = [], []
         for ident, pid in requested:
@@ -566,30 +663,56 @@ class Mirror:
             out.append(api.CustomerScore(id=ident, profile_id=pid,
                                          churn_probability=_nan_none(cols[nba.CHURN_PROBABILITY][i]),
                                          purchase_propensity=_nan_none(cols[nba.PURCHASE_PROPENSITY][i]),
-                                         top_action=cols[nba.TOP_ACTION][i]))
+                                         top_action=cols[nba.TOP_ACTION][i], top_channel=cols[TOP_CHANNEL][i]))
         champ = self.champions.current
         return api.ScoresResponse(scores=out, unknown=unknown,
                                   churn_model_version=champ.status[CHURN_MODEL].version,
                                   purchase_model_version=champ.status[PURCHASE_MODEL].version)
 
-    @bentoml.task(route="/score_segment")
-    def score_segment(self, req: api.SegmentExportRequest, /) -> api.SegmentExportResult:
-        """Scores a whole segment in chunks in the background and writes one CSV/parquet file."""
-        if req.profile_ids is not None:
-            pids = list(dict.fromkeys(req.profile_ids))
-        else:
-            pids = sorted(self.store.export_events()[PROFILE_ID].dropna().astype(str).unique())
-        step = self.settings.max_batch
-        parts = [self.score_profiles(pids[i:i + step]) for i in range(0, len(pids), step)]
-        table = pd.concat(parts, ignore_index=True) if parts else self.score_profiles([])
-        self.settings.export_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = Path(self.settings.export_dir) / f"scores-{stamp}.{req.format}"
-        if req.format == "csv":
-            table.to_csv(path, index=False)
-        else:
-            table.to_parquet(path, index=False)
-        return api.SegmentExportResult(path=str(path.resolve()), rows=len(table), format=req.format)
+    # -- segment exports (serving.segments: Mirror's own job runner, nothing of a request on disk) ------
+    @bentoml.api(route="/score_segment/submit")
+    def score_segment_submit(self, req: api.SegmentExportRequest, /) -> api.SegmentTask:
+        """Queues a segment export (every profile, or a list) scored in chunks into a CSV/parquet file.
+
+        The body is checked now (a 400 naming the field), not when the job runs; 429 when the export
+        queue is full (MIRROR_EXPORT_WORKERS running + MIRROR_EXPORT_QUEUE waiting): retry later."""
+        try:
+            job = self.segments.submit(req.profile_ids, req.format)
+        except segments.ExportQueueFull as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.TOO_MANY_REQUESTS) from exc
+        logger.info("segment export %s queued (%s, %s profiles)", job.task_id, job.format,
+                    "all" if req.profile_ids is None else len(req.profile_ids))
+        return api.SegmentTask(task_id=job.task_id, status=job.status.value)
+
+    @http_app.get("/score_segment/status")
+    def score_segment_status(self, task_id: str = Query(min_length=1, max_length=64)) -> api.SegmentTaskStatus:
+        job = self.segments.job(task_id)
+        if job is None:
+            raise _unknown_task()
+        return api.SegmentTaskStatus(
+            task_id=job.task_id, status=job.status.value, format=job.format, created_at=job.created_at.isoformat(),
+            executed_at=job.executed_at.isoformat() if job.executed_at else None,
+            completed_at=job.completed_at.isoformat() if job.completed_at else None,
+            rows=job.rows, unknown=list(job.unknown), error=job.error)
+
+    @http_app.get("/score_segment/get", response_model=None)
+    def score_segment_get(self, task_id: str = Query(min_length=1, max_length=64)) -> StreamingResponse:
+        """The export file itself (CSV or parquet, as an attachment), never a path on the server."""
+        try:
+            fh, name, media_type, size = self.segments.open_result(task_id)
+        except KeyError:
+            raise _unknown_task() from None
+        except segments.ExportNotReady as exc:
+            raise HTTPException(409, detail=[{"loc": ["query", "task_id"], "msg": str(exc),
+                                              "type": "not_ready"}]) from None
+        except segments.ExportGone as exc:
+            raise HTTPException(410, detail=[{"loc": ["query", "task_id"], "msg": str(exc), "type": "gone"}]) from None
+        return StreamingResponse(_file_chunks(fh), media_type=media_type, headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(size)})
+
+    @bentoml.on_shutdown
+    def _stop_segment_exports(self) -> None:
+        self.segments.close()
 
     # -- GET / PUT / DELETE (FastAPI class views: `self` is the service instance) ----------------
     @http_app.put("/consent")
@@ -643,16 +766,46 @@ class Mirror:
 
     @http_app.delete("/profiles/{profile_id}")
     def delete_profile(self, profile_id: str, by: str | None = Query(default=None)) -> dict[str, Any]:
-        """Erasure: events, identities, state and consent; later training never sees them."""
+        """Erasure: events, identities, state and consent; later training never sees them; and every
+        segment export holding the person is deleted (`exports_deleted`: their task ids)."""
         pid = self._profile_id(profile_id, by)
         removed = self.store.erase_profile(pid)
-        logger.info("erased profile %s (%d events)", hashed_id(pid), removed)
-        return {PROFILE_ID: pid, "erased": True, "events_removed": int(removed)}
+        exports = self.segments.erase(pid)
+        logger.info("erased profile %s (%d events, %d exports)", hashed_id(pid), removed, len(exports))
+        return {PROFILE_ID: pid, "erased": True, "events_removed": int(removed), "exports_deleted": exports}
+
+    @http_app.get("/profiles/{profile_id}/export")
+    def export_profile(self, profile_id: str, by: str | None = Query(default=None)) -> dict[str, Any]:
+        """Data-access request: everything the store holds about the person (`store.export_profile`),
+        not filtered by the guard (that is GET /profiles/{id}); admin scope, `?by=` as there."""
+        pid = self._profile_id(profile_id, by)
+        export = getattr(self.store, "export_profile", None)
+        if export is None:
+            raise HTTPException(501, detail=[{"loc": ["path", "profile_id"], "type": "not_implemented",
+                                              "msg": "this profile store cannot export a profile"}])
+        held = export(pid)
+        if held is None:  # erased between the lookup and the export
+            raise HTTPException(404, detail=[{"loc": ["path", "profile_id"], "msg": "unknown profile",
+                                              "type": "not_found"}])
+        logger.info("exported profile %s", hashed_id(pid))
+        return _jsonable(held)
 
     @http_app.get("/status")
     def status(self) -> dict[str, Any]:
         """Readiness detail: which versions serve, which failed to load, whether fallback answers."""
         return {"ready": self.__is_ready__(), "models": self.champions.status()}
+
+
+def _unknown_task() -> HTTPException:
+    return HTTPException(404, detail=[{"loc": ["query", "task_id"], "msg": "unknown or expired task",
+                                       "type": "not_found"}])
+
+
+def _file_chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """A download, read as it is sent (an export can be large); the file is closed at the end."""
+    with fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 def _scored_item(item_id: str, score: float, item: CatalogItem | None, **extra: Any) -> api.ScoredItem:

@@ -121,18 +121,60 @@ def _read_table(path: Path) -> Any:
 
 
 def _load_events(path: Path) -> Any:
-    """Read a canonical events file (CSV or parquet) and keep its valid rows, reporting the rest."""
-    from features.schema import read_events, validate_events
+    """Read a canonical events file (CSV or parquet) and keep its valid rows, reporting the rest.
+
+    A `profile_id` column (a store's export, `mirror export-events`) is kept: training then uses the
+    store's own profile ids, the ones serving answers with, instead of resolving identities again.
+    """
+    from features.schema import PROFILE_ID, read_events, validate_events
 
     _existing(path, "events file")
     raw = read_events(path)
+    profile_ids = raw.pop(PROFILE_ID) if PROFILE_ID in raw.columns else None  # not a channel's column
     checked = validate_events(raw)
     if checked.n_rejected:
         typer.echo(f"warning: {checked.n_rejected} of {len(raw)} events in {path} are invalid and skipped; "
                    f"first: {checked.error_records()[0]}", err=True)
     if not len(checked.valid):
         raise UserError(f"no valid events in {path}")
-    return checked.valid
+    if profile_ids is None:
+        return checked.valid
+    return _with_profile_ids(checked.valid, raw, profile_ids, path)
+
+
+def _with_profile_ids(valid: Any, raw: Any, profile_ids: Any, path: Path) -> Any:
+    """The valid rows with the file's profile ids, matched by event id (validation renumbers rows)."""
+    import pandas as pd
+
+    from features.schema import EVENT_ID, PROFILE_ID, normalise_id
+
+    by_event = {normalise_id(str(e)): str(p) for e, p in zip(raw[EVENT_ID], profile_ids, strict=True)
+                if not pd.isna(e) and not pd.isna(p) and str(p).strip()}
+    ids = valid[EVENT_ID].map(by_event)
+    if ids.isna().any():
+        raise UserError(f"{path}: column {PROFILE_ID!r} is empty on {int(ids.isna().sum())} valid events "
+                        f"(first: event_id {valid[EVENT_ID][ids.isna()].iloc[0]!r}); give it on every row, "
+                        "or drop the column to resolve identities from the identifiers")
+    return valid.assign(**{PROFILE_ID: ids.astype("string")})
+
+
+def _store_events(store: Path) -> Any:
+    """The store's own export (every stored event, never an erased person's), read as an events file.
+
+    Through a temporary parquet file beside the store (the same data, in the same place and with the
+    same access as the store itself; deleted on return): the store streams it in batches and training
+    reads the columns back compactly, instead of every row as Python objects.
+    """
+    import tempfile
+
+    _existing(store, "store")
+    with tempfile.TemporaryDirectory(prefix=f".{store.name}.export-", dir=store.resolve().parent) as tmp:
+        path = Path(tmp) / "events.parquet"
+        with _opened_store(store, "train") as db:
+            n = db.export_events_to(path)
+        if not n:
+            raise UserError(f"store {store} holds no events")
+        return _load_events(path)
 
 
 def _finite(value: Any) -> Any:
@@ -305,16 +347,19 @@ class Family(StrEnum):
 
 
 def _run_training(family: Family, events: Path | None, reviews: Path | None, as_of: str | None,
-                  experiment: str | None, **sentiment_options: Any) -> None:
+                  experiment: str | None, store: Path | None = None, **sentiment_options: Any) -> None:
+    if events is not None and store is not None:
+        _fail("give either --events or --store, not both", 2)
     with _user_errors():
         ts = _timestamp(as_of, "--as-of")
         cut = ts.isoformat() if ts is not None else None
-        if events is None and not (family is Family.sentiment and reviews is not None):
-            raise UserError("--events is required" + (" (or --reviews for sentiment)"
-                                                      if family is Family.sentiment else ""))
+        if events is None and store is None and not (family is Family.sentiment and reviews is not None):
+            raise UserError("--events is required (or --store" + (", or --reviews for sentiment)"
+                                                                 if family is Family.sentiment else ")"))
         if reviews is not None:
             _existing(reviews, "reviews file")
-        events_df = _load_events(events) if events is not None else None
+        events_df = _load_events(events) if events is not None else _store_events(store) if store is not None \
+            else None
         results: list[Any] = []
         if family in (Family.recommender, Family.all):
             results += _train_recommender(events_df, cut, experiment)
@@ -328,15 +373,19 @@ def _run_training(family: Family, events: Path | None, reviews: Path | None, as_
 
 
 EventsOpt = Annotated[Path | None, typer.Option(help="Canonical events (CSV or parquet).")]
+StoreOpt = Annotated[Path | None, typer.Option(
+    "--store", help="Train from this profile store's own export instead of --events: what the store holds now, "
+                    "so an erased person is out of the training.")]
 ReviewsOpt = Annotated[Path | None, typer.Option(help="Sentiment: CSV with text and rating columns.")]
 AsOfOpt = Annotated[str | None, typer.Option(help="Cut between past (training) and future (evaluation).")]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
 
 
 @train_app.command("recommender")
-def train_recommender_cmd(events: EventsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None) -> None:
+def train_recommender_cmd(events: EventsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None,
+                          store: StoreOpt = None) -> None:
     """ALS recommender with complements and popularity, against popularity and random baselines."""
-    _run_training(Family.recommender, events, None, as_of, experiment)
+    _run_training(Family.recommender, events, None, as_of, experiment, store)
 
 
 @train_app.command("propensity")
@@ -346,17 +395,18 @@ def train_propensity_cmd(
     experiment: ExperimentOpt = None,
     features: Annotated[Path | None, typer.Option(help="A feature table (CSV/parquet), one row per customer.")] = None,
     label: Annotated[str | None, typer.Option(help="The 0/1 label column of --features.")] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Churn and purchase propensity (LightGBM vs logistic regression), or one model on --features."""
     if features is None:
         if label is not None:
             _fail("--label goes with --features", 2)
-        _run_training(Family.propensity, events, None, as_of, experiment)
+        _run_training(Family.propensity, events, None, as_of, experiment, store)
         return
     if label is None:
         _fail("--features needs --label COLUMN", 2)
-    if events is not None:
-        _fail("give either --events or --features, not both", 2)
+    if events is not None or store is not None:
+        _fail(f"give either --{'events' if events is not None else 'store'} or --features, not both", 2)
     with _user_errors():
         table = _read_table(features)
         if label not in table.columns:
@@ -379,21 +429,23 @@ def train_sentiment_cmd(
                       "on 2 cores).")] = 0.0,
     finetune_members: Annotated[int, typer.Option(
         min=1, help="With --finetune-epochs: independent fine-tunes (other seeds) averaged.")] = 1,
+    store: StoreOpt = None,
 ) -> None:
     """Review/support-text sentiment (MiniLM head vs TF-IDF baseline)."""
     if finetune_members > 1 and finetune_epochs <= 0:
         _fail("--finetune-members needs --finetune-epochs above 0", 2)
-    _run_training(Family.sentiment, events, reviews, None, experiment,
+    _run_training(Family.sentiment, events, reviews, None, experiment, store,
                   finetune_epochs=finetune_epochs, finetune_members=finetune_members,
                   finetune_max_texts=1_000_000 if finetune_epochs > 0 else None)
 
 
 @train_app.command("all")
 def train_all_cmd(
-    events: EventsOpt = None, reviews: ReviewsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None
+    events: EventsOpt = None, reviews: ReviewsOpt = None, as_of: AsOfOpt = None, experiment: ExperimentOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """All three families, one after another; one JSON object with every model's metrics."""
-    _run_training(Family.all, events, reviews, as_of, experiment)
+    _run_training(Family.all, events, reviews, as_of, experiment, store)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +523,28 @@ def _opened_store(store: Path, command: str) -> Iterator[Any]:
         raise UserError(f"store {store} is not a usable SQLite database: {exc}") from exc
     finally:
         db.close()
+
+
+@app.command("export-events")
+def export_events_cmd(
+    store: Annotated[Path, typer.Option(help="Online profile store (SQLite) to export.")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write (canonical columns + profile_id).")],
+) -> None:
+    """Write every event the store holds to a parquet file, for training: never an erased person's.
+
+    Train from it (`mirror train ... --events FILE`) or straight from the store (`--store`); either way the
+    profile ids are the store's own.  Replace an old events file with it after erasures, so that no seed
+    or training reads erased people again.
+    """
+    with _user_errors():
+        _existing(store, "store")
+        if out.suffix.lower() not in (".parquet", ".pq"):
+            raise UserError(f"--out: the export is parquet; name the file *.parquet (got {out})")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with _opened_store(store, "export-events") as db:
+            n = db.export_events_to(out)
+    typer.echo(f"wrote {n} events from {store} to {out} in {time.perf_counter() - t0:.1f}s")
 
 
 def _read_catalog(path: Path) -> Any:
@@ -556,15 +630,21 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _seed_store(store: Path, events: Path) -> None:
-    """Load events into the store when it is new or empty (the store shows its own progress bar)."""
-    existed = store.exists()
+    """Load events into the store when it holds none (the store shows its own progress bar).
+
+    The store's `load_events` drops the events of erased people (their tombstoned identifiers and event
+    ids) exactly as a live append does, so a seed from an old events file never brings them back; how many
+    were skipped is said (a count only).
+    """
     with _opened_store(store, "serve") as db:
-        if existed and len(db.export_events()):
+        if db.has_events():
             typer.echo(f"store {store} already holds events; not seeding", err=True)
             return
         df = _load_events(events)
         result = db.load_events(df, validated=True)
-        typer.echo(f"seeded {store} with {result.accepted} events ({len(result.profile_ids)} profiles)", err=True)
+        skipped = f"; {result.suppressed} events of erased profiles skipped" if result.suppressed else ""
+        typer.echo(f"seeded {store} with {result.accepted} events ({len(result.profile_ids)} profiles){skipped}",
+                   err=True)
 
 
 def _example_customer(store: Path, events: Path | None) -> str | None:

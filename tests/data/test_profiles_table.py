@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.profiles import FEATURE_COLUMNS, build_profiles
-from features.schema import EVENT_ID, IDENTIFIER_COLUMNS, PROFILE_ID, PURCHASE, TS
+from features.schema import CHANNEL, EVENT_ID, EVENT_TYPE, IDENTIFIER_COLUMNS, PROFILE_ID, PURCHASE, TS
 
 synthetic = pytest.importorskip("features.synthetic")
 
@@ -61,8 +61,22 @@ def test_store_matches_offline_build_on_synthetic(events: pd.DataFrame, tmp_path
     assert res.accepted == len(sample)
     as_of = sample[TS].max() + pd.Timedelta(seconds=1)
     pids = list(res.profile_ids)
+    # default consent: rows are built from the consented sources only (no store, social, pixels, feedback)
+    from features.consent import DEFAULT_PURPOSES, SOURCE_PURPOSES, source_of, usable_sources
+
+    stored = store.events_for(pids)
+    ok = usable_sources(DEFAULT_PURPOSES)
+    consented = stored[[source_of(t, c) in ok for t, c in zip(stored[EVENT_TYPE], stored[CHANNEL], strict=True)]]
+    with_events = sorted(consented[PROFILE_ID].unique())
+    default = store.features_for(with_events, as_of)
+    pd.testing.assert_frame_equal(default, build_profiles(consented, as_of))
+    assert len(consented) < len(stored)  # the synthetic people do visit stores
+    # every source granted: the offline build of everything
+    for pid in pids:
+        for purpose in SOURCE_PURPOSES:
+            store.set_consent(pid, purpose, True)
     online = store.features_for(pids, as_of)
-    pd.testing.assert_frame_equal(online, build_profiles(store.events_for(pids), as_of))
+    pd.testing.assert_frame_equal(online, build_profiles(stored, as_of))
     # every stored event is there exactly once
     assert sorted(store.export_events()[EVENT_ID]) == sorted(sample[EVENT_ID])
     assert np.isclose(online["n_events"].sum(), len(sample))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -215,15 +216,26 @@ def test_unknown_customers(server):
 
 # -- /next_best_action ----------------------------------------------------------------------------
 def test_next_best_action_is_consistent_across_channels(server):
-    answers = []
-    for channel in ("email", "app", "web"):
-        r = server.post("/next_best_action", {"customer_id": "c4", "channel": channel})
+    """One decision whichever channel asks: each channel gets the first action offered on it, in the
+    decision's order, and the answer's channel is the one asked for."""
+    r = server.client.put("/consent", json={"customer_id": "c4", "purpose": "email_marketing", "granted": True},
+                          headers=server.headers("write-key"))
+    assert r.status_code == 200, r.text
+    answers = {}
+    for channel in ("web", "app", "email"):
+        r = server.post("/next_best_action", {"customer_id": "c4", "channel": channel, "campaign": "consistency"})
         assert r.status_code == 200, r.text
-        answers.append(r.json())
-    assert answers[0]["profile_id"] == profile_id_for("c4")
-    names = [[a["action"] for a in ans["actions"]] for ans in answers]
-    assert names[0] == names[1] == names[2]
-    assert all(a in nba.ACTION_NAMES for a in names[0])
+        answers[channel] = r.json()
+        assert answers[channel]["channel"] == channel
+        assert all(a["channel"] == channel for a in answers[channel]["actions"])
+    assert answers["web"]["profile_id"] == profile_id_for("c4")
+    web = [a["action"] for a in answers["web"]["actions"]]
+    assert all(a in nba.ACTION_NAMES for a in web)
+    for channel in ("app", "email"):
+        first = answers[channel]["actions"][0]["action"]
+        offered = [a for a in web if channel in nba.ACTION_CHANNELS.get(a, ())]
+        assert first == (offered[0] if offered else "do_nothing"), (channel, web, first)
+    assert len(answers["email"]["actions"]) == 1  # outbound: one message, one slot
 
 
 def test_scores_top_action_is_next_best_actions_first_action(server):
@@ -247,8 +259,9 @@ def test_scores_top_action_is_next_best_actions_first_action(server):
         assert scores.json()["unknown"] == []
         top = {s["id"]: s["top_action"] for s in scores.json()["scores"]}
         first = {}
-        for c in customers:
-            r = server.post("/next_best_action", {"customer_id": c})
+        channels = {s["id"]: s["top_channel"] for s in scores.json()["scores"]}
+        for c in customers:  # asked on the channel /scores names for its top action
+            r = server.post("/next_best_action", {"customer_id": c, "channel": channels[c] or "web"})
             assert r.status_code == 200, r.text
             first[c] = r.json()["actions"][0]["action"]
         if int(time.time() // 3600) == bucket:
@@ -283,9 +296,10 @@ def test_score_segment_task_writes_a_file(server):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert status["status"] == "completed", (status, server.log_text()[-3000:])
-    result = server.client.get("/score_segment/get", params={"task_id": task}).json()
-    table = pd.read_csv(result["path"])
-    assert result["rows"] == len(table) == len(pids)
+    result = server.client.get("/score_segment/get", params={"task_id": task})  # the file itself, not a path
+    assert result.status_code == 200 and result.headers["content-type"].startswith("text/csv")
+    table = pd.read_csv(io.BytesIO(result.content))
+    assert status["rows"] == len(table) == len(pids)
     assert set(table["profile_id"]) == set(pids)
 
 
@@ -318,7 +332,7 @@ def test_logs_carry_no_raw_contact_details(server):
     assert "jane.doe" not in log and "555 0100" not in log and "4155550100" not in log
     assert "pii-person" not in log
     assert "path=/profiles/" in log  # the access log does record the request, with the id hashed
-    assert "feature cache warmed for" in log and "events accepted=1" in log  # Mirror's own INFO lines show
+    assert "feature rows and scores warmed for" in log and "events accepted=1" in log  # Mirror's own INFO lines show
 
 
 # -- consent, profile view, erasure ---------------------------------------------------------------
@@ -338,7 +352,7 @@ def test_consent_changes_the_profile_view(server):
 def test_consent_purpose_must_be_one_the_guard_knows(server):
     from serving.guard import PURPOSES
 
-    r = server.client.put("/consent", json={"customer_id": "c5", "purpose": "email_marketing", "granted": True},
+    r = server.client.put("/consent", json={"customer_id": "c5", "purpose": "newsletter_tracking", "granted": True},
                           headers=server.headers("write-key"))
     assert r.status_code == 422, r.text
     errors = r.json()["detail"]
@@ -347,7 +361,7 @@ def test_consent_purpose_must_be_one_the_guard_knows(server):
     ok = server.client.put("/consent", json={"customer_id": "c5", "purpose": "email_engagement", "granted": False},
                            headers=server.headers("write-key"))
     assert ok.status_code == 200 and ok.json()["consent"]["email_engagement"] is False, ok.text
-    assert "email_marketing" not in ok.json()["consent"]  # the rejected purpose was never stored
+    assert "newsletter_tracking" not in ok.json()["consent"]  # the rejected purpose was never stored
 
 
 def test_erasure_is_complete(server):

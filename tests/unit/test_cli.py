@@ -549,3 +549,102 @@ def test_serve_loads_the_catalog_and_gives_the_server_its_own_home(tmp_path: Pat
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "mine"))
     runner.invoke(app, ["serve", "--store", str(store), "--port", port])
     assert fake_server.calls[-1]["env"]["BENTOML_HOME"] == str(tmp_path / "mine")
+
+
+# ---------------------------------------------------------------------------------------------
+# erasure reaches training: export-events, train --store, seeding
+# ---------------------------------------------------------------------------------------------
+def _store_with_c0_erased(path: Path) -> dict[str, str]:
+    """A store of _events(3) whose customer c0 is erased; returns the others' profile ids."""
+    from features.store import SQLiteProfileStore
+
+    db = SQLiteProfileStore(path)
+    db.append_events(_events(3))
+    db.erase_profile(db.resolve({CUSTOMER_ID: "c0"}))
+    pids = {c: db.resolve({CUSTOMER_ID: c}) for c in ("c1", "c2")}
+    db.close()
+    return pids
+
+
+def test_export_events_writes_what_the_store_holds_never_the_erased(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    pids = _store_with_c0_erased(store)
+    out = tmp_path / "out" / "events.parquet"
+    result = runner.invoke(app, ["export-events", "--store", str(store), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 events" in result.stdout
+    exported = pd.read_parquet(out)
+    assert sorted(exported[EVENT_ID]) == ["e1-0", "e1-1", "e2-0", "e2-1"]
+    assert dict(zip(exported[CUSTOMER_ID], exported[PROFILE_ID], strict=True)) == pids  # the store's own ids
+    assert "export-events" in runner.invoke(app, ["--help"]).stdout
+    for args, needle in [(["--store", str(tmp_path / "nope.db"), "--out", str(out)], "nope.db"),
+                         (["--store", str(store), "--out", str(tmp_path / "e.csv")], "--out")]:
+        bad = runner.invoke(app, ["export-events", *args])
+        assert bad.exit_code == 1 and needle in bad.stderr and "Traceback" not in bad.output
+    assert not (tmp_path / "nope.db").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_train_from_the_store_leaves_the_erased_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.cli as cli
+    from features.store import SQLiteProfileStore
+
+    store = tmp_path / "s.db"
+    pids = _store_with_c0_erased(store)
+    seen: list[pd.DataFrame] = []
+
+    def fake(events_df: pd.DataFrame, as_of: str | None, experiment: str | None) -> list[TrainResult]:
+        seen.append(events_df)
+        return [TrainResult("r1", "models:/m-1", "mirror-recommender", "1", True, "first", {}, {})]
+
+    monkeypatch.setattr(cli, "_train_recommender", fake)
+    result = runner.invoke(app, ["train", "recommender", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    (trained,) = seen
+    assert sorted(trained[CUSTOMER_ID].unique()) == ["c1", "c2"] and len(trained) == 4
+    assert dict(zip(trained[CUSTOMER_ID], trained[PROFILE_ID], strict=True)) == pids
+    assert str(trained[TS].dtype) == "datetime64[ns, UTC]"
+    assert not [p for p in tmp_path.iterdir() if ".export-" in p.name]  # the temporary export is gone
+    # an exported file trains the same way, with the store's profile ids
+    out = tmp_path / "export.parquet"
+    assert runner.invoke(app, ["export-events", "--store", str(store), "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["train", "recommender", "--events", str(out)]).exit_code == 0
+    pd.testing.assert_frame_equal(seen[-1], trained)
+    both = runner.invoke(app, ["train", "recommender", "--store", str(store), "--events", str(out)])
+    assert both.exit_code == 2 and "either --events or --store" in both.stderr
+    empty = tmp_path / "empty.db"
+    SQLiteProfileStore(empty).close()
+    none = runner.invoke(app, ["train", "recommender", "--store", str(empty)])
+    assert none.exit_code == 1 and "holds no events" in none.stderr
+    features_too = runner.invoke(app, ["train", "propensity", "--store", str(store), "--features", str(out),
+                                       "--label", "x"])
+    assert features_too.exit_code == 2 and "--store or --features" in features_too.stderr
+
+
+def test_an_events_file_with_a_partial_profile_id_column_is_refused(tmp_path: Path) -> None:
+    events = tmp_path / "events.parquet"
+    write_events(_events(2).assign(**{PROFILE_ID: ["p_a", "p_a", None, "p_b"]}), events)
+    result = runner.invoke(app, ["train", "recommender", "--events", str(events)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "'profile_id' is empty on 1 valid events" in result.stderr and "e1-0" in result.stderr
+
+
+def test_serve_seeds_an_empty_store_but_never_brings_the_erased_back(tmp_path: Path,
+                                                                      fake_server: type[_FakeServer]) -> None:
+    from features.store import SQLiteProfileStore
+
+    store = tmp_path / "s.db"
+    db = SQLiteProfileStore(store)
+    db.append_events(_events(1))  # c0 only
+    db.erase_profile(db.resolve({CUSTOMER_ID: "c0"}))
+    db.close()
+    events = tmp_path / "events.parquet"
+    write_events(_events(3), events)  # the old file still holds c0's events
+    result = runner.invoke(app, ["serve", "--store", str(store), "--events", str(events), "--port",
+                                 str(_free_port())])
+    assert "seeded" in result.stderr and "with 4 events (2 profiles); 2 events of erased profiles skipped" \
+        in result.stderr, result.stderr
+    db = SQLiteProfileStore(store)
+    assert sorted(db.export_events()[CUSTOMER_ID].unique()) == ["c1", "c2"] and db.resolve({CUSTOMER_ID: "c0"}) is None
+    db.close()
+    again = runner.invoke(app, ["serve", "--store", str(store), "--events", str(events), "--port", str(_free_port())])
+    assert "already holds events; not seeding" in again.stderr

@@ -194,8 +194,9 @@ def test_event_limits_are_validated_and_frozen():
         s.EventLimits(earliest="2000-01-01")
     with pytest.raises(ValueError, match="max_ahead must be zero or more"):
         s.EventLimits(max_ahead=pd.Timedelta(hours=-1))
-    with pytest.raises(ValueError, match="max_ahead"):
-        s.EventLimits(max_ahead=pd.Timedelta(days=365 * 300))
+    far = pd.Timedelta(days=365 * 250)  # a valid Timedelta, but now + 250 years is past pandas' 2262
+    with pytest.raises(ValueError, match="max_ahead: .* is past"):
+        s.EventLimits(max_ahead=far)
     with pytest.raises(ValueError, match="earliest .* is after now"):
         s.EventLimits(earliest="2030-01-01T00:00:00Z", now="2025-01-01T00:00:00Z")
     with pytest.raises(ValueError, match="between"):
@@ -250,6 +251,18 @@ def test_booleans_and_other_non_numbers_are_not_numbers():
             recs[i][s.QUANTITY] = value
         res = _validate(recs)
         assert _errors(res) == [(i, s.QUANTITY, "must be a number") for i in range(1, len(values) + 1)]
+
+
+@pytest.mark.parametrize("column", [
+    pd.Series([1 + 2j] * BIG),
+    pd.Series(pd.to_datetime(["2025-01-01"] * BIG)),
+    pd.Series(pd.to_timedelta([90] * BIG, unit="s")),
+])
+def test_typed_columns_that_are_not_numbers_are_not_read_as_numbers(column):
+    """pandas would read these as their real part or as nanoseconds: each is an error, not a coercion."""
+    df = pd.DataFrame([_row(event_id=f"e{i}") for i in range(BIG)]).assign(duration_s=column)
+    res = _validate(df)
+    assert _errors(res) == [(i, s.DURATION_S, "must be a number") for i in range(BIG)]
 
 
 def test_an_int_beyond_float_range_is_an_error_not_a_crash():
