@@ -24,6 +24,14 @@ not grant (an in-store try-on without ``store_visits``) and never present it as 
 rows (churn, propensity) are built only from the events whose source the profile granted (none without
 ``personalization``: then the row of an empty history).
 
+Erasure (``erase_profile``) reaches every copy the file holds: rows go with ``secure_delete=ON`` (on every
+connection, so no stale copy an earlier merge or replace left survives in free space either) and the WAL is
+checkpointed and truncated; what stays are tombstones keyed with the hash key (HMAC, nothing to brute-force)
+that keep re-sent events, bulk loads and sentiment scores of the erased out, and the time of the erasure per
+profile id (``erased_at``, also on `OnlineProfile`): a person who comes back has the same id, and serving must
+not use model state learned before it.  ``export_events_to`` streams the store to parquet for training and
+``export_profile`` answers a data-access request with everything held about one person.
+
 Also here: the catalog (``upsert_items``, ``catalog``, ``catalog_version``; overall and per-store stock),
 and the contact ledger (``reserve_contact``: atomic frequency caps, idempotent per decision key).  A file
 written by an older release is migrated on open (see ``_migrate``).
@@ -48,7 +56,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -1128,7 +1136,7 @@ class SQLiteProfileStore:
         return b.take(keep), len(b) - len(keep)
 
     @staticmethod
-    def _put_scores(conn: sqlite3.Connection, scores: Mapping[Any, Any] | pd.Series, stored: Any) -> int:
+    def _put_scores(conn: sqlite3.Connection, scores: Mapping[Any, Any] | pd.Series, stored: Container[str]) -> int:
         """Write the sentiment scores (clipped to [-1, 1]) of the events in `stored` only; returns how many.
         A score of an event the store does not hold is not kept: it would wait for the event, and an erased
         review sent again (suppressed) would find its score."""
@@ -1828,12 +1836,18 @@ class SQLiteProfileStore:
 
     def _erased_ns(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, int]:
         """Time of the last erasure (epoch ns) of those of `profile_ids` ever erased (one query)."""
+        if len(profile_ids) == 1:  # the hot path (get_profile on a cache miss): one primary-key read
+            (pid,) = profile_ids
+            row = conn.execute("SELECT erased_ns FROM erased_profile_keys WHERE digest=?",
+                               (self._keyed(_PROFILE_DOMAIN, pid),)).fetchone()
+            return {} if row is None else {pid: int(row[0])}
         if not profile_ids or conn.execute("SELECT 1 FROM erased_profile_keys LIMIT 1").fetchone() is None:
             return {}
         by_digest = {self._keyed(_PROFILE_DOMAIN, p): p for p in profile_ids}
         rows = self._select_in(conn, "SELECT digest, erased_ns FROM erased_profile_keys WHERE digest IN ({})",
                                list(by_digest))
         return {by_digest[d]: int(ns) for d, ns in rows}
+
 
 def _strings(vals: Sequence[Any]) -> pd.arrays.ArrowStringArray:
     """str/None values -> pandas "string" (Arrow), ~4x faster than pd.array(vals, dtype="string")."""

@@ -237,9 +237,12 @@ class RecommendationPolicy:
         if profile is not None and own is None:
             audit.append("personalization not granted: non-personal answer")
         recent, suppressed = personal_query(own, q.now)
-        use_vector = bool(pid and own is not None and history_is_consented(profile, consent) and model.has_user(pid))
+        # the learned user vector rests on the whole stored history: only while all of it is consented,
+        # and never for a person erased since (their id comes back the same when they return)
+        use_vector = bool(pid and own is not None and history_is_consented(profile, consent)
+                          and profile.erased_at is None and model.has_user(pid))
         if own is not None and pid and model.has_user(pid) and not use_vector:
-            audit.append("learned profile not used: the history holds a source that is not granted")
+            audit.append("learned profile not used: erased before, or a source of the history is not granted")
         ctx = q.context_item
         fold = list(dict.fromkeys(([ctx] if ctx else []) + recent))
         personal = own is not None and (use_vector or any(model.has_item(i) for i in recent))

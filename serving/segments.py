@@ -53,6 +53,9 @@ MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apa
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 _RESULT_FILE = re.compile(r"^segment-([0-9a-f]{32})\.(csv|parquet)$")
 _PART_FILE = re.compile(r"^\.segment-([0-9a-f]{32})\.(csv|parquet)\.part$")
+#: files of the BentoML task this runner replaced (`scores-<UTC stamp>.<format>`): never served, but
+#: still deleted past retention and scanned on erasure (named by their stem where a task id would be)
+_LEGACY_FILE = re.compile(r"^(scores-\d{8}T\d{6,12})\.(csv|parquet)$")
 _READ_BATCH = 65_536
 
 
@@ -258,7 +261,8 @@ class SegmentRunner:
         try:
             job.executed_at = _now()
             if job.ids is None:
-                job.ids = list(self._list_profiles())
+                ids = self._list_profiles()
+                job.ids = ids if isinstance(ids, list) else list(ids)  # read only: no copy of a large list
             self._write(job, part)
             with job.lock:
                 if job.status is JobStatus.IN_PROGRESS:
@@ -372,4 +376,5 @@ class SegmentRunner:
     def _result_files(self) -> list[tuple[Path, str]]:
         if not self.export_dir.is_dir():
             return []
-        return [(p, m.group(1)) for p in self.export_dir.iterdir() if (m := _RESULT_FILE.match(p.name))]
+        return [(p, m.group(1)) for p in self.export_dir.iterdir()
+                if (m := _RESULT_FILE.match(p.name) or _LEGACY_FILE.match(p.name))]

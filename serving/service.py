@@ -564,8 +564,9 @@ class Mirror:
         if len(records) > self.settings.max_batch:
             raise api.field_error("EventsRequest", ("events",),
                                   f"at most {self.settings.max_batch} events per call", len(records))
-        frame = pd.DataFrame.from_records(records) if records else pd.DataFrame({EVENT_ID: []})
-        result = validate_events(frame)
+        # the records themselves, not a frame of them: only they tell a JSON NaN (an error) from null
+        # (missing), and keep an empty event as a row to reject rather than no row at all
+        result = validate_events(records)
         rejected = [api.EventRejection(row=int(r[ERROR_ROW]),
                                        event_id=None if pd.isna(r[EVENT_ID]) else str(r[EVENT_ID]),
                                        field=str(r[ERROR_FIELD]), reason=str(r[ERROR_REASON]))

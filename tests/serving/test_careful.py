@@ -37,6 +37,13 @@ N_ITEMS = 24
 SENSITIVE_ITEMS = {f"i{i:02d}" for i in CATEGORIES[HEALTH]}
 LIFE_EVENT_ITEMS = {f"i{i:02d}" for i in CATEGORIES[BABY]}
 CREEPY = "i20"  # a catalog name carrying specifics that must never be said back
+ERASED = "careful-erased"  # the recommender learned this customer: socks, socks, socks
+
+
+def pid_of(customer: str) -> str:
+    import hashlib
+
+    return "p_" + hashlib.sha1(f"customer_id:{customer}".encode()).hexdigest()[:16]
 
 
 def iid(i: int) -> str:
@@ -77,8 +84,9 @@ def _recommender(tmp: Path) -> Path:
         scores += [1.0] * len(comp.get(i, []))
         indptr.append(len(indices))
     core = RecommenderCore(
-        user_ids=["p_known"], item_ids=[iid(i) for i in range(N_ITEMS)],
-        item_categories=[cats[c] for c in cat_of], user_factors=rng.normal(size=(1, len(cats))),
+        user_ids=["p_known", pid_of(ERASED)], item_ids=[iid(i) for i in range(N_ITEMS)],
+        item_categories=[cats[c] for c in cat_of],
+        user_factors=np.vstack([rng.normal(size=len(cats)), 5.0 * np.eye(len(cats))[cats.index(SOCKS)]]),
         item_factors=item_f, comp_indptr=np.array(indptr), comp_indices=np.array(indices, dtype=np.int64),
         comp_scores=np.array(scores), popularity=pop, recent_popularity=pop,
         config={"alpha": 10.0, "regularization": 0.1, "recent_blend": 0.9},
@@ -332,6 +340,26 @@ def test_readme_worked_examples(srv):
                ev(f"{r}-2", r, "return", iid(3), minutes_ago=60)])
     call = nba(srv, r, "call_center")["actions"][0]
     assert call["action"] == "service_recovery" and call["reason"] == "We're sorry: how can we make it right?"
+
+
+def test_an_erased_persons_old_items_never_come_back(srv):
+    """The served model learned this person (socks); after erasure, when they come back with one new view
+    under the same identifier, nothing learned from the erased history steers their list."""
+    c = ERASED
+    send(srv, [ev(f"{c}-1", c, "purchase", iid(18), minutes_ago=3000, quantity=1),
+               ev(f"{c}-2", c, "view", iid(21), minutes_ago=2000)])
+    before = recommend(srv, c, k=6)
+    socks = {iid(i) for i in CATEGORIES[SOCKS]}
+    assert before["personalized"] and len(set(items(before)) & socks) >= 3
+    r = srv.client.delete(f"/profiles/{c}?by=customer_id", headers=srv.headers())
+    assert r.status_code == 200, r.text
+    send(srv, [ev(f"{c}-new", c, "view", iid(8), minutes_ago=0),  # after the erasure: stored
+               ev("careful-newcomer-1", "careful-newcomer", "view", iid(8), minutes_ago=0)])
+    after = recommend(srv, c, k=10)
+    assert after["profile_id"] == pid_of(c)  # the same id: only the store's memory of the erasure tells
+    # exactly what a newcomer with the same one view gets: nothing from the erased past
+    assert items(after) == items(recommend(srv, "careful-newcomer", k=10))
+    assert "socks" not in texts(after)
 
 
 def test_caps_survive_a_restart(srv, tmp_path_factory):
