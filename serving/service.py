@@ -121,6 +121,9 @@ class ServiceMetrics:
                                   ["model"], multiprocess_mode="mostrecent")
         self.fallback = Gauge("mirror_model_fallback", "1 when the popularity fallback answers",
                               ["model"], multiprocess_mode="mostrecent")
+        self.rejected = Gauge("mirror_model_rejected", "1 when the last reload refused a new version of this model "
+                              "(load failure or canary; /status says why)", ["model"],
+                              multiprocess_mode="mostrecent")
         self.reloads = Counter("mirror_model_reloads", "Champion reloads", ["outcome"])
         self.events = Counter("mirror_events", "Events received", ["outcome"])
         self.cold_start = Counter("mirror_recommend_cold_start", "Recommendations answered cold start")
@@ -137,6 +140,7 @@ class ServiceMetrics:
             self.model_version.labels(name).set(float(v) if v and str(v).isdigit() else 0.0)
             self.model_loaded.labels(name).set(1.0 if s.get("loaded") else 0.0)
             self.fallback.labels(name).set(1.0 if s.get("fallback") else 0.0)
+            self.rejected.labels(name).set(1.0 if s.get("error") else 0.0)
 
 
 #: Routes BentoML serves itself (probes, metrics, docs), beside the service's API and mounted routes.

@@ -8,8 +8,12 @@ sensitive one and a life-event one, and the catalog (PUT /items) names every ite
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import re
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -360,6 +364,38 @@ def test_an_erased_persons_old_items_never_come_back(srv):
     # exactly what a newcomer with the same one view gets: nothing from the erased past
     assert items(after) == items(recommend(srv, "careful-newcomer", k=10))
     assert "socks" not in texts(after)
+
+
+def test_after_erasure_no_byte_of_the_person_is_left_in_any_file(srv, tmp_path):
+    """Store file and WAL, exports, BentoML's home, the server's log and the next training's inputs
+    (`mirror export-events`) are searched byte by byte for the person's identifiers and event ids."""
+    c, email, phone = "careful-gone-4711", "gone.person@example.com", "+1 415 555 0199"
+    evs = [ev(f"careful-gone-ev-{n}", c, "view", iid(n), minutes_ago=30 - n) for n in range(3)]
+    evs.append(ev("careful-gone-ev-mail", c, "add_to_cart", iid(7), minutes_ago=5, email=email, phone=phone))
+    send(srv, evs)
+    consent(srv, c, "email_marketing", True)
+    assert nba(srv, c, "email", campaign="gone")["actions"][0]["action"] == "cart_reminder"
+    task = srv.post("/score_segment/submit", {"format": "csv"}, key="read-key")  # the whole store
+    assert task.status_code == 200, task.text
+    for _ in range(100):  # the export holds the person until erasure
+        status = srv.client.get("/score_segment/status", params={"task_id": task.json()["task_id"]})
+        if status.json()["status"] == "completed":
+            break
+        time.sleep(0.2)
+    assert status.json()["status"] == "completed", status.text
+    r = srv.client.delete(f"/profiles/{c}?by=customer_id", headers=srv.headers())
+    assert r.status_code == 200 and r.json()["exports_deleted"], r.text
+    export = tmp_path / "training-input.parquet"
+    subprocess.run([sys.executable, "-m", "training.cli", "export-events", "--store", str(srv.store_path),
+                    "--out", str(export)], check=True, capture_output=True,
+                   env={**os.environ, "MIRROR_HASH_KEY": "mirror-test-key"}, cwd=Path(__file__).parents[2])
+    needles = [c, email, phone, "gone.person", "4155550199", pid_of(c), *(e["event_id"] for e in evs)]
+    files = [p for p in srv.tmp.rglob("*") if p.is_file() and "mlruns" not in p.parts] + [export]
+    assert any(p.name == "store.db" for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in blob, (needle, str(path.relative_to(srv.tmp.parent)))
 
 
 def test_caps_survive_a_restart(srv, tmp_path_factory):

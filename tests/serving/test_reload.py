@@ -77,3 +77,45 @@ def test_corrupt_champion_leaves_the_last_good_one_serving(server: Server):
     finally:
         with tracking(server.tracking_uri):
             set_champion(RECOMMENDER_MODEL, good)
+
+
+def log_incompatible_churn() -> str:
+    """A churn model that loads and predicts, but on two anonymous columns: every real feature row
+    would give garbage (it was fitted on a bare array)."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from features.schema import CHURN_MODEL
+
+    rng = np.random.default_rng(0)
+    model = LogisticRegression().fit(rng.normal(size=(50, 2)), rng.integers(0, 2, 50))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=CHURN_MODEL,
+                                        pip_requirements=["scikit-learn"])
+    return str(info.registered_model_version)
+
+
+def test_an_incompatible_churn_model_never_replaces_the_good_one(server: Server):
+    from features.schema import CHURN_MODEL
+
+    good = server.client.get("/status").json()["models"][CHURN_MODEL]["version"]
+    before = server.post("/scores", {"customer_ids": ["c1"]}).json()["scores"][0]["churn_probability"]
+    assert before is not None
+    with tracking(server.tracking_uri):
+        bad = log_incompatible_churn()
+        set_champion(CHURN_MODEL, bad)
+    try:
+        r = server.post("/admin/reload", {}, key="admin-key", timeout=120)
+        assert r.status_code == 200, r.text
+        status = r.json()["models"][CHURN_MODEL]
+        assert status["version"] == good and status["rejected_version"] == bad and "canary" in status["error"]
+        after = server.post("/scores", {"customer_ids": ["c1"]}).json()
+        assert after["churn_model_version"] == good and after["scores"][0]["churn_probability"] == before
+        metrics = server.client.get("/metrics").text
+        assert f'mirror_model_rejected{{model="{CHURN_MODEL}"}} 1.0' in metrics
+        assert 'mirror_model_reloads_total{outcome="rejected"}' in metrics
+    finally:
+        with tracking(server.tracking_uri):
+            set_champion(CHURN_MODEL, good)
+        server.post("/admin/reload", {}, key="admin-key", timeout=120)
