@@ -233,7 +233,7 @@ class DecisionEngine:
         channel = [nba.choose_channel(nba.ACTION_BY_NAME[a], ctx, self.config) if a != nba.DO_NOTHING else None
                    for a, ctx in zip(top, x.contexts, strict=True)]
         return pd.DataFrame({PROFILE_ID: rows, nba.CHURN_PROBABILITY: x.churn, nba.PURCHASE_PROPENSITY: x.propensity,
-                             nba.TOP_ACTION: top, TOP_CHANNEL: channel})
+                             nba.TOP_ACTION: top, TOP_CHANNEL: pd.Series(channel, dtype=object)})
 
     # -- one customer ---------------------------------------------------------------------------------
     def next_best_action(self, champions: Any, catalog: Catalog, pid: str, *, channel: str, campaign: str,

@@ -575,16 +575,10 @@ class Mirror:
                                        event_id=None if pd.isna(r[EVENT_ID]) else str(r[EVENT_ID]),
                                        field=str(r[ERROR_FIELD]), reason=str(r[ERROR_REASON]))
                     for r in result.error_records()]
-        bad_rows = {rej.row for rej in rejected}
         valid = result.valid
         ids = valid[EVENT_ID].astype(str).tolist()
-        first_seen: set[str] = set()
-        duplicates: list[str] = []  # repeats inside the batch (the first copy counts), then re-sends
-        for i, r in enumerate(records):
-            eid = str(r.get(EVENT_ID)).strip()
-            if i in bad_rows:
-                continue
-            (duplicates.append if eid in first_seen else first_seen.add)(eid)
+        # identical repeats inside the batch (the first copy counts; ids normalised), then re-sends
+        duplicates: list[str] = [eid for _, eid in result.duplicates]
         accepted: list[str] = []
         suppressed: list[str] = []
         suppressed_n = 0
@@ -592,25 +586,17 @@ class Mirror:
         scored = 0
         if ids:
             sentiment = self._score_sentiment(valid)
-            scored = len(sentiment)
             try:
-                res = self.store.append_events(valid, sentiment=sentiment if scored else None, validated=True)
+                res = self.store.append_events(valid, sentiment=sentiment if len(sentiment) else None,
+                                               validated=True)
             except Exception as exc:
                 logger.exception("event append failed")
                 raise ServiceUnavailable("the profile store could not record the events; retry") from exc
-            acc_ids = getattr(res, "accepted_ids", None)
-            if acc_ids is not None:
-                accepted = [str(x) for x in acc_ids]
-            elif res.accepted == len(ids):
-                accepted = ids
-            elif res.accepted == 0:
-                pass
-            else:  # mixed batch and a store that reports only counts: look the new ones up
-                stored = set(self.store.events_for(list(res.profile_ids))[EVENT_ID].astype(str))
-                accepted = [i for i in ids if i in stored]
+            accepted = [str(x) for x in res.accepted_ids]
+            scored = len(set(map(str, sentiment.index)) & set(accepted))  # only stored events keep a score
             acc_set = set(accepted)
             rest = [i for i in ids if i not in acc_set]
-            suppressed_n = int(getattr(res, "suppressed", 0) or 0)
+            suppressed_n = int(res.suppressed)
             if suppressed_n and suppressed_n == len(rest):
                 suppressed = rest  # every one belongs to an erased profile: never stored
             else:
@@ -618,8 +604,9 @@ class Mirror:
             profile_ids = sorted({str(p) for p in res.profile_ids})
         self.metrics.events.labels("accepted").inc(len(accepted))
         self.metrics.events.labels("duplicate").inc(len(duplicates))
-        self.metrics.events.labels("rejected").inc(len(bad_rows))
-        logger.info("events accepted=%d duplicates=%d rejected=%d", len(accepted), len(duplicates), len(bad_rows))
+        bad_rows = len({rej.row for rej in rejected})
+        self.metrics.events.labels("rejected").inc(bad_rows)
+        logger.info("events accepted=%d duplicates=%d rejected=%d", len(accepted), len(duplicates), bad_rows)
         return api.EventsResponse(accepted=accepted, duplicates=duplicates, rejected=rejected,
                                   suppressed=suppressed_n, profile_ids=profile_ids, sentiment_scored=scored,
                                   suppressed_ids=suppressed)
@@ -668,7 +655,8 @@ class Mirror:
             out.append(api.CustomerScore(id=ident, profile_id=pid,
                                          churn_probability=_nan_none(cols[nba.CHURN_PROBABILITY][i]),
                                          purchase_propensity=_nan_none(cols[nba.PURCHASE_PROPENSITY][i]),
-                                         top_action=cols[nba.TOP_ACTION][i], top_channel=cols[TOP_CHANNEL][i]))
+                                         top_action=cols[nba.TOP_ACTION][i],
+                                         top_channel=ch if isinstance(ch := cols[TOP_CHANNEL][i], str) else None))
         champ = self.champions.current
         return api.ScoresResponse(scores=out, unknown=unknown,
                                   churn_model_version=champ.status[CHURN_MODEL].version,
