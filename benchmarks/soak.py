@@ -83,7 +83,7 @@ class FaultConfig:
     kills_at_s: tuple[float, ...] = ()  # offsets from the first request
     respawn_wait_s: float = 15.0  # no new worker by then: the harness restarts the server (same store, port)
     ready_wait_s: float = 180.0  # a new worker not ready (/readyz) this long after the kill: restart too
-    grace_s: float = 5.0  # a request sent this long after the service is ready again still counts as the fault's
+    grace_s: float = 5.0  # requests sent up to this long after the service is ready again are the fault's
 
     def __post_init__(self) -> None:
         if any(not t > 0 for t in self.kills_at_s) or list(self.kills_at_s) != sorted(self.kills_at_s):
@@ -233,7 +233,8 @@ def fault_summary(fault: Fault, errors: Sequence[Sample]) -> dict[str, Any]:
         "kill_at_s": round(fault.at_s, 2),
         "new_worker_after_s": None if fault.new_worker_s is None else round(fault.new_worker_s, 2),
         "ready_after_s": None if fault.ready_s is None else round(fault.ready_s, 2),
-        "restarted_by": "harness" if fault.harness_restart else "bentoml" if fault.ready_s is not None else None,
+        "restarted_by": ("harness" if fault.harness_restart
+                         else "bentoml" if fault.ready_s is not None else None),
         "errors": len(errors),
     }
     if fault.error:
@@ -256,8 +257,10 @@ def count_acknowledged(store_path: Path, acked: Sequence[str]) -> dict[str, Any]
     conn = sqlite3.connect(store_path)
     try:
         conn.execute("PRAGMA query_only = ON")
-        counts = dict(conn.execute("SELECT event_id, COUNT(*) FROM events WHERE event_id LIKE ? GROUP BY event_id",
-                                   (f"{EVENT_PREFIX}%",)).fetchall())
+        counts = dict(conn.execute(
+            "SELECT event_id, COUNT(*) FROM events WHERE event_id LIKE ? GROUP BY event_id",
+            (f"{EVENT_PREFIX}%",),
+        ).fetchall())
     finally:
         conn.close()
     ids = set(acked)
@@ -336,10 +339,11 @@ class Service:
     def start(self, timeout_s: float = 300.0) -> None:
         log = self.tmp / f"mirror-{len(self.logs)}.log"
         self.logs.append(log)
-        cmd = [str(self.bs.VENV_BIN / "bentoml"), "serve", TARGET, "--host", self.bs.HOST, "--port", str(self.port)]
+        cmd = [str(self.bs.VENV_BIN / "bentoml"), "serve", TARGET,
+               "--host", self.bs.HOST, "--port", str(self.port)]
         with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, cwd=self.bs.ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=self.bs.ROOT, env=self.env, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.proc.poll() is not None:
@@ -501,7 +505,8 @@ def generator_main(argv: Sequence[str]) -> None:
     off); around it this records what open_loop.py does not give back: the monotonic time of the first
     request (its t0, to put kills and RSS samples on the same clock) and the event ids each 200 answer to
     POST /events lists as accepted (what the store must hold at the end). Both through httpx event hooks,
-    on a client subclass that open_loop.run builds in place of httpx.AsyncClient in this process only.
+    on a client subclass that open_loop.run builds in place of httpx.AsyncClient in this process only; it
+    also lifts open_loop's connection cap (see there why).
     Prints one JSON object: t0_monotonic, samples (open_loop.run's rows), acked, events_200, events_rejected.
     """
     import asyncio
@@ -531,7 +536,14 @@ def generator_main(argv: Sequence[str]) -> None:
 
     class RecordingClient(httpx.AsyncClient):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, event_hooks={"request": [on_request], "response": [on_response]}, **kwargs)
+            # no cap on connections: while the worker is down every waiting request holds one, and httpcore
+            # matches each queued request against every connection on every pool event, so a queue behind
+            # open_loop's 256 spun this process at 100% CPU for minutes after a kill (measured) and the
+            # figures became the client's; the requests' own timeouts bound the connections instead
+            keepalive = kwargs["limits"].max_keepalive_connections
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=keepalive)
+            super().__init__(*args, **{**kwargs, "limits": limits},
+                             event_hooks={"request": [on_request], "response": [on_response]})
 
     httpx.AsyncClient = RecordingClient  # type: ignore[misc]  # this process only: open_loop.run builds it
     gc.collect()
@@ -553,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--faults", type=int, default=2, help="kill -9 of the worker this many times (0: none)")
     p.add_argument("--kill-at", type=float, nargs="+", default=None,
-                   help="seconds from the first request of each kill (default: evenly from 1/4 to 1/2 of the run)")
+                   help="offsets of the kills from the first request, s (default: 1/4 to 1/2 of the run)")
     p.add_argument("--respawn-wait-s", type=float, default=FaultConfig.respawn_wait_s)
     p.add_argument("--grace-s", type=float, default=FaultConfig.grace_s)
     p.add_argument("--no-respawn", action="store_true",
@@ -618,8 +630,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "p99_scope": "requests sent after the warm-up minute, outside the fault windows",
         "memory": {**growth, "measured_from_s": round(memory_from_s, 1)},
         "per_minute": per_minute(samples, run.rss, args.minutes),
-        "load_generator": "benchmarks/open_loop.py run in soak.py's lean load process (asyncio+httpx open loop, "
-                          "latency from scheduled send time; accepted event ids recorded)",
+        "load_generator": "benchmarks/open_loop.py run in soak.py's lean load process (asyncio+httpx "
+                          "open loop, latency from scheduled send time; accepted event ids recorded)",
     }
     gp = growth.get("growth_pct")
     figures["targets"] = {
@@ -656,23 +668,24 @@ growth is the median of the last minute over that of the first minute after the 
 looked up in the SQLite store file after the run (`acknowledged_events`).
 The load generator shares the 2 cores with the server."""
 
-FAULT_NOTES = f"""The plain soak (section "soak", `--faults 0`) with faults: the BentoML worker process is killed
-with SIGKILL at the planned offsets (seconds from the first request; each kill waits until the service is
-back from the one before). BentoML's arbiter keeps the listening socket and respawns the worker, so requests
-sent meanwhile wait in the socket's backlog (up to the client's {CLIENT_TIMEOUT_S:g} s timeout) or fail with the
-connection; with no respawn (`--no-respawn`, BentoML's container setting) the harness restarts the whole
-server on the same store and port after {FaultConfig.respawn_wait_s:g} s. Per kill: when a new worker process
-showed, when `/readyz` answered 200 again, and every failed request that was open at the kill and sent before
-ready + `grace_s`, timed from the kill (send time by whole second, first and last, last answer). Failures
-outside those windows are `errors_outside_fault_windows` (target 0). Acknowledged events: every event id that
-a 200 answer to `POST /events` listed in `accepted` is counted in the SQLite store file after the run (target:
-each exactly once; `stored_unacknowledged` are requests in flight at a kill that were written without their
-answer reaching the client, which is allowed). Memory growth is measured from the end of the warm-up minute
-after the last recovery (a fresh worker starts small), median of its first minute over the last minute's
-(target under {GROWTH_LIMIT_PCT:g}%); p99 counts requests outside the fault windows after the first minute.
+FAULT_NOTES = f"""The plain soak (section "soak", `--faults 0`) with faults: the BentoML worker process
+is killed with SIGKILL at the planned offsets (seconds from the first request; each kill waits until the
+service is back from the one before). BentoML's arbiter keeps the listening socket and respawns the worker,
+so requests sent meanwhile wait in the socket's backlog (up to the client's {CLIENT_TIMEOUT_S:g} s timeout)
+or fail with their connection; with no respawn (`--no-respawn`, BentoML's container setting) the harness
+restarts the whole server on the same store and port after {FaultConfig.respawn_wait_s:g} s. Per kill: when
+a new worker process showed, when `/readyz` answered 200 again, and every failed request that was open at
+the kill and sent before ready + `grace_s`, timed from the kill (send time by whole second, first and last,
+last answer). Failures outside those windows are `errors_outside_fault_windows` (target 0). Acknowledged
+events: every event id that a 200 answer to `POST /events` listed in `accepted` is counted in the SQLite
+store file after the run (target: each exactly once; `stored_unacknowledged` are events of requests open
+at a kill, written without their answer reaching the client, which is allowed). Memory growth is measured
+from the end of the warm-up minute after the last recovery (a fresh worker starts small): median RSS of its
+first minute over the last minute's (target under {GROWTH_LIMIT_PCT:g}%); p99 counts the requests after
+the first minute outside the fault windows. The load process has no connection cap (see `generator_main`).
 Store server restart: {STORE_RESTART}.
-The mix is {", ".join(f"{k} {v:.0%}" for k, v in DEFAULT_MIX.items())}; the load generator shares the 2 cores
-with the server."""
+The mix is {", ".join(f"{k} {v:.0%}" for k, v in DEFAULT_MIX.items())}; the load generator shares the 2
+cores with the server."""
 
 
 if __name__ == "__main__":

@@ -430,6 +430,18 @@ def feature_importance(model: Any) -> pd.Series:
 TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "lightgbm.", "numpy.", "collections.OrderedDict")
 
 
+def typical_row(X: pd.DataFrame) -> pd.DataFrame:
+    """One row of column medians (numbers) and most common values (the rest), dtypes kept: the logged
+    model's input example, so no customer's own row is copied into MLflow (it would outlive erasure)."""
+    row = X.head(1).copy()
+    for col in X.columns:
+        s = X[col]
+        value = s.median() if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else (
+            s.mode(dropna=True).iloc[0] if s.notna().any() else s.iloc[0])
+        row[col] = pd.Series([value], index=row.index).astype(s.dtype)
+    return row
+
+
 def trusted_types(model: Any) -> list[str]:
     """The non-default types skops must trust to load `model`; only standard sklearn/LightGBM ones allowed."""
     import skops.io
@@ -476,7 +488,7 @@ def _log_and_register(fit: FittedPropensity, config: PropensityConfig, model_nam
         with tempfile.TemporaryDirectory() as tmp:
             for p in _plots(fit, Path(tmp)):
                 mlflow.log_artifact(str(p), artifact_path="plots")
-        example = fit.X_eval.head(5)
+        example = typical_row(fit.X_eval)
         signature = infer_signature(example, fit.model.predict_proba(example))
         info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature, input_example=example,
                                         pyfunc_predict_fn="predict_proba",

@@ -1111,7 +1111,8 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
         fig = _bar_chart(results, keys)
         mlflow.log_figure(fig, "metrics_vs_baselines.png")
         art = final.save(Path(tmp) / "recommender")
-        example = pd.DataFrame({"user_id": [str(final._c().user_ids[0])], "k": [10]})
+        # no real customer in the logged example: it outlives any erasure (an unknown id gets popularity)
+        example = pd.DataFrame({"user_id": ["p_example_user"], "k": [10]})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(recommender_model.__file__)),

@@ -42,6 +42,9 @@ from training.mlflow_models.sentiment_model import finetuned_log_proba
 
 LABEL: str = "label"
 MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "sentiment_model.py"
+#: The logged model's input example: fixed texts, never a customer's own words (a logged example
+#: outlives any erasure of the person who wrote it).
+EXAMPLE_TEXTS: tuple[str, ...] = ("Love it, fits perfectly", "It is okay", "Arrived damaged, very disappointed")
 
 
 @dataclass(frozen=True)
@@ -637,7 +640,7 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
             artifacts.update({sm.encoder_artifact(i): str(d) for i, d in enumerate(fit.encoder_dirs)})
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts=artifacts, signature=_signature(),
-                input_example=pd.DataFrame({TEXT: fit.test_texts[:3]}), pip_requirements=_requirements())
+                input_example=pd.DataFrame({TEXT: list(EXAMPLE_TEXTS)}), pip_requirements=_requirements())
             run_id = run.info.run_id
     if not config.register:
         return TrainResult(run_id, info.model_uri, config.model_name, "", False, "not registered (register=False)",

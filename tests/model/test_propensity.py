@@ -116,3 +116,17 @@ def test_table_path_registers_and_keeps_champion_on_worse_model(tracking) -> Non
     shuffled = table.assign(tenure=rng.permutation(tenure), plan=rng.permutation(plan))
     worse = pr.train_propensity_table(cfg, shuffled, "Churned")
     assert not worse.promoted and "does not beat" in worse.reason
+
+
+def test_logged_input_example_is_no_customers_own_row() -> None:
+    """The example MLflow keeps with the model outlives any erasure: medians and modes, not a person."""
+    import pandas as pd
+
+    from training.propensity import typical_row
+
+    X = pd.DataFrame({"spend": [10.0, 20.0, 990.0], "plan": pd.array(["a", "b", "b"], dtype="string"),
+                      "n": [1, 3, 5]})
+    row = typical_row(X)
+    assert row.to_dict("records") == [{"spend": 20.0, "plan": "b", "n": 3}]
+    assert row.dtypes.to_dict() == X.dtypes.to_dict()
+    assert X["spend"].tolist() == [10.0, 20.0, 990.0]  # the caller's frame is untouched
