@@ -4,10 +4,13 @@ Run: `.venv/bin/python benchmarks/fuzz.py [--examples N] [--seed S]` (N per oper
 
 Starts the real `bentoml serve` with tiny champions (tests/serving/mirror_server.py), loads its OpenAPI
 document (/docs.json), leaves out the same operations as test_fuzz.py, and sends N schemathesis cases to
-every other operation with the admin key. Every response is checked, and every failure collected rather
-than stopping at the first: no 5xx (`not_a_server_error`) and the answer conforms to the documented
-schema (`response_schema_conformance`). Per operation: cases sent, responses by status class, 5xx count,
-schema violations; the distinct failures are listed with their request (curl) and response.
+every other operation with the admin key. Operations that look an id up get about half their cases built on
+ids that exist (tests/serving/fuzz_plan.py: the server's customers and items, customers and segment exports
+the fuzz adds itself), so their success paths are fuzzed too. Every response is checked, and every failure
+collected rather than stopping at the first: no 5xx (`not_a_server_error`) and the answer conforms to the
+documented schema (`response_schema_conformance`). Per operation: cases sent, responses by status class and
+the share of 2xx (of all cases and of the known-id ones), 5xx count, schema violations; the distinct failures
+are listed with their request (curl) and response.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"
 
 import schemathesis  # noqa: E402
 from _results import emit, record  # noqa: E402
-from fuzz_plan import SKIP, checks_for  # noqa: E402
+from fuzz_plan import CHECKS, SKIP, KnownIds, cases, label_of, prepare  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from mirror_server import running_server  # noqa: E402
@@ -38,20 +41,29 @@ EXAMPLES_PER_OPERATION = 100
 MAX_FAILURE_EXAMPLES = 20  # distinct failures reported in full (request and response)
 
 
-def fuzz_operation(url: str, headers: dict[str, str], op: Any, examples: int, seed: int,
+def share_2xx(status: Counter[str] | dict[str, int]) -> float | None:
+    """The share of answers in 2xx (None without answers)."""
+    n = sum(status.values())
+    return round(status.get("2xx", 0) / n, 3) if n else None
+
+
+def fuzz_operation(url: str, headers: dict[str, str], op: Any, ids: KnownIds, examples: int, seed: int,
                    failures: list[dict[str, Any]], seen: set[tuple[str, ...]]) -> dict[str, Any]:
     """Send `examples` cases to one operation; count statuses and check failures (never raise)."""
-    label = f"{op.method.upper()} {op.path}"
-    checks = checks_for(op.path)
-    stats: dict[str, Any] = {"cases": 0, "status": Counter(), "5xx": 0, "schema_violations": 0,
-                             "transport_errors": 0, "checks": [c.__name__ for c in checks]}
+    label = label_of(op)
+    stats: dict[str, Any] = {"cases": 0, "status": Counter(), "known_id_cases": 0,
+                             "known_id_status": Counter(), "5xx": 0, "schema_violations": 0,
+                             "transport_errors": 0,
+                             "checks": [c.__name__ for c in CHECKS]}
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
               phases=[Phase.explicit, Phase.generate])
     @hypothesis_seed(seed)  # reproducible cases for a given --seed
-    @given(case=op.as_strategy())
-    def run(case: Any) -> None:
+    @given(drawn=cases(op, ids))
+    def run(drawn: tuple[Any, bool]) -> None:
+        case, known = drawn
         stats["cases"] += 1
+        stats["known_id_cases"] += known
         try:
             response = case.call(base_url=url, headers=headers, timeout=60)
         except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
@@ -59,10 +71,13 @@ def fuzz_operation(url: str, headers: dict[str, str], op: Any, examples: int, se
             failures.append({"operation": label, "check": "transport", "title": repr(exc)[:300],
                              "request": case.as_curl_command(headers=headers, base_url=url)})
             return
-        stats["status"][f"{response.status_code // 100}xx"] += 1
+        status_class = f"{response.status_code // 100}xx"
+        stats["status"][status_class] += 1
+        if known:
+            stats["known_id_status"][status_class] += 1
         if response.status_code >= 500:
             stats["5xx"] += 1
-        for check in checks:
+        for check in CHECKS:
             try:
                 case.validate_response(response, checks=[check], headers=headers)
             except FailureGroup as group:
@@ -81,7 +96,10 @@ def fuzz_operation(url: str, headers: dict[str, str], op: Any, examples: int, se
                     })
 
     run()
-    stats["status"] = dict(sorted(stats["status"].items()))
+    for key in ("status", "known_id_status"):
+        stats[key] = dict(sorted(stats[key].items()))
+    stats["share_2xx"] = share_2xx(stats["status"])
+    stats["known_id_share_2xx"] = share_2xx(stats["known_id_status"])
     return stats
 
 
@@ -110,13 +128,15 @@ def main() -> None:
         t_ready = time.monotonic()
         schema = schemathesis.openapi.from_url(f"{srv.url}/docs.json")
         every = [r.ok() for r in schema.get_all_operations()]
-        excluded = sorted(f"{o.method.upper()} {o.path}" for o in every if re.search(SKIP, o.path))
+        excluded = sorted(label_of(o) for o in every if re.search(SKIP, o.path))
         operations = [o for o in every if not re.search(SKIP, o.path)]
         headers = srv.headers("admin-key")
+        ids = prepare(srv)
         for op in operations:
-            label = f"{op.method.upper()} {op.path}"
+            label = label_of(op)
             t_op = time.monotonic()
-            per_op[label] = fuzz_operation(srv.url, headers, op, args.examples, args.seed, failures, seen)
+            per_op[label] = fuzz_operation(srv.url, headers, op, ids, args.examples, args.seed, failures,
+                                           seen)
             per_op[label]["seconds"] = round(time.monotonic() - t_op, 1)
             print(f"[fuzz] {label}: {per_op[label]}", file=sys.stderr)
         server_log = srv.log_text()
@@ -129,6 +149,8 @@ def main() -> None:
         "operations": len(per_op),
         "cases": sum(s["cases"] for s in per_op.values()),
         "status": dict(sorted(total_status.items())),
+        "share_2xx_by_operation": {k: s["share_2xx"] for k, s in per_op.items()},
+        "known_id_cases": sum(s["known_id_cases"] for s in per_op.values()),
         "5xx": sum(s["5xx"] for s in per_op.values()),
         "schema_violations": sum(s["schema_violations"] for s in per_op.values()),
         "transport_errors": sum(s["transport_errors"] for s in per_op.values()),
@@ -145,13 +167,23 @@ def main() -> None:
         "`bentoml serve` with tiny champions (tests/serving/mirror_server.py). Positive generation "
         "(schema-valid inputs) plus the schema's explicit examples, as in tests/serving/test_fuzz.py. "
         "`cases` can be below the requested number when an operation has fewer distinct inputs (e.g. no "
-        "parameters). Every response is checked; failures are collected, not stopped at.",
+        "parameters). Every response is checked, against both checks on every operation; failures are "
+        "collected, not stopped at.",
         "",
-        "Excluded (same as test_fuzz.py): the background-task plumbing `/score_segment/{status,get,retry,"
-        "cancel}` (they need a task id from a submit; submit itself is fuzzed), `/admin/reload` (reloads "
-        "every model from the registry: slow, covered by tests/serving/test_reload.py) and the probes "
-        "`/metrics`, `/livez`, `/healthz`, `/readyz` (no input). `POST /score_segment/submit` gets the "
-        "5xx check only: BentoML's own task-submit answer lacks fields its OpenAPI marks required.",
+        "Known ids (tests/serving/fuzz_plan.py): the operations that look an id up get about half their "
+        "cases (`known_id_cases`) built on ids that exist, the rest of each case still generated: `POST "
+        "/similar_items` an item of the tiny recommender; `POST /next_best_action` and `PUT /consent` one "
+        "of the fuzz's own customers (added before fuzzing, so grants and contact slots never touch the "
+        "customers other tests read); `GET /profiles/{id}` and `/export` a seeded or fuzz customer, by "
+        "profile id or by customer id; `DELETE /profiles/{id}` one of 150 customers added to be erased (a "
+        "second draw of one already erased is a 404); `GET /score_segment/status` and `/get` a finished CSV "
+        "or parquet export. `share_2xx` is over all of an operation's cases, `known_id_share_2xx` over the "
+        "known-id ones.",
+        "",
+        "Excluded (same as test_fuzz.py): `/admin/reload` (reloads every model from the registry: slow, "
+        "covered by tests/serving/test_reload.py) and the probes `/metrics`, `/livez`, `/healthz`, `/readyz` "
+        "(no input). The segment export routes are Mirror's own job runner (serving/segments.py): submit, "
+        "status and get are all fuzzed, with the schema check.",
         "",
         _failures_md(failures),
     ])

@@ -72,6 +72,7 @@ WORKER_MODULE = "_bentoml_impl.worker.service"  # what BentoML runs as a service
 GENERATOR_FLAG = "--generator"  # this file, run as the lean load process (see generator_main)
 GENERATOR_START_S = 1.0  # about how long the load process takes to send its first request
 CLIENT_TIMEOUT_S = 30.0
+SLOW_S = 1.0  # an answer slower than this after a kill is the backlog still draining
 STORE_RESTART = ("skipped: the only profile store backend is SQLite (features.store.SQLiteProfileStore), a "
                  "file opened inside the worker; there is no store server to restart")
 
@@ -197,16 +198,19 @@ def kill_times(duration_s: float, n: int) -> tuple[float, ...]:
 
 
 def fault_of(sample: Sample, faults: Sequence[Fault], grace_s: float) -> int | None:
-    """The index of the first fault the request overlapped, else None.
+    """The index of the fault a request ran into, else None.
 
-    A request is a fault's when it was still open at the kill (answered at or after it) and was sent before
-    the service was ready again plus `grace_s`; a fault never ready again keeps the rest of the run.
+    That is the last kill before its answer (or failure), when the request was sent before the service was
+    ready again after it plus `grace_s` (a fault never ready again keeps the rest of the run): it was open
+    at the kill, or sent while the service was coming back. A request still open from the backlog of one
+    kill when the next one lands is the next one's.
     """
     answered = sample.at_s + sample.latency_s
-    for k, f in enumerate(faults):
-        ready = f.ready_s if f.ready_s is not None else math.inf
-        if answered >= f.at_s and sample.at_s <= f.at_s + ready + grace_s:
-            return k
+    for k in range(len(faults) - 1, -1, -1):
+        f = faults[k]
+        if answered >= f.at_s:
+            ready = f.ready_s if f.ready_s is not None else math.inf
+            return k if sample.at_s <= f.at_s + ready + grace_s else None
     return None
 
 
@@ -224,9 +228,10 @@ def attribute_errors(
     return per_fault, outside
 
 
-def fault_summary(fault: Fault, errors: Sequence[Sample]) -> dict[str, Any]:
-    """What one kill cost: its recovery times and its failed requests, timed from the kill (send time, by
-    whole second, and the last answer)."""
+def fault_summary(fault: Fault, errors: Sequence[Sample], after: Sequence[Sample] = ()) -> dict[str, Any]:
+    """What one kill cost: its recovery times, its failed requests timed from the kill (send time, by whole
+    second, and the last answer), and how long the backlog took to drain: the send time of the last
+    request slower than SLOW_S among `after` (those sent from this kill to the next or the end)."""
     sent = [s.at_s - fault.at_s for s in errors]
     answered = [s.at_s + s.latency_s - fault.at_s for s in errors]
     out: dict[str, Any] = {
@@ -237,6 +242,9 @@ def fault_summary(fault: Fault, errors: Sequence[Sample]) -> dict[str, Any]:
                          else "bentoml" if fault.ready_s is not None else None),
         "errors": len(errors),
     }
+    slow = [s.at_s - fault.at_s for s in after if s.latency_s > SLOW_S and 200 <= s.status < 300]
+    out["slow_answers"] = len(slow)
+    out["last_slow_answer_sent_s"] = round(max(slow), 2) if slow else None
     if fault.error:
         out["harness_error"] = fault.error
     if errors:
@@ -613,7 +621,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "faults": {
             "planned_kills_at_s": list(kills),
             "worker_respawn": "off (BENTOML_CONTAINERIZED)" if args.no_respawn else "BentoML default (on)",
-            "kills": [fault_summary(f, errs) for f, errs in zip(faults, per_fault, strict=True)],
+            "kills": [fault_summary(f, errs, [s for s in samples if f.at_s <= s.at_s < end])
+                      for f, errs, end in zip(faults, per_fault, [*(g.at_s for g in faults[1:]), math.inf],
+                                              strict=True)],
             "grace_s": cfg.grace_s,
             "errors_outside_fault_windows": len(outside),
             "outside_examples": _error_examples(outside),
@@ -674,16 +684,18 @@ service is back from the one before). BentoML's arbiter keeps the listening sock
 so requests sent meanwhile wait in the socket's backlog (up to the client's {CLIENT_TIMEOUT_S:g} s timeout)
 or fail with their connection; with no respawn (`--no-respawn`, BentoML's container setting) the harness
 restarts the whole server on the same store and port after {FaultConfig.respawn_wait_s:g} s. Per kill: when
-a new worker process showed, when `/readyz` answered 200 again, and every failed request that was open at
-the kill and sent before ready + `grace_s`, timed from the kill (send time by whole second, first and last,
-last answer). Failures outside those windows are `errors_outside_fault_windows` (target 0). Acknowledged
-events: every event id that a 200 answer to `POST /events` listed in `accepted` is counted in the SQLite
-store file after the run (target: each exactly once; `stored_unacknowledged` are events of requests open
-at a kill, written without their answer reaching the client, which is allowed). Memory growth is measured
-from the end of the warm-up minute after the last recovery (a fresh worker starts small): median RSS of its
-first minute over the last minute's (target under {GROWTH_LIMIT_PCT:g}%); p99 counts the requests after
-the first minute outside the fault windows. The load process has no connection cap (see `generator_main`).
-Store server restart: {STORE_RESTART}.
+a new worker process showed, when `/readyz` answered 200 again, every failed request that ran into it (it
+failed after this kill and before the next, and was sent before ready + `grace_s`), timed from the kill
+(send time by whole second, first and last, last answer), and the drain of the backlog (`slow_answers`:
+successful answers slower than {SLOW_S:g} s among requests sent from this kill to the next, and the send
+time of the last one). Failures outside those windows are `errors_outside_fault_windows` (target 0).
+Acknowledged events: every event id that a 200 answer to `POST /events` listed in `accepted` is counted in
+the SQLite store file after the run (target: each exactly once; `stored_unacknowledged` are events of
+requests open at a kill, written without their answer reaching the client, which is allowed). Memory growth
+is measured from the end of the warm-up minute after the last recovery (a fresh worker starts small): median
+RSS of its first minute over the last minute's (target under {GROWTH_LIMIT_PCT:g}%); p99 counts the requests
+after the first minute outside the fault windows. The load process has no connection cap (see
+`generator_main`). Store server restart: {STORE_RESTART}.
 The mix is {", ".join(f"{k} {v:.0%}" for k, v in DEFAULT_MIX.items())}; the load generator shares the 2
 cores with the server."""
 

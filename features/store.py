@@ -32,6 +32,10 @@ profile id (``erased_at``, also on `OnlineProfile`): a person who comes back has
 not use model state learned before it.  ``export_events_to`` streams the store to parquet for training and
 ``export_profile`` answers a data-access request with everything held about one person.
 
+Idempotence: an event id already stored is a duplicate when the event sent again has the same content
+(``schema.event_digest``, kept per stored event) and an error when it has other content (a conflict); the
+stored event is never replaced.
+
 Also here: the catalog (``upsert_items``, ``catalog``, ``catalog_version``; overall and per-store stock),
 and the contact ledger (``reserve_contact``: atomic frequency caps, idempotent per decision key).  A file
 written by an older release is migrated on open (see ``_migrate``).
@@ -57,7 +61,7 @@ import sqlite3
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -93,6 +97,9 @@ from features.schema import (
     DEVICE_ID,
     EMAIL,
     EMAIL_CLICK,
+    ERROR_FIELD,
+    ERROR_REASON,
+    ERROR_ROW,
     EVENT_ID,
     EVENT_TYPE,
     HASHED_IDENTIFIERS,
@@ -115,6 +122,7 @@ from features.schema import (
     VIEW,
     IdentifierHasher,
     empty_events,
+    event_digest,
     normalise_email,
     normalise_id,
     normalise_phone,
@@ -129,6 +137,12 @@ _EVENT_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS + tuple(
     c for c in (_TIMEZONE,) if c not in OPTIONAL_COLUMNS)
 _STORED: tuple[str, ...] = tuple(c for c in _EVENT_COLUMNS if c != TS)  # event_id first; ts is ts_ns
 _DEVICE_COLUMNS = (DEVICE_ID, COOKIE_ID)
+#: The events column holding `schema.event_digest` of the stored row. NULL where not computed at insert: on the
+#: vectorised path (a digest is ~15 us of Python per row, +70% on a bulk load) and in files of older releases;
+#: then it is computed from the stored row, and kept, when the id is sent again.
+_DIGEST = "content_digest"
+#: Why a row whose event id is stored with other content is refused (its error's field is EVENT_ID).
+CONFLICT_REASON = "conflicts with a stored event: same event_id, different content"
 # what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
 _FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING)
 _NS = 10**9
@@ -208,9 +222,9 @@ class OnlineProfile:
 @dataclass(frozen=True)
 class AppendResult:
     accepted: int  # new events stored
-    duplicates: int  # already stored (idempotent re-send) or repeated in the batch
+    duplicates: int  # already stored with the same content (idempotent re-send) or repeated in the batch
     profile_ids: tuple[str, ...]  # profiles the accepted events belong to (after merges)
-    rejected: int = 0  # rows that failed validation (see errors)
+    rejected: int = 0  # rows that failed validation or whose id is stored with other content (see errors)
     suppressed: int = 0  # events of erased profiles (tombstoned), never stored
     merged: tuple[str, ...] = ()  # profile ids that were merged into another
     errors: tuple[dict[str, Any], ...] = ()
@@ -335,7 +349,8 @@ def _event_sql_type(column: str) -> str:
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     event_id TEXT PRIMARY KEY, {PROFILE_ID} TEXT NOT NULL, ts_ns INTEGER NOT NULL,
-    {", ".join(f'"{c}" {_event_sql_type(c)}' for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS))}
+    {", ".join(f'"{c}" {_event_sql_type(c)}' for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS))},
+    "{_DIGEST}" TEXT
 );
 CREATE INDEX IF NOT EXISTS events_profile ON events({PROFILE_ID}, ts_ns);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, {PROFILE_ID} TEXT NOT NULL);
@@ -420,6 +435,7 @@ class _Batch:
 
     cols: dict[str, list[Any]]  # every _STORED column
     ts: list[int]  # epoch ns
+    at: list[int] = field(default_factory=list)  # each row's position in the frame it came from (frames only)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # array() memo
 
     def __len__(self) -> int:
@@ -429,7 +445,12 @@ class _Batch:
         """Rows idx (ascending); the batch itself when that is every row."""
         if len(idx) == len(self.ts):
             return self
-        return _Batch({c: [v[i] for i in idx] for c, v in self.cols.items()}, [self.ts[i] for i in idx])
+        return _Batch({c: [v[i] for i in idx] for c, v in self.cols.items()}, [self.ts[i] for i in idx],
+                      [self.at[i] for i in idx] if self.at else [])
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row i as `schema.event_digest` reads it (ts as epoch ns, None where missing)."""
+        return {TS: self.ts[i], **{c: v[i] for c, v in self.cols.items()}}
 
     def array(self, col: str) -> np.ndarray:
         """The column as an object array, made once per batch (read-only: callers share it)."""
@@ -464,7 +485,8 @@ def _batch_from_frame(ev: pd.DataFrame) -> _Batch:
                 cols[c] = (vals if order is None else vals[order]).tolist()
             else:
                 cols[c] = [None] * n
-    return _Batch(cols, (ns if order is None else ns[order]).tolist())
+    return _Batch(cols, (ns if order is None else ns[order]).tolist(), list(range(n)) if order is None
+                  else order.tolist())
 
 
 def _batch_from_rows(rows: list[tuple[Any, ...]]) -> tuple[_Batch, list[str]]:
@@ -475,8 +497,8 @@ def _batch_from_rows(rows: list[tuple[Any, ...]]) -> tuple[_Batch, list[str]]:
     return _Batch({c: list(cols[j + 2]) for j, c in enumerate(_STORED)}, list(cols[1])), list(cols[0])
 
 
-_INSERT_NAMES = ", ".join(f'"{c}"' for c in (EVENT_ID, PROFILE_ID, "ts_ns", *_STORED[1:]))
-_INSERT_EVENTS = f"INSERT OR IGNORE INTO events ({_INSERT_NAMES}) VALUES ({','.join('?' * (len(_STORED) + 2))})"
+_INSERT_NAMES = ", ".join(f'"{c}"' for c in (EVENT_ID, PROFILE_ID, "ts_ns", *_STORED[1:], _DIGEST))
+_INSERT_EVENTS = f"INSERT OR IGNORE INTO events ({_INSERT_NAMES}) VALUES ({','.join('?' * (len(_STORED) + 3))})"
 _SELECT_NAMES = ", ".join(f'"{c}"' for c in (PROFILE_ID, "ts_ns", *_STORED))
 
 
@@ -642,10 +664,13 @@ class SQLiteProfileStore:
         goes); state docs of an older version are rebuilt from the stored events (vectorised). Why on
         open and not lazily on read: the hot read path stays one JSON row with no write, and every
         reader of the file (other processes too) sees one layout. Reads still rebuild a stale doc in
-        memory, for a doc an older release writes into an already migrated file.
+        memory, for a doc an older release writes into an already migrated file. The content digest
+        column comes empty: old rows get theirs from the stored row only when their id is sent again
+        (no backfill: opening a file of millions of events stays instant, and re-sends are few).
         """
         conn = self._conn()
-        wanted = {"events": {c: _event_sql_type(c) for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS)},
+        wanted = {"events": {**{c: _event_sql_type(c) for c in _EVENT_COLUMNS if c not in (EVENT_ID, TS)},
+                             _DIGEST: "TEXT"},  # NULL in old rows: computed from the row when needed
                   "contacts": {"key": "TEXT"}}
 
         def missing_columns() -> dict[str, list[tuple[str, str]]]:
@@ -1024,79 +1049,150 @@ class SQLiteProfileStore:
         """Validate, de-duplicate, link and store a batch in one transaction; durable on return.
 
         validated=True: `events` is already `schema.validate_events(...).valid` (the service validates
-        each request once), so the ~10-40 ms of validating again is skipped.
+        each request once), so the ~10-40 ms of validating again is skipped; errors then name rows by their
+        position in `events`, else (as validation does) by their position in the input.  An event id that is
+        already stored is a duplicate when its content is the same (`schema.event_digest`) and an error
+        (field event_id, CONFLICT_REASON) when it is not: a stored event is never replaced, nor a conflict
+        passed off as a re-send.
         """
-        ev, errors, rejected, batch_dups = self._checked(events, validated)
-        if not len(ev):
-            return AppendResult(0, batch_dups, (), rejected, 0, (), errors)
-        b = _batch_from_frame(ev)
-        with self._write() as conn:
-            acc, dups, pids, sup, merged = self._append(conn, b, sentiment)
-        self._invalidate(set(pids) | set(merged))
-        return AppendResult(len(acc), dups + batch_dups, tuple(sorted(set(pids))), rejected, sup, tuple(merged),
-                            errors, tuple(acc))
+        ev, errors, rejected, batch_dups, rows = self._checked(events, validated)
+        res = self._store_frame(ev, rows, sentiment)
+        return replace(res, duplicates=res.duplicates + batch_dups, rejected=res.rejected + rejected,
+                       errors=_by_row(errors + res.errors))
 
     def _checked(self, events: pd.DataFrame, validated: bool) -> tuple[pd.DataFrame, tuple[dict[str, object], ...],
-                                                                      int, int]:
-        """(good rows, error records, rejected row count, in-batch duplicate ids) of an incoming batch."""
+                                                                      int, int, np.ndarray]:
+        """(good rows, error records, rejected row count, in-batch duplicates, and per good row the row number
+        errors name it by: its input position, which the renumbered frame of good rows no longer tells)."""
         if validated:
-            return events, (), 0, 0
+            return events, (), 0, 0, np.arange(len(events))
         checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
-        batch_dups = int(events[EVENT_ID].duplicated().sum()) if EVENT_ID in events else 0
-        return checked.valid, tuple(checked.error_records()), checked.n_rejected, batch_dups
+        left_out = np.zeros(len(events), dtype=bool)
+        left_out[checked.errors[ERROR_ROW].to_numpy(dtype=np.intp)] = True
+        left_out[[i for i, _ in checked.duplicates]] = True
+        rows = np.flatnonzero(~left_out)  # validation keeps every other row, in input order
+        if len(rows) != len(checked.valid):
+            raise RuntimeError("validate_events kept rows it neither reported nor counted as duplicates")
+        return checked.valid, tuple(checked.error_records()), checked.n_rejected, len(checked.duplicates), rows
+
+    def _store_frame(self, ev: pd.DataFrame, rows: np.ndarray, sentiment: pd.Series | None) -> AppendResult:
+        """Store good rows in one transaction; a conflict names its row by `rows` (one number per row of ev)."""
+        if not len(ev):
+            return AppendResult(0, 0, ())
+        b = _batch_from_frame(ev)
+        with self._write() as conn:
+            acc, dups, pids, sup, merged, conflicts = self._append(conn, b, sentiment)
+        self._invalidate(set(pids) | set(merged))
+        errors = tuple({ERROR_ROW: int(rows[at]), EVENT_ID: eid, ERROR_FIELD: EVENT_ID, ERROR_REASON: CONFLICT_REASON}
+                       for at, eid in conflicts)
+        return AppendResult(len(acc), dups, tuple(sorted(set(pids))), len(conflicts), sup, tuple(merged), errors,
+                            tuple(acc))
 
     def load_events(self, events: pd.DataFrame, batch_size: int = 250_000, progress: bool = True, *,
                     validated: bool = False) -> AppendResult:
         """Bulk seeding (demo, benchmarks): validate once, then large vectorised batches, one transaction each.
 
         One batch links exactly like `append_events` of the same events; across batches a device that
-        becomes shared keeps the links it made before (as for any incremental append).
+        becomes shared keeps the links it made before (as for any incremental append).  Ids already stored
+        are duplicates or conflicts as in `append_events`, and errors name rows the same way.
         """
         from tqdm.auto import tqdm
 
-        ev, errors, rejected, batch_dups = self._checked(events, validated)
-        ev = ev.sort_values(TS, kind="stable") if len(ev) else ev
+        ev, errors, rejected, dups, rows = self._checked(events, validated)
+        if len(ev):  # time order (stable), each row keeping the number errors name it by
+            order = ev[TS].reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
+            ev, rows = ev.iloc[order], rows[order]
         acc: list[str] = []
-        dups, sup = batch_dups, 0
+        found: list[dict[str, Any]] = []
+        sup = 0
         pids: set[str] = set()
         merged: list[str] = []
         for start in tqdm(range(0, len(ev), batch_size), disable=not progress, desc="loading events"):
-            r = self.append_events(ev.iloc[start:start + batch_size], validated=True)
+            part = slice(start, start + batch_size)
+            r = self._store_frame(ev.iloc[part], rows[part], None)
             acc += r.accepted_ids
-            dups, sup = dups + r.duplicates, sup + r.suppressed
+            dups, sup, rejected = dups + r.duplicates, sup + r.suppressed, rejected + r.rejected
+            found += r.errors
             pids |= set(r.profile_ids)
             merged += r.merged
         pids -= set(merged)
-        return AppendResult(len(acc), dups, tuple(sorted(pids)), rejected, sup, tuple(merged), errors, tuple(acc))
+        return AppendResult(len(acc), dups, tuple(sorted(pids)), rejected, sup, tuple(merged),
+                            _by_row(errors + tuple(found)), tuple(acc))
 
     def _append(self, conn: sqlite3.Connection, b: _Batch, sentiment: pd.Series | None
-                ) -> tuple[list[str], int, list[str], int, list[str]]:
-        """Inside the write transaction: returns accepted ids, duplicates, row profiles, suppressed, merged."""
+                ) -> tuple[list[str], int, list[str], int, list[str], list[tuple[int, str]]]:
+        """Inside the write transaction: returns accepted ids, duplicates, row profiles, suppressed, merged, and
+        the conflicts as (position in the source frame, event id).
+
+        Each copy of a stored id, and each repeat inside the batch (validated frames have none), is compared by
+        content digest with the stored event, else with the batch's first copy (the one stored now): the same
+        content is a duplicate, other content a conflict.  Digests are computed only for the rows compared and,
+        on the per-event path, for the rows stored (the vectorised path leaves them to `_stored_digests`).
+        """
         ids = b.cols[EVENT_ID]
         first: dict[str, int] = {}
         for i, e in enumerate(ids):
             first.setdefault(e, i)
-        dups = len(ids) - len(first)  # repeats inside the batch (validated frames have none)
-        seen = {r[0] for r in self._select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})",
-                                              list(first))} \
-            if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() else set()
+        stored = self._stored_digests(conn, list(first))
         erased = self._erased_event_ids(conn, list(first))
-        suppressed = len(erased - seen)
-        dups += len(seen)
-        keep = [i for e, i in first.items() if e not in seen and e not in erased]
+        suppressed = len(erased - stored.keys())
+        digests: dict[int, str] = {}  # by position in the source frame (b.at): survives take()
+
+        def digest_at(i: int, batch: _Batch) -> str:
+            at = batch.at[i]
+            d = digests.get(at)
+            if d is None:
+                d = digests[at] = event_digest(batch.row(i))
+            return d
+
+        dups = 0
+        conflicts: list[tuple[int, str]] = []
+        if stored or len(first) < len(ids):
+            for i, e in enumerate(ids):
+                if e in stored:
+                    ref = stored[e]
+                elif first[e] == i:
+                    continue
+                elif e in erased:  # a repeat of a suppressed event: nothing stored to compare with
+                    dups += 1
+                    continue
+                else:
+                    ref = digest_at(first[e], b)
+                if digest_at(i, b) == ref:
+                    dups += 1
+                else:
+                    conflicts.append((b.at[i], e))
+        keep = [i for e, i in first.items() if e not in stored and e not in erased]
         b = b.take(keep)  # ascending: dicts keep insertion order
         b, late = self._drop_tombstoned(conn, b)
         suppressed += late
         if not len(b):
-            return [], dups, [], suppressed, []
+            return [], dups, [], suppressed, [], sorted(conflicts)
         bulk = len(b) >= self.config.bulk_rows
         pids, merged, merged_into = (self._link_bulk if bulk else self._link)(conn, b)
+        new_digests = [digests.get(at) for at in b.at] if bulk else [digest_at(i, b) for i in range(len(b))]
         conn.executemany(_INSERT_EVENTS, zip(b.cols[EVENT_ID], pids, b.ts, *(b.cols[c] for c in _STORED[1:]),
-                                             strict=True))
+                                             new_digests, strict=True))
         if sentiment is not None and len(sentiment):  # only the events stored now: never a suppressed one's
             self._put_scores(conn, sentiment, set(b.cols[EVENT_ID]))
         (self._states_bulk if bulk else self._update_states)(conn, b, pids, merged_into)
-        return list(b.cols[EVENT_ID]), dups, pids, suppressed, sorted(merged)
+        return list(b.cols[EVENT_ID]), dups, pids, suppressed, sorted(merged), sorted(conflicts)
+
+    def _stored_digests(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+        """Content digest of each stored event among `ids`. One stored without (vectorised path, a file of an
+        older release) gets it from the stored row now, written back so the next re-send reads it."""
+        if not ids or conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+            return {}
+        found = dict(self._select_in(conn, f'SELECT event_id, "{_DIGEST}" FROM events WHERE event_id IN ({{}})',
+                                     ids))
+        missing = [e for e, d in found.items() if d is None]
+        if missing:
+            rows, _ = _batch_from_rows(self._select_in(
+                conn, f"SELECT {_SELECT_NAMES} FROM events WHERE event_id IN ({{}})", missing))
+            computed = {e: event_digest(rows.row(i)) for i, e in enumerate(rows.cols[EVENT_ID])}
+            conn.executemany(f'UPDATE events SET "{_DIGEST}"=? WHERE event_id=?', [(d, e) for e, d in computed.items()])
+            found.update(computed)
+        return found
 
     def _erased_event_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
         """The ids among `ids` of erased events (keyed tombstones, and any verbatim one an older release wrote
@@ -1869,6 +1965,11 @@ def _arrow_rows(rows: list[tuple[Any, ...]]) -> pa.Table:
                      else pa.array(by_name[f.name], type=f.type) for f in _EXPORT_SCHEMA], schema=_EXPORT_SCHEMA)
 
 
+def _by_row(errors: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Error records in row order (stable: the errors of one row keep their order)."""
+    return tuple(sorted(errors, key=lambda e: int(e[ERROR_ROW])))
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON types: datetimes as ISO 8601, records (named tuples) as objects, sets sorted, NaN/NA null."""
     if isinstance(value, dt.datetime):
@@ -1915,5 +2016,5 @@ def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data)[order]
 
 
-__all__ = ["INTEREST_EVENT_TYPES", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS", "OnlineProfile",
-           "ProfileEntry", "ProfileStore", "SQLiteProfileStore", "StoreConfig", "ViewEntry", "profile_id_for"]
+__all__ = ["CONFLICT_REASON", "INTEREST_EVENT_TYPES", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS",
+           "OnlineProfile", "ProfileEntry", "ProfileStore", "SQLiteProfileStore", "StoreConfig", "ViewEntry", "profile_id_for"]

@@ -577,6 +577,9 @@ class Mirror:
                     for r in result.error_records()]
         valid = result.valid
         ids = valid[EVENT_ID].astype(str).tolist()
+        # the request row of each row of `valid`: validation left out the rejected rows and the repeats
+        left_out = {int(r) for r in result.errors[ERROR_ROW]} | {i for i, _ in result.duplicates}
+        request_row = [i for i in range(len(records)) if i not in left_out]
         # identical repeats inside the batch (the first copy counts; ids normalised), then re-sends
         duplicates: list[str] = [eid for _, eid in result.duplicates]
         accepted: list[str] = []
@@ -594,8 +597,13 @@ class Mirror:
                 raise ServiceUnavailable("the profile store could not record the events; retry") from exc
             accepted = [str(x) for x in res.accepted_ids]
             scored = len(set(map(str, sentiment.index)) & set(accepted))  # only stored events keep a score
-            acc_set = set(accepted)
-            rest = [i for i in ids if i not in acc_set]
+            # ids stored with other content: errors of the store, by row of `valid`, named by request row
+            conflicts = [api.EventRejection(row=request_row[int(e[ERROR_ROW])], event_id=str(e[EVENT_ID]),
+                                            field=str(e[ERROR_FIELD]), reason=str(e[ERROR_REASON]))
+                         for e in res.errors]
+            rejected = sorted(rejected + conflicts, key=lambda rej: rej.row)  # stable: a row keeps its order
+            settled = set(accepted) | {rej.event_id for rej in conflicts}
+            rest = [i for i in ids if i not in settled]  # duplicates or suppressed
             suppressed_n = int(res.suppressed)
             if suppressed_n and suppressed_n == len(rest):
                 suppressed = rest  # every one belongs to an erased profile: never stored

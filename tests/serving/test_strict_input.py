@@ -60,3 +60,19 @@ def test_request_fields_are_never_coerced(server):
     r = server.client.put("/consent", json={"customer_id": "c1", "purpose": "social", "granted": "yes"},
                           headers=server.headers("write-key"))
     assert r.status_code == 422 and "granted" in r.text, r.text
+
+
+def test_a_stored_id_sent_again_with_other_content_is_rejected(server):
+    stored = event("strict-stored", "strict-3", "view", 5)
+    assert _events(server, [stored])["accepted"] == ["strict-stored"]
+    other = {**event("strict-stored", "strict-3", "view", 6), "ts": stored["ts"]}  # same id, another item
+    fresh = event("strict-fresh", "strict-3", "view", 7)
+    # the store sees [fresh, other]: the conflict must be named by its row in the request (3), not there (1)
+    answer = _events(server, [{}, fresh, fresh, other])
+    assert answer["accepted"] == ["strict-fresh"] and answer["duplicates"] == ["strict-fresh"]
+    rejected = _rejected(answer)
+    assert {k.split(":")[0] for k in rejected} == {"0", "3"}, rejected
+    assert "conflict" in rejected["3:event_id"]
+    assert [x["event_id"] for x in answer["rejected"] if x["row"] == 3] == ["strict-stored"]
+    answer = _events(server, [stored])  # the stored event was kept as it was: re-sending it is a duplicate
+    assert (answer["accepted"], answer["duplicates"], answer["rejected"]) == ([], ["strict-stored"], [])

@@ -32,9 +32,10 @@ from features.schema import (
     EVENT_TYPE,
     PROFILE_ID,
     TS,
+    event_digest,
     validate_events,
 )
-from features.store import SQLiteProfileStore, StoreConfig, profile_id_for
+from features.store import CONFLICT_REASON, SQLiteProfileStore, StoreConfig, profile_id_for
 from features.synthetic import SyntheticConfig, generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -799,3 +800,100 @@ def test_get_consents_reads_many_profiles_in_one_query(tmp_path):
     assert store.get_consents(["a", "b", "c"]) == {"a": {"email_marketing": True, "social": False},
                                                   "b": {"personalization": False}}
     assert store.get_consents([]) == {}
+
+
+# -- a stored event id sent again with other content ---------------------------------------------
+def _conflicts(result: store_module.AppendResult) -> dict[int, str]:
+    """Row -> event id of the rows refused because their id is stored with other content."""
+    return {e["row"]: e["event_id"] for e in result.errors if e["field"] == EVENT_ID and e["reason"] == CONFLICT_REASON}
+
+
+def _stored_digests(path: Path) -> dict[str, str | None]:
+    con = sqlite3.connect(path)
+    try:
+        return dict(con.execute("SELECT event_id, content_digest FROM events"))
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("bulk_rows", [SMALL_ONLY, 1])
+def test_a_stored_id_sent_again_with_other_content_is_a_conflict(tmp_path: Path, bulk_rows: int) -> None:
+    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(bulk_rows=bulk_rows))
+    e1 = ev("e1", "2025-01-02T00:00:00Z", customer_id="c1", item_id="sku1")
+    e2 = ev("e2", "2025-01-03T00:00:00Z", "purchase", customer_id="c1", item_id="sku2", price=5.0)
+    store.append_events(pd.DataFrame([e1, e2]))
+    before = store.export_events()
+    e3 = ev("e3", "2025-01-04T00:00:00Z", customer_id="c1", item_id="sku3")
+    batch = pd.DataFrame([
+        {**e1, "channel": "fax"},  # 0: invalid
+        e3,  # 1: new
+        {**e2, "price": 6.0},  # 2: stored id, other price
+        e3,  # 3: the same again in the batch: a duplicate
+        {**e1, "item_id": "sku9", "ts": "2025-01-01T00:00:00Z"},  # 4: stored id, other item (sorts first by time)
+    ])
+    r = store.append_events(batch)
+    assert _conflicts(r) == {2: "e2", 4: "e1"}  # named by input row, whatever the time order
+    assert [e["row"] for e in r.errors] == [0, 2, 4]
+    assert (r.accepted, r.accepted_ids, r.duplicates, r.rejected) == (1, ("e3",), 1, 3)
+    # validated frames: rows are positions in the frame given (e3, e2', e1')
+    r = store.append_events(validate_events(batch).valid, validated=True)
+    assert _conflicts(r) == {1: "e2", 2: "e1"}
+    assert (r.accepted, r.duplicates, r.rejected) == (0, 1, 2)
+    # nothing stored was replaced, and an identical re-send is still a plain duplicate
+    after = store.export_events()
+    pd.testing.assert_frame_equal(after[after[EVENT_ID] != "e3"].reset_index(drop=True), before)
+    r = store.append_events(pd.DataFrame([e1, e2, e3]))
+    assert (r.accepted, r.duplicates, r.rejected, r.errors) == (0, 3, 0, ())
+
+
+def test_in_batch_repeats_are_counted_as_validation_counts_them(store: SQLiteProfileStore) -> None:
+    a = ev("k1", "2025-01-01T00:00:00Z", customer_id="c1")
+    b = ev("k2", "2025-01-02T00:00:00Z", customer_id="c1")
+    # " k1 " and " k1" are k1 once validated (identical repeats); k2 with another item is a conflict, not a repeat
+    r = store.append_events(pd.DataFrame([a, {**a, "event_id": " k1 "}, {**a, "event_id": " k1"}, b,
+                                          {**b, "item_id": "sku2"}]))
+    assert (r.accepted, r.duplicates, r.rejected) == (2, 2, 1)
+    assert [(e["row"], e["field"]) for e in r.errors] == [(4, EVENT_ID)]
+
+
+def test_rows_stored_without_a_digest_get_it_from_the_stored_row(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    rows = [ev("o1", "2025-01-01T00:00:00Z", customer_id="c1", item_id="a", category="Shoes > Boots"),
+            ev("o2", "2025-01-02T00:00:00Z", "purchase", customer_id="c1", email="Ann@Example.com", item_id="b",
+               price=3.5, quantity=2.0, timezone="Europe/Paris")]
+    valid = validate_events(pd.DataFrame(rows)).valid
+    expected = {row[EVENT_ID]: event_digest(row) for row in valid.to_dict("records")}
+    first = SQLiteProfileStore(path)
+    first.append_events(pd.DataFrame(rows))
+    assert _stored_digests(path) == expected  # the per-event path stores the digest of the validated row
+    first.close()
+    con = sqlite3.connect(path)  # the file as the previous release wrote it: no digest column
+    con.execute("ALTER TABLE events DROP COLUMN content_digest")
+    con.commit()
+    con.close()
+
+    store = SQLiteProfileStore(path)
+    assert _stored_digests(path) == dict.fromkeys(expected)  # migrated: the column is back, empty
+    r = store.append_events(pd.DataFrame(rows))  # identical re-send
+    assert (r.accepted, r.duplicates, r.rejected, r.errors) == (0, 2, 0, ())
+    assert _stored_digests(path) == expected  # computed from the stored rows, and kept
+    r = store.append_events(pd.DataFrame([{**rows[1], "quantity": 3.0}]))
+    assert _conflicts(r) == {0: "o2"} and (r.accepted, r.duplicates, r.rejected) == (0, 0, 1)
+
+
+def test_load_events_names_conflicts_by_input_row(tmp_path: Path) -> None:
+    events = _synthetic(customers=20)
+    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(bulk_rows=50))
+    store.load_events(events, progress=False, validated=True)
+    assert set(_stored_digests(tmp_path / "s.db").values()) == {None}  # the vectorised path leaves them to later
+    again = events.sample(frac=1.0, random_state=7).reset_index(drop=True)  # row order is not time order
+    changed = sorted(np.random.default_rng(5).choice(len(again), 25, replace=False).tolist())
+    again.loc[changed, TS] = again.loc[changed, TS] + pd.Timedelta(seconds=1)
+    bad = again.iloc[[0]].assign(**{EVENT_ID: "bad-1", CHANNEL: "fax"})
+    again = pd.concat([bad, again, again.iloc[[3]]], ignore_index=True)  # row 0 invalid, the last one a repeat
+    r = store.load_events(again, batch_size=97, progress=False)
+    assert _conflicts(r) == {c + 1: again[EVENT_ID].iloc[c + 1] for c in changed}
+    assert [e["row"] for e in r.errors] == [0] + [c + 1 for c in changed]
+    assert (r.accepted, r.duplicates, r.rejected) == (0, len(events) - len(changed) + 1, 1 + len(changed))
+    pd.testing.assert_series_equal(store.export_events().set_index(EVENT_ID)[TS].sort_index(),
+                                   events.set_index(EVENT_ID)[TS].sort_index(), check_names=False)
