@@ -4,7 +4,7 @@ Run: `.venv/bin/python benchmarks/fuzz.py [--examples N] [--seed S]` (N per oper
 
 Starts the real `bentoml serve` with tiny champions (tests/serving/mirror_server.py), loads its OpenAPI
 document (/docs.json), leaves out the same operations as test_fuzz.py, and sends N schemathesis cases to
-every other operation with the admin key. Operations that look an id up get about half their cases built on
+every other operation with the admin key. Operations that look an id up also get cases built on
 ids that exist (tests/serving/fuzz_plan.py: the server's customers and items, customers and segment exports
 the fuzz adds itself), so their success paths are fuzzed too. Every response is checked, and every failure
 collected rather than stopping at the first: no 5xx (`not_a_server_error`) and the answer conforms to the
@@ -170,15 +170,16 @@ def main() -> None:
         "parameters). Every response is checked, against both checks on every operation; failures are "
         "collected, not stopped at.",
         "",
-        "Known ids (tests/serving/fuzz_plan.py): the operations that look an id up get about half their "
-        "cases (`known_id_cases`) built on ids that exist, the rest of each case still generated: `POST "
-        "/similar_items` an item of the tiny recommender; `POST /next_best_action` and `PUT /consent` one "
-        "of the fuzz's own customers (added before fuzzing, so grants and contact slots never touch the "
-        "customers other tests read); `GET /profiles/{id}` and `/export` a seeded or fuzz customer, by "
-        "profile id or by customer id; `DELETE /profiles/{id}` one of 150 customers added to be erased (a "
-        "second draw of one already erased is a 404); `GET /score_segment/status` and `/get` a finished CSV "
-        "or parquet export. `share_2xx` is over all of an operation's cases, `known_id_share_2xx` over the "
-        "known-id ones.",
+        "Known ids (tests/serving/fuzz_plan.py): the operations that look an id up get cases built on ids "
+        "that exist (`known_id_cases`), the rest of each case still generated, mixed with schemathesis' own "
+        "cases (Hypothesis picks the branch; it never sends the same case twice, so a route whose only input "
+        "is the id gets at most one known-id case per id): `POST /similar_items` an item of the tiny "
+        "recommender; `POST /next_best_action` and `PUT /consent` one of the fuzz's own customers (added "
+        "before fuzzing, so grants and contact slots never touch the customers other tests read); `GET "
+        "/profiles/{id}` and `/export` a seeded or fuzz customer, by profile id or by customer id; `DELETE "
+        "/profiles/{id}` one of 150 customers added to be erased (a second draw of one already erased is a "
+        "404); `GET /score_segment/status` and `/get` one of 12 finished CSV or parquet exports. `share_2xx` "
+        "is over all of an operation's cases, `known_id_share_2xx` over the known-id ones.",
         "",
         "Excluded (same as test_fuzz.py): `/admin/reload` (reloads every model from the registry: slow, "
         "covered by tests/serving/test_reload.py) and the probes `/metrics`, `/livez`, `/healthz`, `/readyz` "

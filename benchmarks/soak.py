@@ -611,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     errors = sum(1 for s in samples if not 200 <= s.status < 300)
     per_fault, outside = attribute_errors(samples, faults, cfg.grace_s)
     post = [s.latency_s for s in samples if s.at_s >= warmup_s and fault_of(s, faults, cfg.grace_s) is None]
+    ends = [*(g.at_s for g in faults[1:]), math.inf][:len(faults)]  # each kill's stretch ends at the next
     figures: dict[str, Any] = {
         "minutes": args.minutes,
         "rate_rps": args.rate,
@@ -622,8 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "planned_kills_at_s": list(kills),
             "worker_respawn": "off (BENTOML_CONTAINERIZED)" if args.no_respawn else "BentoML default (on)",
             "kills": [fault_summary(f, errs, [s for s in samples if f.at_s <= s.at_s < end])
-                      for f, errs, end in zip(faults, per_fault, [*(g.at_s for g in faults[1:]), math.inf],
-                                              strict=True)],
+                      for f, errs, end in zip(faults, per_fault, ends, strict=True)],
             "grace_s": cfg.grace_s,
             "errors_outside_fault_windows": len(outside),
             "outside_examples": _error_examples(outside),
@@ -693,8 +693,8 @@ Acknowledged events: every event id that a 200 answer to `POST /events` listed i
 the SQLite store file after the run (target: each exactly once; `stored_unacknowledged` are events of
 requests open at a kill, written without their answer reaching the client, which is allowed). Memory growth
 is measured from the end of the warm-up minute after the last recovery (a fresh worker starts small): median
-RSS of its first minute over the last minute's (target under {GROWTH_LIMIT_PCT:g}%); p99 counts the requests
-after the first minute outside the fault windows. The load process has no connection cap (see
+RSS of the last minute over that of its first minute (target under {GROWTH_LIMIT_PCT:g}%); p99 counts the
+requests after the first minute outside the fault windows. The load process has no connection cap (see
 `generator_main`). Store server restart: {STORE_RESTART}.
 The mix is {", ".join(f"{k} {v:.0%}" for k, v in DEFAULT_MIX.items())}; the load generator shares the 2
 cores with the server."""

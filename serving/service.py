@@ -31,7 +31,7 @@ from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from features.catalog import Catalog, CatalogItem
+from features.catalog import Catalog, CatalogItem, validate_catalog
 from features.schema import (
     CHURN_MODEL,
     COOKIE_ID,
@@ -727,7 +727,13 @@ class Mirror:
 
     @http_app.put("/stock")
     def put_stock(self, req: api.StockRequest) -> dict[str, int]:
-        """Out-of-stock items leave /recommend and /similar_items from the next call (part of the catalog)."""
+        """Out-of-stock items leave /recommend and /similar_items from the next call (part of the catalog).
+        Every id is checked by the catalog's rules before anything is written: one bad id, nothing changes."""
+        checked = validate_catalog(pd.DataFrame({ITEM_ID: [it.item_id for it in req.items]}))
+        if len(checked.errors):
+            raise HTTPException(422, detail=[{"loc": ["body", "items", int(r[ERROR_ROW]), ITEM_ID],
+                                              "msg": str(r[ERROR_REASON]), "type": "value_error"}
+                                             for r in checked.error_records()])
         for it in req.items:
             self.store.set_stock(it.item_id, it.in_stock)
         self._refresh_catalog(force=True)

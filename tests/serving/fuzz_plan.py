@@ -2,7 +2,7 @@
 the checks, and cases built on ids that exist on the server, so the success paths are fuzzed too.
 
 Schemathesis alone draws ids nobody holds: `/similar_items`, `/next_best_action`, `/consent` and
-`/profiles/...` then answer 404 to every case. `cases(op, ids)` mixes its cases with as many whose ids are
+`/profiles/...` then answer 404 to every case. `cases(op, ids)` mixes its cases with ones whose ids are
 drawn from `KnownIds` (the customers and items of tests/serving/mirror_server.py, plus customers and
 segment exports the fuzz adds itself with `prepare`), the rest of each case still generated from the schema.
 Writes (consent, contact slots, erasure) only ever get the fuzz's own customers: the server is shared with
@@ -29,10 +29,14 @@ SKIP = r"^/(admin/reload|metrics|livez|healthz|readyz)$"
 #: Every answer: no 5xx, and the body matches the documented schema.
 CHECKS: tuple[Callable[..., Any], ...] = (not_a_server_error, response_schema_conformance)
 
+# Hypothesis never sends the same case twice, so a route whose only input is the id (GET /profiles/{id},
+# the segment task routes) gets at most one known-id case per id: enough ids for a good share of cases.
 #: Customers the fuzz adds and may change (consent, contact slots); never erased.
-FUZZ_CUSTOMERS = tuple(f"fuzz-c{i}" for i in range(1, 7))
+FUZZ_CUSTOMERS = tuple(f"fuzz-c{i}" for i in range(1, 51))
 #: Customers the fuzz adds for DELETE /profiles to erase (each once: a second erasure is a 404).
 ERASABLE_CUSTOMERS = tuple(f"fuzz-erase-{i}" for i in range(1, 151))
+#: Finished segment exports the task routes can name (each one seeded customer, CSV and parquet in turn).
+SEGMENT_TASKS = 12
 EXPORT_WAIT_S = 60.0
 
 
@@ -53,26 +57,28 @@ class KnownIds:
 
 
 def prepare(srv: Server, *, timeout_s: float = EXPORT_WAIT_S) -> KnownIds:
-    """Add the fuzz's own customers (one view each) and two finished segment exports (CSV and parquet of
-    one seeded customer); the ids cases may draw from."""
+    """Add the fuzz's own customers (one view each) and SEGMENT_TASKS finished segment exports (one seeded
+    customer each, one at a time: the export queue is short); the ids cases may draw from."""
     own = FUZZ_CUSTOMERS + ERASABLE_CUSTOMERS
     events = [event(f"fuzz-seed-{c}", c, "view", n % N_ITEMS, days_ago=1.0) for n, c in enumerate(own)]
     r = srv.post("/events", {"events": events}, key="write-key")
     if r.status_code != 200 or len(r.json()["accepted"]) + len(r.json()["duplicates"]) != len(events):
         raise RuntimeError(f"seeding the fuzz's customers failed: {r.status_code} {r.text[:500]}")
     tasks = []
-    for fmt in ("csv", "parquet"):
-        r = srv.post("/score_segment/submit", {"profile_ids": [profile_id_for(CUSTOMERS[0])], "format": fmt})
+    deadline = time.monotonic() + timeout_s
+    for n in range(SEGMENT_TASKS):
+        body = {"profile_ids": [profile_id_for(CUSTOMERS[n % len(CUSTOMERS)])],
+                "format": ("csv", "parquet")[n % 2]}
+        r = srv.post("/score_segment/submit", body)
         if r.status_code != 200:
             raise RuntimeError(f"segment submit failed: {r.status_code} {r.text[:500]}")
-        tasks.append(str(r.json()["task_id"]))
-    deadline = time.monotonic() + timeout_s
-    for task in tasks:
+        task = str(r.json()["task_id"])
         while (status := srv.client.get("/score_segment/status", params={"task_id": task},
                                         headers=srv.headers()).json()["status"]) != "completed":
             if status == "failed" or time.monotonic() > deadline:
                 raise RuntimeError(f"segment export {task} did not complete: {status}")
-            time.sleep(0.2)
+            time.sleep(0.1)
+        tasks.append(task)
     return KnownIds(readable=CUSTOMERS + FUZZ_CUSTOMERS, writable=FUZZ_CUSTOMERS,
                     erasable=ERASABLE_CUSTOMERS, items=tuple(item_id(i) for i in range(N_ITEMS)),
                     task_ids=tuple(tasks))
@@ -100,13 +106,19 @@ def _by_profile(op: Any, customers: Sequence[str]) -> st.SearchStrategy[Any]:
                       for ident, by in named])
 
 
+def _with_json_body(op: Any) -> st.SearchStrategy[Any]:
+    """The operation's cases that carry a JSON object body (BentoML documents its request bodies as
+    optional, so some cases have none: those stay with the generated half)."""
+    return op.as_strategy().filter(lambda case: isinstance(case.body, dict))
+
+
 def _similar_items(op: Any, ids: KnownIds) -> st.SearchStrategy[Any]:
     items = st.sampled_from(ids.items)
-    return st.tuples(op.as_strategy(), items).map(lambda t: _with_body(t[0], item_id=t[1]))
+    return st.tuples(_with_json_body(op), items).map(lambda t: _with_body(t[0], item_id=t[1]))
 
 
 def _writable_customer(op: Any, ids: KnownIds) -> st.SearchStrategy[Any]:
-    return st.tuples(op.as_strategy(), st.sampled_from(ids.writable)).map(lambda t: _with_customer(*t))
+    return st.tuples(_with_json_body(op), st.sampled_from(ids.writable)).map(lambda t: _with_customer(*t))
 
 
 def _finished_task(op: Any, ids: KnownIds) -> st.SearchStrategy[Any]:
@@ -139,8 +151,8 @@ def known_id_cases(op: Any, ids: KnownIds) -> st.SearchStrategy[Any] | None:
 
 
 def cases(op: Any, ids: KnownIds) -> st.SearchStrategy[tuple[Any, bool]]:
-    """(case, built on known ids): schemathesis' own cases, mixed about half and half with known-id ones for
-    the operations that look an id up."""
+    """(case, built on known ids): schemathesis' own cases, and for the operations that look an id up,
+    known-id ones too (Hypothesis picks the branch of each draw)."""
     generated = op.as_strategy().map(lambda case: (case, False))
     known = known_id_cases(op, ids)
     return generated if known is None else st.one_of(known.map(lambda case: (case, True)), generated)

@@ -76,3 +76,12 @@ def test_a_stored_id_sent_again_with_other_content_is_rejected(server):
     assert [x["event_id"] for x in answer["rejected"] if x["row"] == 3] == ["strict-stored"]
     answer = _events(server, [stored])  # the stored event was kept as it was: re-sending it is a duplicate
     assert (answer["accepted"], answer["duplicates"], answer["rejected"]) == ([], ["strict-stored"], [])
+
+
+def test_a_bad_stock_id_is_a_422_naming_it_and_nothing_changes(server):
+    r = server.client.put("/stock", json={"items": [{"item_id": "i01", "in_stock": False},
+                                                    {"item_id": "bad\u009bid", "in_stock": False}]},
+                          headers=server.headers("write-key"))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "items", 1, "item_id"]
+    assert "i01" in {x["item_id"] for x in server.post("/recommend", {"k": 20}).json()["items"]}  # unchanged
