@@ -82,6 +82,12 @@ def _aware(t: Any) -> datetime | None:
     return datetime.fromtimestamp(float(t), tz=UTC)
 
 
+def customer_consent(flags: Mapping[str, bool], profile: OnlineProfile | None) -> ConsentState:
+    """The one rule for a customer's consent state: their choices over the defaults, in their own time
+    zone when their events told it."""
+    return consent_from_flags(flags, timezone=customer_timezone(profile))
+
+
 def contact_rule(policy: GuardPolicy, now: datetime, consent_of: Callable[[str], ConsentState],
                  profiles: Mapping[str, OnlineProfile | None]) -> nba.ContactRule:
     """The guard's contact policy (suppression, marketing consent; quiet hours defer, never refuse) as
@@ -131,6 +137,7 @@ class _Inputs:
     contexts: list[nba.NBAContext]
     profiles: dict[str, OnlineProfile | None]  # consented views
     consents: dict[str, ConsentState]
+    stored: dict[str, OnlineProfile | None]  # the store's profiles, as read once for this decision
 
 
 class DecisionEngine:
@@ -194,8 +201,7 @@ class DecisionEngine:
     def consents(self, profiles: Mapping[str, OnlineProfile | None]) -> dict[str, ConsentState]:
         """Each customer's consent, with their own time zone (one store read for the batch)."""
         flags = self.store.get_consents(list(profiles))
-        return {pid: consent_from_flags(flags.get(pid, {}), timezone=customer_timezone(p))
-                for pid, p in profiles.items()}
+        return {pid: customer_consent(flags.get(pid, {}), p) for pid, p in profiles.items()}
 
     def _inputs(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], *, now: datetime,
                 campaign_id: str = "default", channel: str | None = None) -> _Inputs:
@@ -214,7 +220,7 @@ class DecisionEngine:
         churn[off], prop[off] = np.nan, np.nan  # no personal data may be used: no score
         ctxs = nba.contexts_from_profiles([views.get(p) for p in rows], feats, churn, prop, now=now,
                                           config=self.config, campaign_id=campaign_id, channel=channel)
-        return _Inputs(feats, churn, prop, ctxs, views, consents)
+        return _Inputs(feats, churn, prop, ctxs, views, consents, stored)
 
     # -- batch ----------------------------------------------------------------------------------
     def score(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], *,
@@ -245,8 +251,7 @@ class DecisionEngine:
             return NBAOutcome(pid, False, False, bucket, (), NO_PERSONALIZATION)
         ctx = x.contexts[0]
         rec: Recommender = champions.recommender
-        stored = self.store.get_profile(pid)
-        picks = self.recommendation.recommend(rec, catalog, stored, consent,
+        picks = self.recommendation.recommend(rec, catalog, x.stored[pid], consent,
                                               Query(channel=channel, k=self.config.max_message_items + 2, now=now,
                                                     logged_in=True)).items
         ctx = dataclasses.replace(ctx, candidate_items=tuple(

@@ -54,9 +54,8 @@ from features.schema import (
 from serving import api, nba, segments
 from serving.auth import GatekeeperMiddleware, KeyRing, log_auth_mode
 from serving.config import Settings
-from serving.contact import customer_timezone
-from serving.decisions import TOP_CHANNEL, DecisionEngine
-from serving.guard import ConsentState, Sensitivity, consent_from_flags, load_policy
+from serving.decisions import TOP_CHANNEL, DecisionEngine, customer_consent
+from serving.guard import ConsentState, Sensitivity, load_policy
 from serving.models import ChampionSet, PopularityFallback
 from serving.recommend import Query as RecommendQuery
 from serving.recommend import RecommendationPolicy
@@ -466,8 +465,7 @@ class Mirror:
     # -- guard ----------------------------------------------------------------------------------
     def _consent(self, pid: str | None, profile: Any = None) -> ConsentState:
         """The customer's consent, with their own time zone when their events told it."""
-        return consent_from_flags(self.store.get_consent(pid) if pid else {},
-                                  timezone=customer_timezone(profile))
+        return customer_consent(self.store.get_consent(pid) if pid else {}, profile)
 
     def catalog(self) -> Catalog:
         """The catalog in memory, refreshed when the store's catalog changed (checked at most every
