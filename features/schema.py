@@ -79,7 +79,20 @@ BRAND: Final = "brand"
 DURATION_S: Final = "duration_s"
 #: The customer's own IANA time zone as the app/site knows it (e.g. "Europe/Paris"), for quiet hours.
 TIMEZONE: Final = "timezone"
-OPTIONAL_COLUMNS: Final[tuple[str, ...]] = (COLOR, SIZE, BRAND, DURATION_S, TIMEZONE)
+#: Attribution: the `recommendation_id` of a served list and the item's 0-based position in it, echoed
+#: back by the channel on the click/cart/purchase it led to; `decision_id` of an NBA decision likewise.
+RECOMMENDATION_ID: Final = "recommendation_id"
+POSITION: Final = "position"
+DECISION_ID: Final = "decision_id"
+#: Why an item was returned, as the till or the returns form records it (e.g. "too small").
+RETURN_REASON: Final = "return_reason"
+#: A declared (zero-party) preference: which one (`PREFERENCE_KEYS`) and its value.
+PREFERENCE_KEY: Final = "preference_key"
+PREFERENCE_VALUE: Final = "preference_value"
+OPTIONAL_COLUMNS: Final[tuple[str, ...]] = (
+    COLOR, SIZE, BRAND, DURATION_S, TIMEZONE, RECOMMENDATION_ID, POSITION, DECISION_ID, RETURN_REASON,
+    PREFERENCE_KEY, PREFERENCE_VALUE,
+)
 
 PAYLOAD_COLUMNS: Final[tuple[str, ...]] = (
     ITEM_ID,
@@ -100,9 +113,10 @@ KNOWN_COLUMNS: Final[frozenset[str]] = frozenset(CANONICAL_COLUMNS + OPTIONAL_CO
 
 STRING_COLUMNS: Final[tuple[str, ...]] = (
     (EVENT_ID, CHANNEL, EVENT_TYPE) + IDENTIFIER_COLUMNS + (ITEM_ID, CATEGORY, TEXT, STORE_ID, QUERY)
-    + (COLOR, SIZE, BRAND, TIMEZONE)
+    + (COLOR, SIZE, BRAND, TIMEZONE, RECOMMENDATION_ID, DECISION_ID, RETURN_REASON, PREFERENCE_KEY,
+       PREFERENCE_VALUE)
 )
-NUMERIC_COLUMNS: Final[tuple[str, ...]] = (QUANTITY, PRICE, RATING, DURATION_S)
+NUMERIC_COLUMNS: Final[tuple[str, ...]] = (QUANTITY, PRICE, RATING, DURATION_S, POSITION)
 
 # ---------------------------------------------------------------------------------------------
 # Channels and event types (the one place to extend them)
@@ -130,6 +144,13 @@ SOCIAL_LIKE: Final = "social_like"
 TRY_ON: Final = "try_on"
 REVIEW: Final = "review"
 SUPPORT_MESSAGE: Final = "support_message"
+# Buy online, pick up in store: order states are events like any other (a return at the till is
+# RETURN on channel "store").
+RESERVE: Final = "reserve"
+READY_FOR_PICKUP: Final = "ready_for_pickup"
+PICKUP: Final = "pickup"
+#: A declared preference (preference centre): PREFERENCE_KEY / PREFERENCE_VALUE say which and what.
+PREFERENCE: Final = "preference"
 
 EVENT_TYPES: Final[tuple[str, ...]] = (
     VIEW,
@@ -144,10 +165,15 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
     TRY_ON,
     REVIEW,
     SUPPORT_MESSAGE,
+    RESERVE,
+    READY_FOR_PICKUP,
+    PICKUP,
+    PREFERENCE,
 )
 #: Event types that concern one product and so must name it.
 ITEM_EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    {VIEW, ADD_TO_CART, REMOVE_FROM_CART, PURCHASE, RETURN, TRY_ON, SOCIAL_LIKE}
+    {VIEW, ADD_TO_CART, REMOVE_FROM_CART, PURCHASE, RETURN, TRY_ON, SOCIAL_LIKE, RESERVE, READY_FOR_PICKUP,
+     PICKUP}
 )
 #: Event types that carry free text.
 TEXT_EVENT_TYPES: Final[frozenset[str]] = frozenset({REVIEW, SUPPORT_MESSAGE})
@@ -242,7 +268,9 @@ MAX_LENGTHS: Final[Mapping[str, int]] = MappingProxyType({
     CATEGORY: MAX_CATEGORY_LENGTH,
     TEXT: MAX_TEXT_LENGTH,
     QUERY: MAX_QUERY_LENGTH,
-    **dict.fromkeys((STORE_ID, COLOR, SIZE, BRAND, TIMEZONE), MAX_OTHER_LENGTH),
+    **dict.fromkeys((STORE_ID, COLOR, SIZE, BRAND, TIMEZONE, RETURN_REASON, PREFERENCE_KEY, PREFERENCE_VALUE),
+                    MAX_OTHER_LENGTH),
+    **dict.fromkeys((RECOMMENDATION_ID, DECISION_ID), MAX_ID_LENGTH),
 })
 
 #: Zones zoneinfo knows that are no customer's zone: the server's own, and IANA's placeholders.

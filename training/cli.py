@@ -37,7 +37,9 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train models and register champions in MLflow.", no_args_is_help=True)
 predict_app = typer.Typer(help="Score data with the champion models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+report_app = typer.Typer(help="Reports on what Mirror served and what it earned.", no_args_is_help=True)
 app.add_typer(predict_app, name="predict")
+app.add_typer(report_app, name="report")
 
 DEFAULT_PORT = 3000
 DEFAULT_STORE = "mirror-store.db"
