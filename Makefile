@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install demo data features train serve test test-slow lint bench clean
+.PHONY: help install demo data features train serve notebooks test test-slow lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ serve: $(STAMP) ## Serve the champions on localhost:3000 (MIRROR_PORT to change)
 		--catalog $(DEMO_DIR)/items.parquet --examples
 
 demo: features train serve ## Set up everything on a fresh machine and run the service with example calls
+
+# JupyterLab from .venv, so the kernel is the project's environment and reads the same MLflow store as
+# `make train`; JUPYTER_ARGS=--no-browser on a headless machine (or to pick --port, --ip).
+JUPYTER_ARGS ?=
+notebooks: $(STAMP) ## Open JupyterLab on notebooks/ with the project's environment and MLflow store
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(JUPYTER_ARGS)
 
 test: $(STAMP) ## The default suite (fast, synthetic data)
 	$(PY) -m pytest -q

@@ -170,6 +170,7 @@ def _recommendation(resolved: pd.DataFrame, data: Any, as_of: pd.Timestamp, cloc
         RecommenderTrainConfig,
         train_recommender,
     )
+    from training.registry import metric_name
 
     full_grid = customers() <= REC_FULL_GRID_MAX_CUSTOMERS
     grids = {} if full_grid else {"weight_grid": DEFAULT_WEIGHT_GRID[:1], "als_grid": DEFAULT_ALS_GRID[:1]}
@@ -190,9 +191,10 @@ def _recommendation(resolved: pd.DataFrame, data: Any, as_of: pd.Timestamp, cloc
     out: dict[str, Any] = {
         "cutoff": str(as_of), "test_days": REC_TEST_DAYS,
         "tuning_grid_points": len(cfg.weight_grid) * len(cfg.als_grid), "chosen": chosen,
-        "model_blend": _r({k: res.metrics[k] for k in (*keys, *seg) if k in res.metrics}),
-        "popularity": _r({k: res.baselines["popularity"][k] for k in keys}),
-        "random": _r({k: res.baselines["random"][k] for k in keys}),
+        # TrainResult names are `<split>_<metric>` (training.registry.metric_name); the report keeps its own
+        "model_blend": _r({k: res.metrics[metric_name(k)] for k in (*keys, *seg) if metric_name(k) in res.metrics}),
+        "popularity": _r({k: res.baselines["popularity"][metric_name(k)] for k in keys}),
+        "random": _r({k: res.baselines["random"][metric_name(k)] for k in keys}),
         "train_s": clock.seconds["recommender_tune_fit_evaluate_log"],
     }
     with clock.stage("recommender_complements_check"):

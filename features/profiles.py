@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
+from features.catalog import CATEGORY_SEPARATOR
 from features.identity import encode_strings, resolve_identities
 from features.schema import (
     ADD_TO_CART,
@@ -38,7 +39,12 @@ from features.schema import (
     EVENT_ID,
     EVENT_TYPE,
     EVENT_TYPES,
+    INTEREST,
     ITEM_ID,
+    NO_PREFERENCE,
+    PREFERENCE,
+    PREFERENCE_KEY,
+    PREFERENCE_VALUE,
     PRICE,
     PROFILE_ID,
     PURCHASE,
@@ -70,6 +76,7 @@ class ProfileConfig:
     monetary_window_days: int = 90
     top_categories: int = 3  # share of interactions in the top-k categories
     negative_threshold: float = -0.25  # sentiment score at or below this is negative (rating <= 2)
+    positive_threshold: float = 0.25  # at or above this is positive (rating >= 4): a warm tone
     # weights of event types in category affinity (others weigh 0)
     affinity_weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("search", 0.5), ("add_to_cart", 2.0), ("try_on", 2.0), ("social_like", 1.0),
@@ -109,7 +116,8 @@ def _feature_columns(config: ProfileConfig) -> tuple[str, ...]:
     cols += [f"days_since_{c}" for c in CHANNELS]
     cols += ["n_channels", "carts_decided", "carts_abandoned", "cart_abandon_rate", "open_cart_items",
              "return_rate", "email_click_rate", "days_since_email_click",
-             "sentiment_mean", "sentiment_count", "n_negative", "days_since_negative"]
+             "sentiment_mean", "sentiment_count", "n_negative", "days_since_negative",
+             "n_declared_interests", "declared_interest_share"]
     return tuple(cols)
 
 
@@ -202,6 +210,37 @@ def _sentiment_scores(ev: pd.DataFrame, sentiment: pd.Series | None) -> np.ndarr
     return score
 
 
+def declared_interests(ev: pd.DataFrame, pid: np.ndarray, ts: np.ndarray, et: np.ndarray,
+                       n_p: int) -> list[frozenset[str]]:
+    """Per profile, the interests declared last (the store's rule: the values of the latest interest
+    declaration time, "none" meaning none)."""
+    out: list[frozenset[str]] = [frozenset()] * n_p
+    if PREFERENCE_KEY not in ev or PREFERENCE_VALUE not in ev:
+        return out
+    is_pref = et == EVENT_TYPES.index(PREFERENCE)
+    if not is_pref.any():
+        return out
+    keys = ev[PREFERENCE_KEY].to_numpy(dtype=object, na_value=None)
+    values = ev[PREFERENCE_VALUE].to_numpy(dtype=object, na_value=None)
+    sel = np.flatnonzero(is_pref & (keys == INTEREST) & pd.notna(values))
+    latest: dict[int, tuple[int, set[str]]] = {}
+    for i in sel.tolist():
+        p, t = int(pid[i]), int(ts[i])
+        cur = latest.get(p)
+        if cur is None or t > cur[0]:
+            latest[p] = (t, {values[i]})
+        elif t == cur[0]:
+            cur[1].add(values[i])
+    for p, (_, vals) in latest.items():
+        out[p] = frozenset(vals - {NO_PREFERENCE})
+    return out
+
+
+def _under(category: str, declared: frozenset[str]) -> bool:
+    """Whether a category path is a declared interest or lies under one ("Shoes > Running" under "Shoes")."""
+    return any(category == d or category.startswith(d + CATEGORY_SEPARATOR) for d in declared)
+
+
 def _prepare(events: pd.DataFrame, as_of: pd.Timestamp | str,
              columns: tuple[str, ...]) -> tuple[pd.DataFrame, int]:
     """The events before as_of, reduced to the columns a build reads (so the cutoff copies nothing else)."""
@@ -264,7 +303,8 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     `sentiment`: score in [-1, 1] indexed by event_id (from the sentiment model); without it ratings stand in.
     The input frame is never modified.
     """
-    needed = (QUANTITY, PRICE, ITEM_ID, CATEGORY, RATING) + ((EVENT_ID,) if sentiment is not None else ())
+    needed = (QUANTITY, PRICE, ITEM_ID, CATEGORY, RATING, PREFERENCE_KEY, PREFERENCE_VALUE) + (
+        (EVENT_ID,) if sentiment is not None else ())
     ev, as_of_ns = _prepare(events, as_of, needed)
     feature_cols = _feature_columns(config)
     pid_codes, pid_uniques = _factorize(ev[PROFILE_ID], sort=True)
@@ -369,6 +409,9 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
     entropy = np.zeros(n_p)
     top_code = np.full(n_p, -1, dtype=np.int64)
     cat_uniques = pa.array([], pa.large_string())
+    # declared (zero-party) interests: how many, and how much of the observed affinity lies in them
+    declared = declared_interests(ev, pid, ts, et, n_p)
+    declared_share = np.zeros(n_p)
     if CATEGORY in ev:
         cat_all, cat_dict = _factorize(ev[CATEGORY])
         has = cat_all >= 0
@@ -396,10 +439,19 @@ def build_profiles(events: pd.DataFrame, as_of: pd.Timestamp | str, config: Prof
             in_k = rank < k
             topk = np.bincount(p_arr[in_k], weights=s_arr[in_k], minlength=n_p)
             entropy = np.bincount(p_arr, weights=-s_arr * np.log(s_arr), minlength=n_p)
+            with_declared = np.fromiter((bool(d) for d in declared), dtype=bool, count=n_p)
+            at = np.flatnonzero(with_declared[p_arr])
+            if len(at):
+                names = cat_uniques.take(pa.array(c_arr[at])).to_pylist()
+                hit = np.fromiter((_under(c, declared[p]) for c, p in zip(names, p_arr[at].tolist(), strict=True)),
+                                  dtype=bool, count=len(at))
+                declared_share = np.bincount(p_arr[at][hit], weights=s_arr[at][hit], minlength=n_p)
     out["n_categories"] = n_cat
     out["top_category_share"] = top1
     out[f"top{k}_category_share"] = topk
     out["category_entropy"] = entropy
+    out["n_declared_interests"] = np.fromiter((len(d) for d in declared), dtype=float, count=n_p)
+    out["declared_interest_share"] = declared_share
 
     # channel mix and last seen per channel
     by_ch = np.bincount(pid * (n_c + 1) + ch, minlength=n_p * (n_c + 1)).reshape(n_p, n_c + 1)

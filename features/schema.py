@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -83,6 +84,8 @@ TIMEZONE: Final = "timezone"
 #: back by the channel on the click/cart/purchase it led to; `decision_id` of an NBA decision likewise.
 RECOMMENDATION_ID: Final = "recommendation_id"
 POSITION: Final = "position"
+#: The rule of `position` (0 is the first item of the list), the same in both validation paths.
+POSITION_RULE: Final = "must be a non-negative integer (0 is the first item of the list)"
 DECISION_ID: Final = "decision_id"
 #: Why an item was returned, as the till or the returns form records it (e.g. "too small").
 RETURN_REASON: Final = "return_reason"
@@ -178,6 +181,29 @@ ITEM_EVENT_TYPES: Final[frozenset[str]] = frozenset(
 #: Event types that carry free text.
 TEXT_EVENT_TYPES: Final[frozenset[str]] = frozenset({REVIEW, SUPPORT_MESSAGE})
 
+# Declared (zero-party) preferences: a `preference` event names one key and one value. Set-valued keys
+# (interests, preferred channels) hold the values declared at their latest time (one preference-centre
+# save writes its events with one timestamp, so a save replaces the set); the others, the latest value.
+# NO_PREFERENCE is the customer's "none of these": no interest, no preferred channel, no declared zone
+# (the observed one applies again), and for `personalization_level` the level `none`.
+INTEREST: Final = "interest"  # value: a catalog category path, e.g. "Shoes > Running"
+PREFERRED_CHANNEL: Final = "channel"  # value: one of CHANNELS
+DECLARED_TIMEZONE: Final = "timezone"  # value: an IANA zone (quiet hours follow it)
+PERSONALIZATION_LEVEL: Final = "personalization_level"  # value: one of PERSONALIZATION_LEVELS
+PREFERENCE_KEYS: Final[tuple[str, ...]] = (INTEREST, PREFERRED_CHANNEL, DECLARED_TIMEZONE, PERSONALIZATION_LEVEL)
+SET_PREFERENCE_KEYS: Final[frozenset[str]] = frozenset({INTEREST, PREFERRED_CHANNEL})
+NO_PREFERENCE: Final = "none"
+#: How personal the customer wants outputs to be: the guard's specificity levels by name (serving.guard
+#: `Specificity`), generic to specific. A declared level caps what the guard shows; it never raises it.
+PERSONALIZATION_LEVELS: Final[tuple[str, ...]] = ("none", "category", "item")
+
+#: Why an item came back, as codes (a till or a returns form picks one; free text belongs in `text`).
+RETURN_REASONS: Final[tuple[str, ...]] = (
+    "too_small", "too_large", "poor_fit", "not_as_described", "damaged", "wrong_item", "changed_mind", "other",
+)
+#: Reasons about fit: the product was wrong for the body, not the category for the person.
+FIT_RETURN_REASONS: Final[frozenset[str]] = frozenset({"too_small", "too_large", "poor_fit"})
+
 # Sentiment labels, shared by the synthetic truth, training and the profile features.
 NEGATIVE: Final = "negative"
 NEUTRAL: Final = "neutral"
@@ -205,7 +231,6 @@ HASH_KEY_ENV: Final = "MIRROR_HASH_KEY"
 DEV_HASH_KEY: Final = "mirror-dev-key-change-me"
 HASH_PREFIX: Final = "h:"
 
-_NON_DIGITS = re.compile(r"[^0-9]")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -215,24 +240,79 @@ def normalise_email(value: str) -> str | None:
     return v if _EMAIL_RE.match(v) else None
 
 
-def normalise_phone(value: str) -> str | None:
-    """Digits only, keeping a leading '+'; None when fewer than 7 digits remain."""
+#: The region whose national formats a phone number without a country code is read in ("415-555-0100" is
+#: +14155550100 in "US"): ISO 3166 alpha-2, set per deployment (read by `IdentifierHasher.from_env`).
+PHONE_REGION_ENV: Final = "MIRROR_PHONE_REGION"
+DEFAULT_PHONE_REGION: Final = "US"
+#: Longer than any phone number in any formatting (E.164 has at most 15 digits): refused before parsing.
+_MAX_PHONE_TEXT: Final = 64
+
+
+def phone_region(region: str) -> str:
+    """A region code phone numbers can be read in (upper-cased); ValueError naming MIRROR_PHONE_REGION."""
+    code = str(region).strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{PHONE_REGION_ENV}: {region!r} is not a region code phone numbers are known for "
+                         "(ISO 3166 alpha-2, e.g. US, GB, FR)")
+    return code
+
+
+@functools.lru_cache(maxsize=65_536)
+def normalise_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """The number in E.164 ("+14155550100") whatever its formatting; None when it is no phone number.
+
+    Why E.164 through `phonenumbers`: one person, one hash, however a channel writes the number:
+    "+1 (415) 555-0100", "415-555-0100" (national, read in `region`), "00 1 415 555 0100" and
+    "011 1 415 555 0100" (international dialling prefixes) are one number. A number must have a possible
+    length for its country (`is_possible_number`); a number too short to call from anywhere in the
+    country (a local-only "555-0100") identifies nobody and is refused. Assigned ranges
+    (`is_valid_number`) are not checked: they change with each numbering-plan update, and refusing a
+    real customer's number would drop their whole event. Extensions are dropped (one line, one person).
+    """
     v = value.strip()
-    digits = _NON_DIGITS.sub("", v)
-    if len(digits) < 7 or len(digits) > 15:
+    if not v or len(v) > _MAX_PHONE_TEXT:
         return None
-    return ("+" if v.startswith("+") else "") + digits
+    if v.startswith("00"):  # the ITU international prefix, whatever the region's own one is
+        v = "+" + v[2:]
+    try:
+        number = phonenumbers.parse(v, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 @dataclass(frozen=True)
 class IdentifierHasher:
-    """HMAC-SHA256 of normalised contact details; the key never leaves configuration."""
+    """HMAC-SHA256 of normalised contact details; the key never leaves configuration.
+
+    `phone_region`: where national phone formats are read (`normalise_phone`); every path that hashes
+    or looks up a phone number (validation, the store's lookups) reads it from the hasher, so one
+    deployment has one rule."""
 
     key: str = field(default=DEV_HASH_KEY, repr=False)
+    phone_region: str = DEFAULT_PHONE_REGION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phone_region", phone_region(self.phone_region))
 
     @classmethod
     def from_env(cls) -> IdentifierHasher:
-        return cls(os.environ.get(HASH_KEY_ENV, DEV_HASH_KEY))
+        return cls(os.environ.get(HASH_KEY_ENV, DEV_HASH_KEY),
+                   os.environ.get(PHONE_REGION_ENV, "").strip() or DEFAULT_PHONE_REGION)
+
+    def normalise_phone(self, value: str) -> str | None:
+        """`normalise_phone` in this deployment's region."""
+        return normalise_phone(value, self.phone_region)
+
+    def normalise(self, column: str, value: str) -> str | None:
+        """The normalised email or phone (what `hash` takes); None when the value is not one."""
+        if column == EMAIL:
+            return normalise_email(value)
+        if column == PHONE:
+            return self.normalise_phone(value)
+        raise ValueError(f"{column!r} is not a hashed identifier (expected one of {', '.join(HASHED_IDENTIFIERS)})")
 
     def hash(self, normalised: str) -> str:
         digest = hmac.new(self.key.encode(), normalised.encode(), hashlib.sha256).hexdigest()
@@ -268,8 +348,8 @@ MAX_LENGTHS: Final[Mapping[str, int]] = MappingProxyType({
     CATEGORY: MAX_CATEGORY_LENGTH,
     TEXT: MAX_TEXT_LENGTH,
     QUERY: MAX_QUERY_LENGTH,
-    **dict.fromkeys((STORE_ID, COLOR, SIZE, BRAND, TIMEZONE, RETURN_REASON, PREFERENCE_KEY, PREFERENCE_VALUE),
-                    MAX_OTHER_LENGTH),
+    **dict.fromkeys((STORE_ID, COLOR, SIZE, BRAND, TIMEZONE, RETURN_REASON, PREFERENCE_KEY), MAX_OTHER_LENGTH),
+    PREFERENCE_VALUE: MAX_CATEGORY_LENGTH,  # an interest is a category path
     **dict.fromkeys((RECOMMENDATION_ID, DECISION_ID), MAX_ID_LENGTH),
 })
 
@@ -356,6 +436,56 @@ def is_time_zone(name: str) -> bool:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
+
+
+_UNKNOWN_PREFERENCE: Final = f"unknown preference (expected one of {', '.join(PREFERENCE_KEYS)})"
+_ONLY_ON_PREFERENCE: Final = "only on preference events"
+_ONLY_ON_RETURN: Final = "only on return events"
+_NEEDED_BY_PREFERENCE: Final = "required for a preference event"
+_UNKNOWN_RETURN_REASON: Final = f"unknown return reason (expected one of {', '.join(RETURN_REASONS)})"
+
+
+def preference_value_problem(key: str, value: str) -> str | None:
+    """Why `value` is no valid declaration of the (known) preference `key`; None when it is one.
+
+    The one rule for `preference` events and PUT /preferences: an interest is any category path, a
+    channel one of CHANNELS, a time zone an IANA name, a level one of PERSONALIZATION_LEVELS; NO_PREFERENCE
+    is valid for every key."""
+    if value == NO_PREFERENCE or key == INTEREST:
+        return None
+    if key == PREFERRED_CHANNEL:
+        return None if value in CHANNELS else _UNKNOWN_CHANNEL
+    if key == DECLARED_TIMEZONE:
+        return None if is_time_zone(value) else _UNKNOWN_ZONE
+    if key == PERSONALIZATION_LEVEL:
+        return None if value in PERSONALIZATION_LEVELS else \
+            f"unknown personalization level (expected one of {', '.join(PERSONALIZATION_LEVELS)})"
+    return _UNKNOWN_PREFERENCE
+
+
+def _declaration_problems(etype: str | None, key: str | None, value: str | None, reason: str | None
+                          ) -> list[tuple[str, str]]:
+    """(field, reason) of one event's preference and return-reason columns, in the order both validation
+    paths report them."""
+    out: list[tuple[str, str]] = []
+    if etype == PREFERENCE:
+        if key is None:
+            out.append((PREFERENCE_KEY, _NEEDED_BY_PREFERENCE))
+        elif key not in PREFERENCE_KEYS:
+            out.append((PREFERENCE_KEY, _UNKNOWN_PREFERENCE))
+        if value is None:
+            out.append((PREFERENCE_VALUE, _NEEDED_BY_PREFERENCE))
+        elif key in PREFERENCE_KEYS and (r := preference_value_problem(key, value)) is not None:
+            out.append((PREFERENCE_VALUE, r))
+    else:
+        out += [(c, _ONLY_ON_PREFERENCE) for c, v in ((PREFERENCE_KEY, key), (PREFERENCE_VALUE, value))
+                if v is not None]
+    if reason is not None:
+        if etype != RETURN:
+            out.append((RETURN_REASON, _ONLY_ON_RETURN))
+        elif reason not in RETURN_REASONS:
+            out.append((RETURN_REASON, _UNKNOWN_RETURN_REASON))
+    return out
 
 
 DEFAULT_EARLIEST_TS: Final = pd.Timestamp("2000-01-01T00:00:00", tz="UTC")
@@ -889,7 +1019,7 @@ def _validate_vectorised(
     report(out[list(IDENTIFIER_COLUMNS)].isna().all(axis=1), IDENTIFIERS_FIELD, _NO_IDENTIFIER)
 
     # contact details: normalise and hash
-    for name, norm in ((EMAIL, normalise_email), (PHONE, normalise_phone)):
+    for name, norm in ((EMAIL, normalise_email), (PHONE, hasher.normalise_phone)):
         s = out[name]
         present = s.notna()
         if present.any():
@@ -928,11 +1058,26 @@ def _validate_vectorised(
     report(out[RATING].notna() & ((out[RATING] < RATING_MIN) | (out[RATING] > RATING_MAX)), RATING,
            f"must be between {RATING_MIN} and {RATING_MAX}")
     report(out[DURATION_S].notna() & (out[DURATION_S] < 0), DURATION_S, "must not be negative")
+    pos = out[POSITION]
+    report(pos.notna() & ((pos < 0) | (pos % 1 != 0)), POSITION, POSITION_RULE)
 
     # per-type requirements
     report(out[EVENT_TYPE].isin(ITEM_EVENT_TYPES) & out[ITEM_ID].isna(), ITEM_ID, "required for this event type")
     report(out[EVENT_TYPE].isin(TEXT_EVENT_TYPES) & out[TEXT].isna() & out[RATING].isna(), TEXT,
            "a review or support message needs text or a rating")
+    # declarations: only the (few) rows that are preferences or carry one of their columns are looked at
+    declared = (out[EVENT_TYPE].eq(PREFERENCE).fillna(False) | out[PREFERENCE_KEY].notna()
+                | out[PREFERENCE_VALUE].notna() | out[RETURN_REASON].notna()).to_numpy(dtype=bool)
+    at = np.flatnonzero(declared)
+    if len(at):
+        found: dict[tuple[str, str], list[int]] = {}
+        cols = [out[c].iloc[at].astype(object).where(out[c].iloc[at].notna(), None).tolist()
+                for c in (EVENT_TYPE, PREFERENCE_KEY, PREFERENCE_VALUE, RETURN_REASON)]
+        for i, et_, k_, v_, r_ in zip(at.tolist(), *cols, strict=True):
+            for problem in _declaration_problems(et_, k_, v_, r_):
+                found.setdefault(problem, []).append(i)
+        for (fld, why), rows_ in found.items():
+            report_at(np.array(rows_), fld, why)
 
     # empty records: only rows without any required value can be empty, so only those are looked at
     pre_rows = np.zeros(n, dtype=bool)
@@ -1147,7 +1292,7 @@ def _rowwise(
         if all(out[c][i] is None for c in IDENTIFIER_COLUMNS):
             report((5, 2), i, IDENTIFIERS_FIELD, _NO_IDENTIFIER)
 
-    for k, (name, norm) in enumerate(((EMAIL, normalise_email), (PHONE, normalise_phone))):
+    for k, (name, norm) in enumerate(((EMAIL, normalise_email), (PHONE, hasher.normalise_phone))):
         if name not in present:
             continue
         col = list(out[name])
@@ -1215,11 +1360,17 @@ def _rowwise(
             report((7, 2), i, RATING, f"must be between {RATING_MIN} and {RATING_MAX}")
         if d < 0:
             report((7, 3), i, DURATION_S, "must not be negative")
+        pos = nums[POSITION][i]
+        if pos == pos and (pos < 0 or pos % 1 != 0):
+            report((7, 4), i, POSITION, POSITION_RULE)
         et = out[EVENT_TYPE][i]
         if et in ITEM_EVENT_TYPES and out[ITEM_ID][i] is None:
             report((8, 0), i, ITEM_ID, "required for this event type")
         if et in TEXT_EVENT_TYPES and out[TEXT][i] is None and r != r:
             report((8, 1), i, TEXT, "a review or support message needs text or a rating")
+        for fld, why in _declaration_problems(et, out[PREFERENCE_KEY][i], out[PREFERENCE_VALUE][i],
+                                              out[RETURN_REASON][i]):
+            report((8, 3), i, fld, why)
 
     # empty records (see the vectorised path: only rows with no required value are looked at)
     cand = [i for i in rows if i not in pre_rows and out[EVENT_ID][i] is None and out[CHANNEL][i] is None

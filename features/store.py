@@ -85,7 +85,7 @@ from features.catalog import (
     validate_catalog,
 )
 from features.catalog import NUMBER_COLUMNS as CATALOG_NUMBER_COLUMNS
-from features.consent import SOURCE_PURPOSES, granted_purposes, source_of, usable_sources
+from features.consent import PERSONALIZATION, SOURCE_PURPOSES, granted_purposes, source_of, usable_sources
 from features.profiles import NEVER_DAYS, ProfileConfig, build_profiles
 from features.schema import (
     ADD_TO_CART,
@@ -105,16 +105,25 @@ from features.schema import (
     HASHED_IDENTIFIERS,
     IDENTIFIER_COLUMNS,
     ITEM_ID,
+    NO_PREFERENCE,
     NUMERIC_COLUMNS,
     OPTIONAL_COLUMNS,
     PHONE,
+    PICKUP,
+    PREFERENCE,
+    PREFERENCE_KEY,
+    PREFERENCE_VALUE,
     PRICE,
     PROFILE_ID,
     PURCHASE,
     QUANTITY,
     RATING,
+    READY_FOR_PICKUP,
     REMOVE_FROM_CART,
+    RESERVE,
     RETURN,
+    RETURN_REASON,
+    SET_PREFERENCE_KEYS,
     SOCIAL_LIKE,
     STORE_ID,
     TRY_ON,
@@ -123,9 +132,7 @@ from features.schema import (
     IdentifierHasher,
     empty_events,
     event_digest,
-    normalise_email,
     normalise_id,
-    normalise_phone,
     validate_events,
     value_problems,
 )
@@ -144,7 +151,8 @@ _DIGEST = "content_digest"
 #: Why a row whose event id is stored with other content is refused (its error's field is EVENT_ID).
 CONFLICT_REASON = "conflicts with a stored event: same event_id, different content"
 # what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
-_FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING)
+_FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING, PREFERENCE_KEY,
+                  PREFERENCE_VALUE)
 _NS = 10**9
 #: Features that are NEVER_DAYS for an empty history (with every "days_*" one), per features.profiles.
 _NEVER_FEATURES = frozenset({"purchase_cadence_days"})
@@ -153,15 +161,56 @@ _IN_JSON = "SELECT value FROM json_each(?)"  # one bound JSON array instead of t
 _AS_OF_PER_PROFILE = 4  # cached feature rows per profile (distinct as_of); older ones are dropped
 _INVALIDATION_LOG = 4096  # recent writes remembered, so a slow read never caches a row a write replaced
 #: Version of the online state doc; docs of an older version are rebuilt from the stored events.
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 #: Version of the file layout (PRAGMA user_version): 0 = before the catalog, typed entries and contact keys;
-#: 2 = before keyed tombstones (erased event ids verbatim, erased identifiers as plain SHA-256 digests).
-_FILE_VERSION = 3
+#: 2 = before keyed tombstones (erased event ids verbatim, erased identifiers as plain SHA-256 digests);
+#: 3 = before state docs v3 (declared preferences, pickups, return reasons: rebuilt from the events on open).
+_FILE_VERSION = 4
 _REBUILD_CHUNK = 20_000  # profiles whose states are rebuilt per query when a file is migrated
 _EXPORT_BATCH = 100_000  # rows per parquet row group written by export_events_to
 logger = logging.getLogger(__name__)
 #: Item events that show interest (the profile's `recent_views`): the customer looked, tried, liked, clicked.
 INTEREST_EVENT_TYPES: tuple[str, ...] = (VIEW, TRY_ON, SOCIAL_LIKE, EMAIL_CLICK)
+#: Buy online, pick up in store: the states of an order line (a return at the till is RETURN on "store").
+PICKUP_EVENT_TYPES: tuple[str, ...] = (RESERVE, READY_FOR_PICKUP, PICKUP)
+#: Order states in which the item waits for the customer at the store (reserved, ready; not yet picked up).
+OPEN_PICKUP_STATES: frozenset[str] = frozenset({RESERVE, READY_FOR_PICKUP})
+
+# -- decision log (`record_decision`, `decisions`): every outbound NBA decision, treated and holdout alike, so
+# that `mirror report lift` can compare what acting earned against not acting. Column names, defined once.
+CAMPAIGN_ID: str = "campaign_id"
+ACTION: str = "action"
+HOLDOUT: str = "holdout"
+#: JSON object of the model versions that served the decision (registered model name -> version).
+MODEL_VERSIONS: str = "model_versions"
+DECISION_COLUMNS: tuple[str, ...] = (schema.DECISION_ID, PROFILE_ID, CAMPAIGN_ID, ACTION, CHANNEL, HOLDOUT, TS,
+                                     MODEL_VERSIONS)
+
+# -- served lists (`record_recommendations`, `recommendations`): every list /recommend and /similar_items
+# answered, so that clicks and purchases echoing its `recommendation_id` are attributed to a list, a model
+# version, a surface and a position (`mirror report attribution`). Column names, defined once.
+SURFACE: str = "surface"
+MODEL: str = "model"
+MODEL_VERSION: str = "model_version"
+#: The list's items in the order shown: an item's position is its index (events echo it as `position`).
+ITEM_IDS: str = "item_ids"
+RECOMMENDATION_COLUMNS: tuple[str, ...] = (schema.RECOMMENDATION_ID, TS, PROFILE_ID, SURFACE, CHANNEL, MODEL,
+                                           MODEL_VERSION, ITEM_IDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedList:
+    """One list as it was served. Nothing personal but `profile_id` (None: an anonymous visitor), so the
+    record goes with the profile on erasure; `recommendation_id` is random and opaque."""
+
+    recommendation_id: str
+    ts: dt.datetime
+    profile_id: str | None
+    surface: str
+    channel: str
+    model: str
+    model_version: str | None
+    item_ids: tuple[str, ...]
 
 
 class ProfileEntry(NamedTuple):
@@ -209,6 +258,17 @@ class OnlineProfile:
     category_sources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     sources: frozenset[str] = frozenset()  # every source purpose in the stored history
     timezone: str | None = None  # the latest non-missing `timezone` of the person's events
+    #: time of the latest positive review, rating or message (the model's score, else the rating): tone
+    last_positive_ts: dt.datetime | None = None
+    #: Declared (zero-party) preferences, key (`schema.PREFERENCE_KEYS`) -> values: the set declared last for
+    #: interests and channels, the latest value otherwise; a key declared "none" maps to () (for
+    #: `personalization_level`, ("none",): that is a level). Keys never declared are absent.
+    declared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Order lines of buy online, pick up in store: per item its latest state (event_type reserve,
+    #: ready_for_pickup or pickup), newest first (`open_pickups`: those still waiting at the store).
+    pickups: tuple[ProfileEntry, ...] = ()
+    #: item -> the reason (`schema.RETURN_REASONS`) of its latest return that gave one.
+    return_reasons: Mapping[str, str] = field(default_factory=dict)
     # when this profile id was last erased (None: never). The id is derived from the person's identifiers, so
     # a person who comes back after an erasure has the same id: model state per profile learned before this
     # time (a recommender's user vector) is about the erased history and must not be used.
@@ -217,6 +277,19 @@ class OnlineProfile:
     @property
     def cart(self) -> tuple[ProfileEntry, ...]:
         return self.cart_items
+
+    @property
+    def open_pickups(self) -> tuple[ProfileEntry, ...]:
+        """Items reserved or ready for pickup, neither picked up nor returned since."""
+        returned: dict[str, dt.datetime] = {}
+        for e in self.returns:
+            returned[e.item_id] = max(e.ts, returned.get(e.item_id, e.ts))
+        return tuple(e for e in self.pickups if e.event_type in OPEN_PICKUP_STATES
+                     and not (e.item_id in returned and returned[e.item_id] >= e.ts))
+
+    def declared_values(self, key: str) -> tuple[str, ...]:
+        """The values the customer declared for `key` (empty when none or never)."""
+        return tuple(self.declared.get(key, ()))
 
 
 @dataclass(frozen=True)
@@ -263,6 +336,8 @@ class ProfileStore(Protocol):
     def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
                       validated: bool = False) -> AppendResult: ...
     def resolve(self, identifiers: Mapping[str, str]) -> str | None: ...
+    def resolve_many(self, column: str, values: Sequence[str]) -> dict[str, str | None]: ...
+    def identifiers_of(self, profile_ids: Sequence[str], column: str = ...) -> dict[str, list[str]]: ...
     def get_profile(self, profile_id: str) -> OnlineProfile | None: ...
     def get_profiles(self, profile_ids: Sequence[str]) -> list[OnlineProfile | None]: ...
     def events_for(self, profile_ids: Sequence[str]) -> pd.DataFrame: ...
@@ -284,6 +359,12 @@ class ProfileStore(Protocol):
     def catalog_version(self) -> int: ...
     def set_stock(self, item_id: str, in_stock: bool, store_id: str | None = None) -> None: ...
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> dict[str, bool]: ...
+    def record_decision(self, decision_id: str, profile_id: str, campaign_id: str, action: str, channel: str,
+                        holdout: bool, ts: Any, model_versions: Mapping[str, str | None] | None = None) -> bool: ...
+    def decisions(self, since: Any = None) -> pd.DataFrame: ...
+    def record_recommendations(self, served: Sequence[ServedList]) -> int: ...
+    def recommendations(self, since: Any = None) -> pd.DataFrame: ...
+    def attributed_events(self, since: Any = None) -> pd.DataFrame: ...
 
 
 def profile_id_for(min_token: str) -> str:
@@ -377,6 +458,16 @@ CREATE TABLE IF NOT EXISTS erased_identifier_keys (digest TEXT PRIMARY KEY, eras
 CREATE TABLE IF NOT EXISTS erased_profile_keys (digest TEXT PRIMARY KEY, erased_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS erased_events (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS erased_tokens (digest TEXT PRIMARY KEY, erased_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (decision_id TEXT PRIMARY KEY, {PROFILE_ID} TEXT NOT NULL,
+    campaign_id TEXT NOT NULL, action TEXT NOT NULL, channel TEXT NOT NULL, holdout INTEGER NOT NULL,
+    ts_ns INTEGER NOT NULL, model_versions TEXT);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ns);
+CREATE INDEX IF NOT EXISTS decisions_profile ON decisions({PROFILE_ID});
+CREATE TABLE IF NOT EXISTS recommendations (recommendation_id TEXT PRIMARY KEY, ts_ns INTEGER NOT NULL,
+    {PROFILE_ID} TEXT, surface TEXT NOT NULL, channel TEXT NOT NULL, model TEXT NOT NULL, model_version TEXT,
+    item_ids TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS recommendations_ts ON recommendations(ts_ns);
+CREATE INDEX IF NOT EXISTS recommendations_profile ON recommendations({PROFILE_ID});
 """
 # Tombstones (what erasure leaves so nothing erased comes back) are HMAC-SHA256 digests keyed with the store's
 # IdentifierHasher key, so a stolen file cannot be brute-forced for the phone numbers or customer ids it once
@@ -409,9 +500,31 @@ def _empty_state() -> dict[str, Any]:
     """The JSON state doc (version _STATE_VERSION). Entries: views [item, cat, t, channel, type] (interest
     events), cart {item: [t, cat, channel]} (the latest add), purchases/returns [item, cat, t, channel];
     cats {cat: n}, csrc {cat: {source: n}}, src [sources seen], chan {channel: t}, neg t, ids [columns],
-    last t, tz [t, zone] (the latest; ties broken by the zone name, so the result is order-free)."""
+    last t, tz [t, zone] (the latest; ties broken by the zone name, so the result is order-free); pref {key:
+    [t, [values]]} (`_declare`), pick {item: [t, cat, channel, state]} (the latest order state), rr {item: [t,
+    reason]} (the latest return reason; ties by the reason), neg / pos t (latest negative / positive sentiment:
+    the model's stored score, else the rating)."""
     return {"v": _STATE_VERSION, "views": [], "cart": {}, "purchases": [], "returns": [], "cats": {}, "csrc": {},
-            "src": [], "chan": {}, "neg": None, "ids": [], "last": 0, "tz": None}
+            "src": [], "chan": {}, "neg": None, "ids": [], "last": 0, "tz": None, "pref": {}, "pick": {}, "rr": {},
+            "pos": None}
+
+
+def _declare(prefs: dict[str, list[Any]], key: str, value: str, t: int) -> None:
+    """Fold one declaration (order-free, so the bulk build and the per-event fold agree): the latest time
+    wins; at the latest time, set-valued keys collect every value, the others keep the largest."""
+    cur = prefs.get(key)
+    if cur is None or t > cur[0]:
+        prefs[key] = [t, [value]]
+    elif t == cur[0]:
+        if key in SET_PREFERENCE_KEYS:
+            cur[1] = sorted({*cur[1], value})
+        else:
+            cur[1] = [max(value, cur[1][0])]
+
+
+def _latest_pair(slot: list[Any] | None, t: int, value: Any) -> bool:
+    """Whether (t, value) is later than what `slot` [t, value, ...] holds (ties by value: order-free)."""
+    return slot is None or (t, value) > (slot[0], slot[-1])
 
 
 def _source_codes(etypes: Any, channels: Any) -> tuple[np.ndarray, list[str]]:
@@ -522,7 +635,22 @@ def _pair_keys(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     return codes.astype(np.int64) * stride + vcodes, np.asarray(uniques, dtype=object), stride
 
 
-def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[tuple[str, dict[str, Any], int]]:
+def _sentiment(b: _Batch, scores: Mapping[str, float], config: StoreConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(negative, positive) per event from the rating's (rating-3)/2 and the model's stored score (`scores`, by
+    event id), against the profile thresholds. Careful on purpose: either one negative makes the event
+    negative (a one-star review with polite words is still a complaint); positive only when neither is."""
+    rating = (np.array(b.cols[RATING], dtype=float) - 3.0) / 2.0
+    model = np.full(len(b), np.nan)
+    if scores:
+        model = np.array([np.nan if (v := scores.get(e)) is None else v for e in b.cols[EVENT_ID]], dtype=float)
+    pc = config.profile_config
+    with np.errstate(invalid="ignore"):
+        negative = (rating <= pc.negative_threshold) | (model <= pc.negative_threshold)
+        return negative, ~negative & ((rating >= pc.positive_threshold) | (model >= pc.positive_threshold))
+
+
+def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig,
+                  scores: Mapping[str, float] | None = None) -> list[tuple[str, dict[str, Any], int]]:
     """Online state of every profile from its whole time-ordered history, with array group-bys.
 
     The same rules as `SQLiteProfileStore._apply` folding the events one by one (tested equal):
@@ -550,7 +678,7 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
     rets = _tails(codes, order, of_type(RETURN) & has_item, config.max_purchases, n_p, (item, cat, ts, chan))
 
     carts: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
-    sel = np.flatnonzero((is_add | of_type(REMOVE_FROM_CART) | is_buy) & has_item)
+    sel = np.flatnonzero((is_add | of_type(REMOVE_FROM_CART, RESERVE) | is_buy) & has_item)
     if len(sel):
         keys, _, _ = _pair_keys(codes[sel], item[sel])
         _, first_from_end = np.unique(keys[::-1], return_index=True)
@@ -559,6 +687,21 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
         for k, it, t, c, ch in zip(codes[last].tolist(), item[last].tolist(), ts[last].tolist(), cat[last].tolist(),
                                    chan[last].tolist(), strict=True):
             carts[k][it] = [t, c, ch]
+
+    picks: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
+    rrs: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
+    prefs: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
+    for i in np.flatnonzero(of_type(*PICKUP_EVENT_TYPES) & has_item).tolist():  # order states are few
+        slot = picks[codes[i]].get(item[i])
+        if _latest_pair(slot, b.ts[i], et[i]):
+            picks[codes[i]][item[i]] = [b.ts[i], cat[i], chan[i], et[i]]
+    reason = b.array(RETURN_REASON)
+    for i in np.flatnonzero(of_type(RETURN) & has_item & ~pd.isna(reason)).tolist():
+        if _latest_pair(rrs[codes[i]].get(item[i]), b.ts[i], reason[i]):
+            rrs[codes[i]][item[i]] = [b.ts[i], reason[i]]
+    keys_, values_ = b.array(PREFERENCE_KEY), b.array(PREFERENCE_VALUE)
+    for i in np.flatnonzero(of_type(PREFERENCE) & ~pd.isna(keys_) & ~pd.isna(values_)).tolist():
+        _declare(prefs[codes[i]], keys_[i], values_[i], b.ts[i])
 
     src_codes, src_names = _source_codes(et, chan)
     n_s = max(1, len(src_names))
@@ -598,11 +741,11 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
             for k, t, z in zip(z_pid[last].tolist(), z_ts[last].tolist(), names, strict=True):
                 tzs[k] = [t, z]
 
-    rating = np.array(b.cols[RATING], dtype=float)
-    with np.errstate(invalid="ignore"):
-        neg_rows = ~np.isnan(rating) & ((rating - 3.0) / 2.0 <= config.profile_config.negative_threshold)
+    neg_rows, pos_rows = _sentiment(b, scores or {}, config)
     neg = np.zeros(n_p, dtype=np.int64)
     np.maximum.at(neg, codes[neg_rows], ts[neg_rows])
+    pos = np.zeros(n_p, dtype=np.int64)
+    np.maximum.at(pos, codes[pos_rows], ts[pos_rows])
     last_ts = np.zeros(n_p, dtype=np.int64)
     np.maximum.at(last_ts, codes, ts)
     bits = np.zeros(n, dtype=np.int64)
@@ -614,13 +757,28 @@ def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig) -> list[t
     sources_of = {m: sorted(s for j, s in enumerate(src_names) if m >> j & 1) for m in set(src_bits.tolist())}
 
     out = []
-    for k, (pid, nt, lt, m, sb) in enumerate(zip(uniq.tolist(), neg.tolist(), last_ts.tolist(), id_bits.tolist(),
-                                                 src_bits.tolist(), strict=True)):
+    for k, (pid, nt, pt, lt, m, sb) in enumerate(zip(uniq.tolist(), neg.tolist(), pos.tolist(), last_ts.tolist(),
+                                                     id_bits.tolist(), src_bits.tolist(), strict=True)):
         state = {"v": _STATE_VERSION, "views": views[k], "cart": carts[k], "purchases": buys[k], "returns": rets[k],
                  "cats": cats[k], "csrc": csrc[k], "src": sources_of[sb], "chan": chans[k], "neg": nt or None,
-                 "ids": names_of[m], "last": lt, "tz": tzs[k]}
+                 "ids": names_of[m], "last": lt, "tz": tzs[k], "pref": prefs[k], "pick": picks[k], "rr": rrs[k],
+                 "pos": pt or None}
         out.append((str(pid), state, lt))
     return out
+
+
+def _input_purposes(granted: frozenset[str]) -> frozenset[str]:
+    """What a feature row may be built from: the usable sources, and declarations (zero-party: given for
+    personalization itself) while `personalization` is granted."""
+    usable = usable_sources(granted)
+    return usable | {PERSONALIZATION} if PERSONALIZATION in granted else usable
+
+
+def _declared_values(key: str, values: Sequence[str]) -> tuple[str, ...]:
+    """Stored declaration -> OnlineProfile.declared: "none" is the empty declaration, except as a level."""
+    if key == schema.PERSONALIZATION_LEVEL:
+        return tuple(values)
+    return tuple(v for v in values if v != NO_PREFERENCE)
 
 
 # one encoder (json.dumps with options makes one per call); state docs are trees, never cyclic
@@ -828,7 +986,7 @@ class SQLiteProfileStore:
                 continue
             value = str(raw).strip()
             if col in (EMAIL, PHONE) and not self.hasher.is_hashed(value):
-                norm = normalise_email(value) if col == EMAIL else normalise_phone(value)
+                norm = self.hasher.normalise(col, value)  # the deployment's phone region
                 if norm is None:
                     continue
                 value = self.hasher.hash(norm)
@@ -854,6 +1012,22 @@ class SQLiteProfileStore:
         rows = dict(self._select_in(self._conn(), f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
                                     flat))
         return {v: (rows.get(t[0]) if t else None) for v, t in toks.items()}
+
+    def identifiers_of(self, profile_ids: Sequence[str], column: str = CUSTOMER_ID) -> dict[str, list[str]]:
+        """Each profile's stored values of one identifier column, sorted (one query for a batch): the
+        retailer's own ids of the people a segment export or /scores names by profile. Email and phone
+        are stored hashed, so only plain columns (customer, loyalty, device, cookie ids) say anything."""
+        if column not in IDENTIFIER_COLUMNS:
+            raise ValueError(f"unknown identifier {column!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})")
+        out: dict[str, list[str]] = {}
+        prefix = f"{column}:"
+        for token, pid in self._select_in(self._conn(), f"SELECT token, {PROFILE_ID} FROM tokens "
+                                                        f"WHERE {PROFILE_ID} IN ({{}})", list(profile_ids)):
+            if token.startswith(prefix):
+                out.setdefault(pid, []).append(token[len(prefix):])
+        for values in out.values():
+            values.sort()
+        return out
 
     def _canonical_id(self, conn: sqlite3.Connection, profile_id: str) -> str:
         row = conn.execute("SELECT new_id FROM aliases WHERE old_id=?", (profile_id,)).fetchone()
@@ -896,6 +1070,8 @@ class SQLiteProfileStore:
                 for table in ("consent", "contacts"):
                     conn.execute(f"UPDATE OR IGNORE {table} SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
                     conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (old,))
+                conn.execute(f"UPDATE decisions SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+                conn.execute(f"UPDATE recommendations SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
                 conn.execute(f"DELETE FROM state WHERE {PROFILE_ID}=?", (old,))
                 conn.execute(f"DELETE FROM profiles WHERE {PROFILE_ID}=?", (old,))
                 conn.execute("UPDATE aliases SET new_id=? WHERE new_id=?", (pid, old))
@@ -1251,15 +1427,18 @@ class SQLiteProfileStore:
         return len(rows)
 
     # -- online state -------------------------------------------------------------------------
-    def _apply(self, state: dict[str, Any], b: _Batch, rows: Sequence[int]) -> dict[str, Any]:
-        """Fold time-ordered events (rows of the batch) into the JSON state (see `_build_states`)."""
+    def _apply(self, state: dict[str, Any], b: _Batch, rows: Sequence[int],
+               scores: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Fold time-ordered events (rows of the batch) into the JSON state (see `_build_states`); `scores`:
+        stored model sentiment by event id."""
         cfg = self.config
-        neg_cut = cfg.profile_config.negative_threshold
+        negative, positive = _sentiment(b, scores or {}, cfg)
         ids = set(state["ids"])
         srcs = set(state["src"])
         etypes, chans, items, cats = b.cols[EVENT_TYPE], b.cols[CHANNEL], b.cols[ITEM_ID], b.cols[CATEGORY]
-        ratings, tss = b.cols[RATING], b.ts
+        tss = b.ts
         zones = b.cols.get(_TIMEZONE)
+        reasons, pkeys, pvalues = b.cols[RETURN_REASON], b.cols[PREFERENCE_KEY], b.cols[PREFERENCE_VALUE]
         idcols = [(c, b.cols[c]) for c in IDENTIFIER_COLUMNS]
         source: dict[tuple[str, str], str] = {}
         counts, by_source = state["cats"], state["csrc"]
@@ -1282,15 +1461,22 @@ class SQLiteProfileStore:
                     state["views"].append([item, cat, t, chan, etype])
                 elif etype == ADD_TO_CART:
                     state["cart"][item] = [t, cat, chan]
-                elif etype in (REMOVE_FROM_CART, PURCHASE):
+                elif etype in (REMOVE_FROM_CART, PURCHASE, RESERVE):  # a reservation is an order
                     state["cart"].pop(item, None)
                     if etype == PURCHASE:
                         state["purchases"].append([item, cat, t, chan])
                 elif etype == RETURN:
                     state["returns"].append([item, cat, t, chan])
-            rating = ratings[i]
-            if rating is not None and (rating - 3.0) / 2.0 <= neg_cut:
+                    if reasons[i] is not None and _latest_pair(state["rr"].get(item), t, reasons[i]):
+                        state["rr"][item] = [t, reasons[i]]
+                if etype in PICKUP_EVENT_TYPES and _latest_pair(state["pick"].get(item), t, etype):
+                    state["pick"][item] = [t, cat, chan, etype]
+            if etype == PREFERENCE and pkeys[i] is not None and pvalues[i] is not None:
+                _declare(state["pref"], pkeys[i], pvalues[i], t)
+            if negative[i]:
                 state["neg"] = max(state["neg"] or 0, t)
+            if positive[i]:
+                state["pos"] = max(state.get("pos") or 0, t)
             zone = zones[i] if zones is not None else None
             if zone is not None and (state["tz"] is None or [t, zone] > state["tz"]):
                 state["tz"] = [t, zone]
@@ -1309,15 +1495,17 @@ class SQLiteProfileStore:
         states = dict(self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
                                       list(groups)))
         out = []
+        scores = self._stored_scores(conn, b.cols[EVENT_ID])
         for pid, rows in groups.items():
             doc = states.get(pid)
             state = json.loads(doc) if doc is not None else None
             stale = state is not None and state.get("v") != _STATE_VERSION  # written by an older version
             if pid in merged_into or stale or (state is not None and b.ts[rows[0]] < state["last"]):
                 hist, _ = self._history(conn, [pid])  # merged, old or late (out of order): replay, exact
-                state = self._apply(_empty_state(), hist, range(len(hist)))
+                state = self._apply(_empty_state(), hist, range(len(hist)),
+                                    self._stored_scores(conn, hist.cols[EVENT_ID]))
             else:
-                state = self._apply(state or _empty_state(), b, rows)
+                state = self._apply(state or _empty_state(), b, rows, scores)
             out.append((pid, _doc(state), state["last"]))
         conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)", out)
 
@@ -1331,7 +1519,8 @@ class SQLiteProfileStore:
         if fresh:
             conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
                              [(p, _doc(s), last) for p, s, last in
-                              _build_states(b.take(fresh), [pids[i] for i in fresh], self.config)])
+                              _build_states(b.take(fresh), [pids[i] for i in fresh], self.config,
+                                            self._stored_scores(conn, b.cols[EVENT_ID]))])
         if stored:
             rest = [i for i, p in enumerate(pids) if p in stored]
             self._update_states(conn, b.take(rest), [pids[i] for i in rest], merged_into)
@@ -1362,7 +1551,15 @@ class SQLiteProfileStore:
         hist, owners = self._history(conn, profile_ids)
         if not len(hist):
             return {}
-        return {p: s for p, s, _ in _build_states(hist, owners, self.config)}
+        return {p: s for p, s, _ in _build_states(hist, owners, self.config,
+                                                  self._stored_scores(conn, hist.cols[EVENT_ID]))}
+
+    def _stored_scores(self, conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, float]:
+        """Stored model sentiment of these events (none read when the store holds no score at all)."""
+        if not len(event_ids) or conn.execute("SELECT 1 FROM sentiment LIMIT 1").fetchone() is None:
+            return {}
+        return dict(self._select_in(conn, "SELECT event_id, score FROM sentiment WHERE event_id IN ({})",
+                                    list(event_ids)))
 
     def _current(self, conn: sqlite3.Connection, docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Docs as read, with any of an older version (another process on an older release wrote it after
@@ -1437,6 +1634,11 @@ class SQLiteProfileStore:
             sources=frozenset(s["src"]),
             timezone=s["tz"][1] if s["tz"] else None,
             erased_at=None if erased_ns is None else _dt(erased_ns),
+            declared={k: _declared_values(k, vals) for k, (_, vals) in sorted(s["pref"].items())},
+            pickups=tuple(ProfileEntry(i, c, _dt(t), ch, e) for i, (t, c, ch, e) in
+                          sorted(s["pick"].items(), key=lambda x: (-x[1][0], x[0]))),
+            return_reasons={i: r for i, (_, r) in s["rr"].items()},
+            last_positive_ts=_dt(s["pos"]) if s.get("pos") else None,
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -1504,6 +1706,9 @@ class SQLiteProfileStore:
             owner = dict(self._select_in(conn, f"SELECT event_id, {PROFILE_ID} FROM events WHERE event_id IN ({{}})",
                                          sorted({str(k) for k, _ in scores.items()})))  # a Series iterates values
             kept = self._put_scores(conn, scores, owner)
+            states = self._replayed(conn, sorted(set(owner.values())))  # the online state reads scores too
+            conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
+                             [(p, _doc(st), st["last"]) for p, st in states.items()])
         self._invalidate(set(owner.values()))
         return kept
 
@@ -1563,8 +1768,8 @@ class SQLiteProfileStore:
         flags: dict[str, dict[str, bool]] = {}
         for pid, purpose, granted in rows:
             flags.setdefault(pid, {})[purpose] = bool(granted)
-        usable = {pid: usable_sources(granted_purposes(f)) for pid, f in flags.items()}
-        return usable, usable_sources(granted_purposes({}))
+        usable = {pid: _input_purposes(granted_purposes(f)) for pid, f in flags.items()}
+        return usable, _input_purposes(granted_purposes({}))
 
     def _consented(self, conn: sqlite3.Connection, ev: pd.DataFrame, profile_ids: Sequence[str] | None
                    ) -> tuple[pd.DataFrame, list[str]]:
@@ -1573,9 +1778,12 @@ class SQLiteProfileStore:
         if not len(ev):
             return ev, []
         usable, default = self._usable_sources(conn, profile_ids)
-        bit = {s: 1 << j for j, s in enumerate(SOURCE_PURPOSES)}
+        bit = {s: 1 << j for j, s in enumerate((*SOURCE_PURPOSES, PERSONALIZATION))}
         src_codes, src_names = _source_codes(ev[EVENT_TYPE], ev[CHANNEL])
         row_bits = np.array([bit.get(s, 0) for s in src_names], dtype=np.int64)[src_codes]
+        # a declaration was given for personalization itself (whatever channel it came through)
+        row_bits = np.where(ev[EVENT_TYPE].eq(PREFERENCE).to_numpy(dtype=bool, na_value=False),
+                            bit[PERSONALIZATION], row_bits)
         p_codes, p_uniq = pd.factorize(ev[PROFILE_ID])
 
         def mask(sources: frozenset[str]) -> int:
@@ -1726,6 +1934,86 @@ class SQLiteProfileStore:
                                     "ORDER BY ts_ns, rowid", (profile_id,)).fetchall()
         return [(ch, _dt(ts), key) for ch, ts, key in rows]
 
+    # -- decision log ---------------------------------------------------------------------------
+    def record_decision(self, decision_id: str, profile_id: str, campaign_id: str, action: str, channel: str,
+                        holdout: bool, ts: Any, model_versions: Mapping[str, str | None] | None = None) -> bool:
+        """Log one NBA decision (treated or holdout), durably. Idempotent by `decision_id`: a repeated request
+        for the same decision keeps the first row and answers False. Erased with the profile."""
+        for name, value in (("decision_id", decision_id), ("profile_id", profile_id), ("campaign_id", campaign_id),
+                            ("action", action), ("channel", channel)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        versions = None if model_versions is None else json.dumps(
+            {str(k): None if v is None else str(v) for k, v in model_versions.items()}, sort_keys=True)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"INSERT OR IGNORE INTO decisions (decision_id, {PROFILE_ID}, campaign_id, action, channel, holdout, "
+                "ts_ns, model_versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (decision_id, profile_id, campaign_id, action, channel, int(bool(holdout)), _to_ns(ts), versions))
+        return cur.rowcount > 0
+
+    def decisions(self, since: Any = None) -> pd.DataFrame:
+        """The decision log (DECISION_COLUMNS, oldest first), from `since` on when given: the input of
+        `mirror report lift` and of uplift training."""
+        where, args = ("WHERE ts_ns >= ?", (_to_ns(since),)) if since is not None else ("", ())
+        return _decision_frame(self._decision_rows(self._conn(), where, args))
+
+    @staticmethod
+    def _decision_rows(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return conn.execute(f"SELECT decision_id, {PROFILE_ID}, campaign_id, action, channel, holdout, ts_ns, "
+                            f"model_versions FROM decisions {where} ORDER BY ts_ns, decision_id", args).fetchall()
+
+    # -- served lists (attribution) ---------------------------------------------------------------
+    def record_recommendations(self, served: Sequence[ServedList]) -> int:
+        """Record served lists in one transaction, durably; returns how many were new.
+
+        Idempotent by `recommendation_id` (a list recorded twice keeps its first row). A list of a profile
+        erased at or after the time it was served is not written: serving records lists in the background,
+        and a list queued before an erasure must not bring the person back."""
+        def text(v: Any) -> str | None:  # None, NaN and NA (a frame's missing value) are all "none"
+            return None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+        rows = [(x.recommendation_id, _to_ns(x.ts), text(x.profile_id), x.surface, x.channel, x.model,
+                 text(x.model_version), json.dumps([str(i) for i in x.item_ids])) for x in served]
+        for r in rows:
+            if not isinstance(r[0], str) or not r[0]:
+                raise ValueError(f"recommendation_id must be a non-empty string, got {r[0]!r}")
+        if not rows:
+            return 0
+        with self._write() as conn:
+            erased = self._erased_ns(conn, sorted({r[2] for r in rows if r[2] is not None}))
+            if erased:
+                rows = [r for r in rows if r[2] is None or erased.get(r[2], -1) < r[1]]
+            before = conn.total_changes
+            conn.executemany(f"INSERT OR IGNORE INTO recommendations (recommendation_id, ts_ns, {PROFILE_ID}, "
+                             "surface, channel, model, model_version, item_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return conn.total_changes - before
+
+    def record_recommendation(self, served: ServedList) -> bool:
+        """One list (`record_recommendations`); False when it was already recorded or its profile erased."""
+        return self.record_recommendations([served]) == 1
+
+    def recommendations(self, since: Any = None) -> pd.DataFrame:
+        """Served lists (RECOMMENDATION_COLUMNS, oldest first), from `since` on when given; `item_ids` holds
+        each list's items in the order shown (tuples)."""
+        where, args = ("WHERE ts_ns >= ?", (_to_ns(since),)) if since is not None else ("", ())
+        return _served_frame(self._served_rows(self._conn(), where, args))
+
+    @staticmethod
+    def _served_rows(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return conn.execute(f"SELECT recommendation_id, ts_ns, {PROFILE_ID}, surface, channel, model, model_version, "
+                            f"item_ids FROM recommendations {where} ORDER BY ts_ns, recommendation_id",
+                            args).fetchall()
+
+    def attributed_events(self, since: Any = None) -> pd.DataFrame:
+        """Stored events that echo a `recommendation_id` (every event column, canonical dtypes, oldest first),
+        from `since` on when given: what `mirror report attribution` joins to the served lists."""
+        cond = f'"{schema.RECOMMENDATION_ID}" IS NOT NULL' + (" AND ts_ns >= ?" if since is not None else "")
+        args = (_to_ns(since),) if since is not None else ()
+        rows = self._conn().execute(f"SELECT {_SELECT_NAMES} FROM events WHERE {cond} ORDER BY ts_ns, event_id",
+                                    args).fetchall()
+        return _frame(rows, list(_STORED))
+
     # -- catalog and stock --------------------------------------------------------------------
     @staticmethod
     def _bump_catalog(conn: sqlite3.Connection) -> None:
@@ -1816,7 +2104,8 @@ class SQLiteProfileStore:
 
     # -- erasure ------------------------------------------------------------------------------
     def erase_profile(self, profile_id: str) -> int:
-        """Delete events, identifiers, state, consent, contacts, sentiment; leave keyed tombstones.
+        """Delete events, identifiers, state, consent, contacts, decisions, served lists, sentiment; leave
+        keyed tombstones.
 
         Returns the number of events deleted.  Re-sent old events (same id, or an erased identifier with a
         timestamp before now) are suppressed on append and on bulk load, so nothing erased comes back; the
@@ -1843,6 +2132,11 @@ class SQLiteProfileStore:
                 self._select_in(conn, "DELETE FROM erased_events WHERE event_id IN ({})", ev_ids)  # verbatim: legacy
                 for table in ("events", "tokens", "state", "consent", "contacts", "profiles"):
                     conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (pid,))
+                # the decision log too (an id merged away may still name rows written before the merge)
+                conn.execute(f"DELETE FROM decisions WHERE {PROFILE_ID} IN ({_IN_JSON})",
+                             (json.dumps(sorted({pid, profile_id, *olds})),))
+                conn.execute(f"DELETE FROM recommendations WHERE {PROFILE_ID} IN ({_IN_JSON})",
+                             (json.dumps(sorted({pid, profile_id, *olds})),))
                 conn.execute("DELETE FROM aliases WHERE new_id=?", (pid,))
                 toks = json.dumps(tokens)
                 conn.execute(f"DELETE FROM device_customers WHERE device IN ({_IN_JSON}) OR customer IN ({_IN_JSON})",
@@ -1860,7 +2154,8 @@ class SQLiteProfileStore:
         Keys: profile_id (canonical; `requested_id` the id asked for), merged_ids (profile ids merged into
         it), events (every stored column, oldest first), identifiers (type, stored value; devices and
         cookies say whether they are marked shared), online_state (the OnlineProfile), consent (purpose,
-        granted, updated_at), contacts (channel, ts, key), sentiment (event_id -> model score), erased_at,
+        granted, updated_at), contacts (channel, ts, key), decisions (the decision log's rows), recommendations
+        (the lists served to the person: `recommendations()` rows), sentiment (event_id -> model score), erased_at,
         and notes (what the stored values are: email and phone are held only as keyed hashes).  An id the
         store does not know gives the same keys, empty.
         """
@@ -1877,6 +2172,8 @@ class SQLiteProfileStore:
                                    "ORDER BY purpose", (pid,)).fetchall()
             contacts = conn.execute(f"SELECT channel, ts_ns, key FROM contacts WHERE {PROFILE_ID}=? "
                                     "ORDER BY ts_ns, rowid", (pid,)).fetchall()
+            decided = self._decision_rows(conn, "WHERE profile_id=?", (pid,))
+            served = self._served_rows(conn, f"WHERE {PROFILE_ID} IN ({_IN_JSON})", (json.dumps([pid, *merged]),))
             scores = self._select_in(conn, "SELECT event_id, score FROM sentiment WHERE event_id IN ({}) "
                                            "ORDER BY event_id", ev_ids)
             doc = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (pid,)).fetchone()
@@ -1901,6 +2198,8 @@ class SQLiteProfileStore:
             "online_state": None if state is None else {f.name: getattr(state, f.name) for f in fields(state)},
             "consent": [{"purpose": p, "granted": bool(g), "updated_at": _dt(t)} for p, g, t in consent],
             "contacts": [{"channel": ch, "ts": _dt(t), "key": k} for ch, t, k in contacts],
+            "decisions": _records(_decision_frame(decided)),
+            "recommendations": _records(_served_frame(served)),
             "sentiment": dict(scores),
             "erased_at": None if last_erased is None else _dt(last_erased),
             "notes": {
@@ -1996,6 +2295,27 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
+def _served_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Served-list rows (recommendation_id, ts_ns, profile_id, surface, channel, model, model_version,
+    item_ids JSON) as a typed frame in RECOMMENDATION_COLUMNS order."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(RECOMMENDATION_COLUMNS)
+    data: dict[str, Any] = {c: pd.array(list(v), dtype="string") for c, v in zip(RECOMMENDATION_COLUMNS, cols,
+                                                                               strict=True)}
+    data[TS] = pd.DatetimeIndex(np.asarray(cols[1], dtype=np.int64).view("M8[ns]"), tz="UTC")
+    items = pd.Series([tuple(json.loads(v)) for v in cols[-1]], dtype=object)
+    data[ITEM_IDS] = items
+    return pd.DataFrame(data)[list(RECOMMENDATION_COLUMNS)]
+
+
+def _decision_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Decision-log rows (in DECISION_COLUMNS order, ts as epoch ns) as a typed frame."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(DECISION_COLUMNS)
+    data: dict[str, Any] = {c: pd.array(list(v), dtype="string") for c, v in zip(DECISION_COLUMNS, cols, strict=True)}
+    data[HOLDOUT] = np.array(cols[DECISION_COLUMNS.index(HOLDOUT)], dtype=bool)
+    data[TS] = pd.DatetimeIndex(np.asarray(cols[DECISION_COLUMNS.index(TS)], dtype=np.int64).view("M8[ns]"), tz="UTC")
+    return pd.DataFrame(data)[list(DECISION_COLUMNS)]
+
+
 def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     """Rows (profile_id, ts_ns, *cols) -> canonical dtypes, PROFILE_ID last."""
     if not rows:
@@ -2016,5 +2336,7 @@ def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data)[order]
 
 
-__all__ = ["CONFLICT_REASON", "INTEREST_EVENT_TYPES", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS",
+__all__ = ["ACTION", "CAMPAIGN_ID", "CONFLICT_REASON", "DECISION_COLUMNS", "HOLDOUT", "INTEREST_EVENT_TYPES",
+           "ITEM_IDS", "MODEL", "MODEL_VERSION", "RECOMMENDATION_COLUMNS", "SURFACE", "ServedList",
+           "MODEL_VERSIONS", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS",
            "OnlineProfile", "ProfileEntry", "ProfileStore", "SQLiteProfileStore", "StoreConfig", "ViewEntry", "profile_id_for"]

@@ -170,6 +170,26 @@ ITEM_COLORS: Final = "item_colors"  # item_id, color: an attribute the catalog r
 TRUTH_TABLES: Final[tuple[str, ...]] = (
     IDENTITIES, PERSONS, COMPLEMENTS, SENTIMENT, REPLENISHMENT, SHARED_DEVICES, ITEM_COLORS,
 )
+# Truth tables of the journeys (only with `SyntheticConfig.journeys`)
+RETURN_REASON_TRUTH: Final = "return_reasons"  # event_id, person_id, return_reason, size_fit
+DECLARED_PREFERENCES: Final = "declared_preferences"  # person_id, preference_key, preference_value
+DECISIONS: Final = "decisions"  # the decision log of past NBA decisions (features.store.DECISION_COLUMNS)
+UPLIFT: Final = "uplift"  # per decision: the planted effect of acting (see `_plant_decisions`)
+JOURNEY_TABLES: Final[tuple[str, ...]] = (RETURN_REASON_TRUTH, DECLARED_PREFERENCES, DECISIONS, UPLIFT)
+# columns of truth `uplift`
+BASE_RATE: Final = "base_rate"  # P(the planted response) without the message
+EFFECT: Final = "effect"  # the planted change of that probability by the message (negative: it harms)
+CONVERSION_EFFECT: Final = "conversion_effect"  # expected change of P(any purchase in the window)
+REVENUE_EFFECT: Final = "revenue_effect"  # expected change of revenue in the window
+RESPONDED: Final = "responded"  # the planted response purchase happened
+SIZE_FIT: Final = "size_fit"  # a person's planted fit: "runs_small", "true_to_size", "runs_large"
+#: NBA actions the decision log is planted with (names as serving.nba defines them; features cannot import it).
+TRIED_ON_OFFER: Final = "tried_on_offer"
+WINBACK_OFFER: Final = "winback_offer"
+CROSS_SELL: Final = "cross_sell"
+PLANTED_ACTIONS: Final[tuple[str, ...]] = (TRIED_ON_OFFER, WINBACK_OFFER, CROSS_SELL)
+#: The channel each planted action goes out on.
+PLANTED_CHANNELS: Final[dict[str, str]] = {TRIED_ON_OFFER: "sms", WINBACK_OFFER: "email", CROSS_SELL: "email"}
 
 PERSON_ID: Final = "person_id"
 IDENTIFIER_TYPE: Final = "identifier_type"
@@ -181,6 +201,7 @@ COMPLEMENT_ITEM_ID: Final = "complement_item_id"
 # main generator would shift every later draw, and with it every seed's events and planted truth.
 _STOCK_STREAM: Final = 1
 _TIMEZONE_STREAM: Final = 2
+_JOURNEY_STREAM: Final = 3
 
 _CH = {c: i for i, c in enumerate(CHANNELS)}
 _ET = {e: i for i, e in enumerate(EVENT_TYPES)}
@@ -214,6 +235,15 @@ class SyntheticConfig:
     stores: int = 25
     out_of_stock_share: float = 0.03  # items whose catalog record says in_stock = False
     timezone_share: float = 0.6  # web/app events that carry the device's time zone (schema TIMEZONE)
+    # journeys (off by default: the events of a seed stay what tests and figures were made with; their own
+    # seeded stream, so turning them on adds events and truth and changes nothing else): return reasons,
+    # declared preferences, and past NBA decisions with a holdout and planted per-customer effects
+    journeys: bool = False
+    preference_share: float = 0.3  # persons who declare their preferences in the preference centre
+    decision_share: float = 0.6  # eligible persons decided for in each decision wave
+    decision_holdout_share: float = 0.3  # decisions held out (nothing sent): the measure of lift
+    decision_every_days: int = 14  # days between decision waves (the first one after as many days)
+    decision_window_days: int = 7  # planted responses fall in this window after the decision
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -226,10 +256,14 @@ class SyntheticConfig:
             raise ValueError(f"items must be >= 2 * categories ({2 * self.categories}), got {self.items}")
         for name in ("churn_rate", "purchase_prob", "complement_share", "complement_prob",
                      "replenish_continue_prob", "return_rate", "bad_item_share", "review_prob",
-                     "out_of_stock_share", "timezone_share"):
+                     "out_of_stock_share", "timezone_share", "preference_share", "decision_share",
+                     "decision_holdout_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.decision_every_days < 1 or not 1 <= self.decision_window_days <= self.decision_every_days:
+            raise ValueError("decision_every_days must be >= 1 and decision_window_days in 1..decision_every_days, "
+                             f"got {self.decision_every_days} and {self.decision_window_days}")
         if self.start is not None and self.end is not None:
             raise ValueError(f"give start or end, not both (start={self.start!r}, end={self.end!r})")
         if self.end is not None:
@@ -752,6 +786,11 @@ def _generate(cfg: SyntheticConfig, progress: bool) -> SyntheticData:
     colors[ITEM_ID] = colors[ITEM_ID].astype("string")
     truth = {IDENTITIES: truth_ids, PERSONS: persons, COMPLEMENTS: complements, SENTIMENT: sentiment,
              REPLENISHMENT: repl, SHARED_DEVICES: shared, ITEM_COLORS: colors}
+    if cfg.journeys:
+        world = _World(cfg, ev, events, items, cat_of, comp_of, bad_item, pref, pref_channel, tz, tz_off, join_day,
+                       end_day, person_ids, _profile_ids(truth_ids, n))
+        events, journey_truth = _plant_journeys(world)
+        truth.update(journey_truth)
     bar.update()
     bar.close()
     return SyntheticData(events=events.reset_index(drop=True), items=items, truth=truth)
@@ -864,6 +903,256 @@ def _identifiers(ev: _Block, rng: np.random.Generator, n: int, has_phone: np.nda
     truth[IDENTIFIER_TYPE] = truth[IDENTIFIER_TYPE].astype("string")
     shared_rows[IDENTIFIER_TYPE] = shared_rows[IDENTIFIER_TYPE].astype("string")
     return out, truth, shared_rows.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# journeys: return reasons, declared preferences, past NBA decisions with planted effects
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _World:
+    """What the journeys read of the generated history (arrays indexed by person code or event row)."""
+
+    cfg: SyntheticConfig
+    ev: _Block  # the history's events, row-aligned with `events`, sorted by time
+    events: pd.DataFrame
+    items: pd.DataFrame
+    cat_of: np.ndarray
+    comp_of: np.ndarray
+    bad_item: np.ndarray
+    pref: np.ndarray
+    pref_channel: np.ndarray
+    tz: np.ndarray
+    tz_off: np.ndarray
+    join_day: np.ndarray
+    end_day: np.ndarray
+    person_ids: np.ndarray
+    profile_ids: np.ndarray  # the profile id identity resolution gives each person
+
+
+def _profile_ids(truth_ids: pd.DataFrame, n: int) -> np.ndarray:
+    """Each person's profile id by the identity rule (`identity.profile_id_for` of the smallest token of the
+    person's identifiers: every one of them is linked to the customer id, and no other person shares one)."""
+    from features.identity import profile_id_for, token
+
+    tokens = pd.Series([token(t, v) for t, v in zip(truth_ids[IDENTIFIER_TYPE], truth_ids[IDENTIFIER_VALUE],
+                                                     strict=True)])
+    person = truth_ids[PERSON_ID].str.slice(len("person-")).astype(int).to_numpy()
+    low = tokens.groupby(person).min().reindex(range(n))
+    return np.array([profile_id_for(t) if isinstance(t, str) else "" for t in low.tolist()], dtype=object)
+
+
+class _Timeline:
+    """Events of some types per person, sorted, for point-in-time questions at many (person, time) pairs."""
+
+    _SCALE: Final = 1e5  # days per person slot: more than any history is long
+
+    def __init__(self, person: np.ndarray, t: np.ndarray, payload: np.ndarray | None = None) -> None:
+        key = person * self._SCALE + t
+        order = np.argsort(key, kind="stable")
+        self.key, self.payload = key[order], None if payload is None else payload[order]
+
+    def count(self, person: np.ndarray, t_from: np.ndarray, t_to: np.ndarray) -> np.ndarray:
+        """Events with t_from <= t < t_to, per pair."""
+        base = person * self._SCALE
+        return np.searchsorted(self.key, base + t_to) - np.searchsorted(self.key, base + np.maximum(t_from, 0.0))
+
+    def last(self, person: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(time, payload) of the latest event before t, per pair; time NaN and payload -1 where none."""
+        base = person * self._SCALE
+        i = np.searchsorted(self.key, base + t) - 1
+        ok = (i >= 0) & (self.key[np.maximum(i, 0)] >= base)
+        when = np.where(ok, self.key[np.maximum(i, 0)] - base, np.nan)
+        what = np.where(ok, self.payload[np.maximum(i, 0)], -1) if self.payload is not None else np.full(len(t), -1)
+        return when, what
+
+
+def _plant_journeys(w: _World) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The history's events with the journeys added (return reasons on its returns, preference events, the
+    planted responses to past decisions), and the journeys' truth tables; one seeded stream of its own."""
+    cfg, ev = w.cfg, w.ev
+    rng = _side_rng(cfg, _JOURNEY_STREAM)
+    n = len(w.person_ids)
+    events = w.events.copy()
+    truth: dict[str, pd.DataFrame] = {}
+    string = events[EVENT_ID].dtype
+
+    # returns with reasons: damaged or not as described for bad items; otherwise mostly the person's fit
+    size_fit = rng.choice(3, n, p=[0.3, 0.4, 0.3])  # 0 runs small (returns "too small"), 1 true to size, 2 large
+    ri = np.flatnonzero(ev.etype == _ET[RETURN])
+    rp = ev.person[ri]
+    u = rng.random(len(ri))
+    fit_reason = np.where(size_fit[rp] == 0, "too_small", np.where(size_fit[rp] == 2, "too_large", "poor_fit"))
+    other = np.array(["not_as_described", "changed_mind", "wrong_item", "other"], dtype=object)[
+        rng.integers(0, 4, len(ri))]
+    by_fit = np.where(size_fit[rp] == 1, u < 0.15, u < 0.75)
+    reason = np.where(w.bad_item[ev.item[ri]], np.where(u < 0.7, "damaged", "not_as_described"),
+                      np.where(by_fit, fit_reason, other)).astype(object)
+    col = np.full(len(events), None, dtype=object)
+    col[ri] = reason
+    events[schema.RETURN_REASON] = pd.Series(col, dtype=string)
+    fits = np.array(["runs_small", "true_to_size", "runs_large"], dtype=object)
+    truth[RETURN_REASON_TRUTH] = pd.DataFrame({
+        EVENT_ID: events[EVENT_ID].to_numpy()[ri], PERSON_ID: w.person_ids[rp], schema.RETURN_REASON: reason,
+        SIZE_FIT: fits[size_fit[rp]]}).astype("string")
+
+    new: list[dict[str, np.ndarray]] = []  # added events: person, t, etype, channel, item, and text columns
+
+    # declared preferences, all true: one preference-centre save per declaring person
+    levels = np.array(schema.PERSONALIZATION_LEVELS, dtype=object)
+    level = levels[rng.choice(len(levels), n, p=[0.1, 0.3, 0.6][:len(levels)] if len(levels) == 3 else None)]
+    who = np.flatnonzero(rng.random(n) < cfg.preference_share)
+    t_save = w.join_day[who] + rng.random(len(who)) * np.maximum(w.end_day[who] - w.join_day[who] - 0.5, 0.1)
+    cats = np.array(_category_names(cfg.categories), dtype=object)
+    keys, values, pp, pt = [], [], [], []
+    for j, p in enumerate(who.tolist()):
+        declared = [(schema.INTEREST, cats[c]) for c in w.pref[p] if c >= 0]
+        declared += [(schema.PREFERRED_CHANNEL, CHANNELS[w.pref_channel[p]]), (schema.DECLARED_TIMEZONE,
+                     TIMEZONES[w.tz[p]]), (schema.PERSONALIZATION_LEVEL, level[p])]
+        for k, v in declared:
+            keys.append(k), values.append(v), pp.append(p), pt.append(t_save[j])
+    pp_a = np.array(pp, dtype=np.int64)
+    new.append({"person": pp_a, "t": np.array(pt, dtype=float), "etype": np.full(len(pp), _ET[schema.PREFERENCE]),
+                "channel": np.where(w.pref_channel[pp_a] == _CH["app"], _CH["app"], _CH["web"]),
+                "item": np.full(len(pp), -1), schema.PREFERENCE_KEY: np.array(keys, dtype=object),
+                schema.PREFERENCE_VALUE: np.array(values, dtype=object)})
+    truth[DECLARED_PREFERENCES] = pd.DataFrame({PERSON_ID: w.person_ids[pp_a], schema.PREFERENCE_KEY: keys,
+                                                schema.PREFERENCE_VALUE: values}).astype("string")
+
+    responses, log, effects = _plant_decisions(w, rng)
+    new.append(responses)
+    truth[DECISIONS], truth[UPLIFT] = log, effects
+
+    # the added events, in the history's columns and dtypes, with their own ids
+    add = {k: np.concatenate([part[k] for part in new]) for k in ("person", "t", "etype", "channel", "item")}
+    m = len(add["t"])
+    frame: dict[str, pd.Series] = {}
+    seq = [f"s{cfg.seed}-j{i:08d}" for i in range(m)]
+    item_ids = w.items[ITEM_ID].to_numpy(dtype=object)
+    price = w.items[PRICE].to_numpy()
+    has_item = add["item"] >= 0
+    is_buy = add["etype"] == _ET[PURCHASE]
+    cust = _customer_ids(n)
+    for c in events.columns:
+        frame[c] = pd.Series(np.full(m, None, dtype=object), dtype=events[c].dtype)
+    frame[EVENT_ID] = pd.Series(seq, dtype=string)
+    frame[TS] = _utc(cfg.start_ts, add["t"])
+    frame[CHANNEL] = pd.Series(np.array(CHANNELS, dtype=object)[add["channel"]], dtype=string)
+    frame[EVENT_TYPE] = pd.Series(np.array(EVENT_TYPES, dtype=object)[add["etype"]], dtype=string)
+    frame[CUSTOMER_ID] = pd.Series(cust[add["person"]], dtype=string)  # logged in: the preference centre, checkout
+    frame[ITEM_ID] = pd.Series(np.where(has_item, item_ids[np.maximum(add["item"], 0)], None), dtype=string)
+    frame[CATEGORY] = pd.Series(np.where(has_item, cats[w.cat_of[np.maximum(add["item"], 0)]], None), dtype=string)
+    frame[QUANTITY] = pd.Series(np.where(is_buy, 1.0, np.nan))
+    frame[PRICE] = pd.Series(np.where(is_buy, price[np.maximum(add["item"], 0)], np.nan))
+    for c in (schema.PREFERENCE_KEY, schema.PREFERENCE_VALUE, schema.DECISION_ID):
+        vals = np.concatenate([part.get(c, np.full(len(part["t"]), None, dtype=object)) for part in new])
+        frame[c] = pd.Series(vals, dtype=string)
+    for c in (schema.DECISION_ID, schema.PREFERENCE_KEY, schema.PREFERENCE_VALUE):
+        if c not in events.columns:
+            events[c] = pd.Series(np.full(len(events), None, dtype=object), dtype=string)
+    added = pd.DataFrame(frame)[list(events.columns)]
+    out = pd.concat([events, added], ignore_index=True).sort_values(TS, kind="stable").reset_index(drop=True)
+    return out, truth
+
+
+def _plant_decisions(w: _World, rng: np.random.Generator
+                     ) -> tuple[dict[str, np.ndarray], pd.DataFrame, pd.DataFrame]:
+    """Past NBA decisions in waves, a share held out, and the planted response to each.
+
+    Every `decision_every_days` the persons alive through the response window who bought before (winback,
+    cross-sell) or tried an item on in a store in the last 14 days without buying it (tried-on offer) are
+    decided for (`decision_share`), one eligible action drawn at random, held out with
+    `decision_holdout_share`. A decision plants a response purchase in the window with probability
+    `base_rate` without the message and `base_rate + effect` with it. Both depend on what the customer's
+    profile shows at the decision (its features, point in time), so a model can learn them:
+
+    * base rate (who buys anyway): higher for recent (bought in 14 days) and frequent (3+ orders) buyers;
+    * winback: +0.20 for the lapsed (no purchase in 30 days), -0.03 for the others;
+    * cross-sell: +0.10 for the email-engaged (2+ opens in 6 weeks), +0.04 for recent buyers;
+    * tried-on offer: +0.30 (the item they tried on);
+    * every action harms a customer who returned something before (-0.15, -0.10, -0.15): a sleeping dog.
+
+    The lift report measures any purchase in the window: `conversion_effect` is the effect on that
+    (zero where the history has a purchase in the window anyway), `revenue_effect` the effect times the
+    responded item's price.
+    """
+    cfg, ev = w.cfg, w.ev
+    days, window = float(cfg.days), float(cfg.decision_window_days)
+    n_items = len(w.items)
+    price = w.items[PRICE].to_numpy()
+    buys = ev.etype == _ET[PURCHASE]
+    purchases = _Timeline(ev.person[buys], ev.t[buys], ev.item[buys])
+    returns = _Timeline(ev.person[ev.etype == _ET[RETURN]], ev.t[ev.etype == _ET[RETURN]])
+    opens = _Timeline(ev.person[ev.etype == _ET[EMAIL_OPEN]], ev.t[ev.etype == _ET[EMAIL_OPEN]])
+    tried = (ev.etype == _ET[TRY_ON]) & (ev.channel == _CH["store"])
+    try_ons = _Timeline(ev.person[tried], ev.t[tried], ev.item[tried])
+    pair_buys = _Timeline(ev.person[buys] * n_items + ev.item[buys], ev.t[buys])
+    starts = np.searchsorted(w.cat_of, np.arange(cfg.categories))
+    counts = np.bincount(w.cat_of, minlength=cfg.categories)
+
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "person", "t", "action", "holdout", "base", "effect", "organic", "item", "responded", "t_resp", "wave")}
+    waves = np.arange(float(cfg.decision_every_days), days - window - 1.0 + 1e-9, float(cfg.decision_every_days))
+    for k, day in enumerate(waves.tolist()):
+        p = np.flatnonzero((w.join_day <= day) & (w.end_day >= day + window + 1.0))
+        t = day + (10.0 - w.tz_off[p]) / 24.0 + rng.uniform(0, 0.1, len(p))  # mid-morning, the person's time
+        n_orders = purchases.count(p, np.zeros(len(p)), t)
+        last_t, last_item = purchases.last(p, t)
+        recency = np.where(np.isnan(last_t), np.inf, t - last_t)
+        returned = returns.count(p, np.zeros(len(p)), t) >= 1
+        engaged = opens.count(p, t - 42.0, t) >= 2
+        try_t, try_item = try_ons.last(p, t)
+        fresh = ~np.isnan(try_t) & (t - np.nan_to_num(try_t) <= 14.0)
+        not_bought = pair_buys.count(p * n_items + np.maximum(try_item, 0), np.nan_to_num(try_t), t) == 0
+        elig = np.stack([fresh & not_bought, n_orders >= 1, n_orders >= 1], axis=1)  # PLANTED_ACTIONS order
+        chosen = (rng.random(len(p)) < cfg.decision_share) & elig.any(axis=1)
+        a = np.argmax(rng.random(elig.shape) * elig, axis=1)
+        base = 0.03 + 0.12 * (recency <= 14) + 0.05 * (n_orders >= 3) + 0.10 * (a == 0)
+        tau = np.select([a == 0, a == 1], [0.30 - 0.15 * returned,
+                                           np.where(recency > 30, 0.20, -0.03) - 0.15 * returned],
+                        0.10 * engaged + 0.04 * (recency <= 14) - 0.10 * returned)
+        effect = np.clip(base + tau, 0.0, 0.95) - base
+        holdout = rng.random(len(p)) < cfg.decision_holdout_share
+        responded = rng.random(len(p)) < np.where(holdout, base, base + effect)
+        t_resp = t + rng.uniform(0.05, window - 0.05, len(p))
+        own_cat = w.pref[p, 0]
+        in_cat = starts[own_cat] + (rng.random(len(p)) * counts[own_cat]).astype(np.int64)
+        comp = w.comp_of[np.maximum(last_item, 0)]
+        item = np.select([a == 0, (a == 2) & (last_item >= 0) & (comp >= 0)], [try_item, comp], in_cat)
+        organic = purchases.count(p, t, t + window) > 0
+        for key, val in (("person", p), ("t", t), ("action", a), ("holdout", holdout), ("base", base),
+                         ("effect", effect), ("organic", organic), ("item", item), ("responded", responded),
+                         ("t_resp", t_resp), ("wave", np.full(len(p), k + 1))):
+            cols[key].append(val[chosen])
+    d = {k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items()}
+    d["person"], d["action"], d["item"], d["wave"] = (d[c].astype(np.int64) for c in ("person", "action", "item", "wave"))
+    d["holdout"], d["organic"], d["responded"] = (d[c].astype(bool) for c in ("holdout", "organic", "responded"))
+    m = len(d["person"])
+    order = np.lexsort((d["person"], d["t"]))
+    d = {k: v[order] for k, v in d.items()}
+    ids = np.array([f"dsyn-{cfg.seed}-{i:07d}" for i in range(m)], dtype=object)
+    actions = np.array(PLANTED_ACTIONS, dtype=object)[d["action"]]
+    channels = np.array([PLANTED_CHANNELS[a] for a in actions.tolist()], dtype=object)
+    from features.store import DECISION_COLUMNS  # the decision log's layout (the store's own table)
+
+    log = pd.DataFrame({
+        schema.DECISION_ID: pd.array(ids, dtype="string"), schema.PROFILE_ID: pd.array(w.profile_ids[d["person"]],
+                                                                                      dtype="string"),
+        "campaign_id": pd.array([f"synthetic-wave-{k}" for k in d["wave"].tolist()], dtype="string"),
+        "action": pd.array(actions, dtype="string"), CHANNEL: pd.array(channels, dtype="string"),
+        "holdout": d["holdout"], TS: _utc(cfg.start_ts, d["t"]), "model_versions": pd.array([None] * m, dtype="string"),
+    })[list(DECISION_COLUMNS)]
+    effects = pd.DataFrame({
+        schema.DECISION_ID: pd.array(ids, dtype="string"), PERSON_ID: pd.array(w.person_ids[d["person"]], dtype="string"),
+        "action": pd.array(actions, dtype="string"), "holdout": d["holdout"], BASE_RATE: d["base"], EFFECT: d["effect"],
+        CONVERSION_EFFECT: np.where(d["organic"], 0.0, d["effect"]), REVENUE_EFFECT: d["effect"] * price[d["item"]],
+        RESPONDED: d["responded"],
+    })
+    r = d["responded"]
+    echo = r & ~d["holdout"] & (rng.random(m) < 0.6)  # the message's link carries the decision id
+    responses = {"person": d["person"][r], "t": d["t_resp"][r], "etype": np.full(int(r.sum()), _ET[PURCHASE]),
+                 "channel": np.where(w.pref_channel[d["person"][r]] == _CH["app"], _CH["app"], _CH["web"]),
+                 "item": d["item"][r], schema.DECISION_ID: np.where(echo, ids, None)[r].astype(object)}
+    return responses, log, effects
 
 
 # ---------------------------------------------------------------------------------------------

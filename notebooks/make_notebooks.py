@@ -176,26 +176,34 @@ print("MLflow store:", uri)
 runs = mlflow.search_runs(search_all_experiments=True)
 print(f"{len(runs)} runs found")"""),
     ("code", """\
+from features.schema import write_events
 from features.synthetic import SyntheticConfig, generate
+from training.cli import load_events
 
-data = generate(SyntheticConfig(customers=CUSTOMERS, days=DAYS, seed=SEED))
-events = data.events
 if runs.empty:
+    # a file beside the MLflow store, so the runs log it as their data source like `mirror train --events`
+    store_dir = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else ROOT / "mlruns"
+    data_file = store_dir / "notebook-data" / f"events-{CUSTOMERS}-{DAYS}-{SEED}.parquet"
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data = generate(SyntheticConfig(customers=CUSTOMERS, days=DAYS, seed=SEED))
+    write_events(data.events, data_file)
+    events, source = load_events(data_file), str(data_file)
     families = [f.strip() for f in os.environ.get("MIRROR_NB_TRAIN", "propensity,recommender").split(",") if f.strip()]
     targets = [t for t in ("churn", "purchase") if "propensity" in families or t in families]
     if targets:
         from training.propensity import PropensityConfig, train_propensity
         for target in targets:
-            r = train_propensity(PropensityConfig(target=target, seed=SEED, experiment="mirror-notebook"), events)
+            cfg = PropensityConfig(target=target, seed=SEED, experiment="mirror-notebook", source=source)
+            r = train_propensity(cfg, events)
             print(r.model_name, r.reason)
     if "recommender" in families:
         from training.recommender import RecommenderTrainConfig, train_recommender
-        r = train_recommender(RecommenderTrainConfig(experiment="mirror-notebook"), events)
+        r = train_recommender(RecommenderTrainConfig(experiment="mirror-notebook", source=source), events)
         print(r.model_name, r.reason)
     if "sentiment" in families:
         from training.sentiment import SentimentConfig, texts_from_events, train_sentiment
         texts = texts_from_events(events, data.truth.get("sentiment"))
-        r = train_sentiment(SentimentConfig(experiment="mirror-notebook", seed=SEED), texts)
+        r = train_sentiment(SentimentConfig(experiment="mirror-notebook", seed=SEED, source=source), texts)
         print(r.model_name, r.reason)
     runs = mlflow.search_runs(search_all_experiments=True)
     %matplotlib inline
@@ -204,31 +212,33 @@ runs[["run_id", "tags.mlflow.runName", "start_time", "tags.mirror.promoted"]
      if "tags.mirror.promoted" in runs else ["run_id", "start_time"]].head(20)"""),
     ("md", "## 1. The registry\nWhich version of each model is champion, and the metric that decided it."),
     ("code", "list_models()"),
-    ("md", "## 2. Each model against its baselines\nA metric logged as `<baseline>.<metric>` or "
-           "`baseline_<baseline>_<metric>` belongs to a baseline trained and evaluated in the same run; "
-           "plain names are the model's own."),
+    ("md", "## 2. Each model against its baselines\nEvery metric is named `<split>_<metric>` (`test_roc_auc`); "
+           "`baseline_<baseline>_<split>_<metric>` belongs to a baseline fitted and scored in the same run, "
+           "on the same test data (`training.registry.parse_metric_name` reads both)."),
     ("code", """\
+from training.registry import TEST, parse_metric_name
+
+
 def long_metrics(runs: pd.DataFrame) -> pd.DataFrame:
-    \"\"\"One row per (run, model or baseline, metric).\"\"\"
+    \"\"\"One row per (run, model or baseline, split, metric).\"\"\"
     rows = []
     for _, run in runs.iterrows():
         name = run.get("tags.mirror.model_name") or run.get("tags.mlflow.runName") or run["run_id"][:8]
         for col in runs.columns:
             if not col.startswith("metrics.") or pd.isna(run[col]):
                 continue
-            metric = col.removeprefix("metrics.")
-            if "." in metric:  # "<baseline>.<metric>"
-                who, m = metric.split(".", 1)
-            elif metric.startswith("baseline_"):  # "baseline_<name>_<metric>"
-                who, _, m = metric.removeprefix("baseline_").partition("_")
-            else:
-                who, m = "model", metric
-            rows.append({"run": name, "run_id": run["run_id"], "who": who, "metric": m, "value": float(run[col])})
-    return pd.DataFrame(rows, columns=["run", "run_id", "who", "metric", "value"])
+            parsed = parse_metric_name(col.removeprefix("metrics."))
+            if parsed is None:  # timings and counts outside the scheme
+                continue
+            who, split, m = parsed
+            rows.append({"run": name, "run_id": run["run_id"], "who": who, "split": split, "metric": m,
+                         "value": float(run[col])})
+    return pd.DataFrame(rows, columns=["run", "run_id", "who", "split", "metric", "value"])
 
 latest = runs.sort_values("start_time").groupby(
     runs.get("tags.mirror.model_name", runs["run_id"]).fillna(runs["run_id"]), sort=False).tail(1)
 metrics = long_metrics(latest)
+metrics = metrics[metrics["split"] == TEST]
 table = metrics.pivot_table(index=["run", "metric"], columns="who", values="value", aggfunc="first")
 table"""),
     ("code", """\
@@ -245,28 +255,39 @@ if groups:
     plt.tight_layout()
 else:
     print("no headline metrics logged yet")"""),
-    ("md", "## 3. Calibration of the champion churn model\nThe champion scores every active customer at "
-           "the pipeline's validation cutoff (features before it, churn observed after it): predicted "
-           "probability against the observed churn rate."),
+    ("md", "## 3. Calibration of the champion churn model\nOn the champion's own test data: the run logged "
+           "its data source and config, so the same events give the same test split (its digest is checked "
+           "against the logged one); predicted probability against the observed churn rate."),
     ("code", """\
+from mlflow import MlflowClient
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from features.profiles import FEATURE_COLUMNS
-from training.propensity import PropensityConfig, build_training_table, cutoffs
+from training.propensity import config_from_params, event_splits
+from training.registry import frame_digest, logged_dataset
 
 try:
+    champion = MlflowClient().get_model_version_by_alias(CHURN_MODEL, "champion")
     churn_model = mlflow.sklearn.load_model(champion_uri(CHURN_MODEL))
 except Exception as exc:  # no champion yet
     churn_model = None
     print("no churn champion:", exc)
 if churn_model is not None:
-    cfg = PropensityConfig(target="churn", seed=SEED)
-    _, t_eval, _ = cutoffs(events, cfg)
-    table_eval = build_training_table(events, t_eval, cfg)
+    champion_run = mlflow.get_run(champion.run_id)
+    cfg = config_from_params(champion_run.data.params)
+    logged = logged_dataset(champion.run_id, TEST)
+    if logged is None or logged.source is None or not Path(logged.source).exists():
+        raise RuntimeError(f"the champion's run {champion.run_id} logged no readable data source ({logged}); "
+                           "retrain it with `mirror train propensity --events FILE`")
+    champion_events = load_events(Path(logged.source))
+    _, _, table_eval, (_, t_eval, _) = event_splits(champion_events, cfg)
     cols = [c for c in FEATURE_COLUMNS if c in table_eval]
+    same = frame_digest(table_eval[[*cols, cfg.target]]) == logged.digest
+    print(f"champion v{champion.version}: test data {logged.source} at {t_eval.date()}, "
+          f"{len(table_eval)} customers; same as the run's logged test set: {same}")
     p = churn_model.predict_proba(table_eval[cols])[:, 1]
-    y = table_eval["churn"].to_numpy()
+    y = table_eval[cfg.target].to_numpy()
     frac_pos, mean_pred = calibration_curve(y, p, n_bins=8, strategy="quantile")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     axes[0].plot([0, 1], [0, 1], "k--", label="perfect")
@@ -277,7 +298,8 @@ if churn_model is not None:
     axes[1].set(title="Scores by outcome", xlabel="predicted churn probability")
     axes[1].legend()
     plt.tight_layout()
-    print(f"ROC AUC at {t_eval.date()}: {roc_auc_score(y, p):.3f} on {len(y)} customers")"""),
+    logged_auc = champion_run.data.metrics.get("test_roc_auc")
+    print(f"ROC AUC on the champion's test set: {roc_auc_score(y, p):.3f} (logged: {logged_auc})")"""),
     ("md", "## 4. Per-segment results\nThe same churn scores split by the customer's main channel and "
            "by tenure: a model can look good overall and fail a segment."),
     ("code", """\

@@ -9,10 +9,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError, ValidationError
 
-from features.schema import CHANNELS, IDENTIFIER_COLUMNS
+from features.schema import (
+    CHANNELS,
+    CUSTOMER_ID,
+    DECLARED_TIMEZONE,
+    EMAIL,
+    IDENTIFIER_COLUMNS,
+    INTEREST,
+    MAX_CATEGORY_LENGTH,
+    MAX_OTHER_LENGTH,
+    NO_PREFERENCE,
+    PERSONALIZATION_LEVEL,
+    PERSONALIZATION_LEVELS,
+    PHONE,
+    PREFERENCE_VALUE,
+    PREFERRED_CHANNEL,
+    PROFILE_ID,
+    preference_value_problem,
+    value_problems,
+)
 from serving.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_K
 from serving.guard import PURPOSES
 
@@ -30,7 +56,7 @@ def _openapi_nullable(schema: dict[str, Any]) -> None:
         options = prop.get("anyOf")
         if options and {"type": "null"} in options:
             rest = [o for o in options if o != {"type": "null"}]
-            if len(rest) == 1:
+            if len(rest) == 1 and "$ref" not in rest[0]:  # a $ref's siblings are ignored: serving.openapi wraps it
                 prop.pop("anyOf")
                 prop.update(rest[0])
                 prop["nullable"] = True
@@ -70,10 +96,23 @@ class RequiredIdentifiers(Identifiers):
         return self
 
 
+#: Page types a list may be asked for (`context.page`): the surfaces `mirror report attribution` reports
+#: on. Another value is answered as usual, recorded as OTHER_PAGE and warned about (free text is never
+#: stored: a page name could carry a URL with an email in it).
+PAGE_TYPES: tuple[str, ...] = ("home", "product", "category", "search", "cart", "checkout", "confirmation",
+                               "account", "wishlist", "landing", "email", "other")
+OTHER_PAGE = "other"
+#: The surface of a /recommend list that names no page.
+RECOMMEND_SURFACE = "recommend"
+
+
 class RecommendContext(_Strict):
+    """The page the list is for. An unknown field is a 400; a value the service cannot use (an item or
+    category it does not know, a page type not in PAGE_TYPES) is answered with a warning naming it."""
+
     item_id: str | None = Id
     category: str | None = Id
-    page: str | None = Field(default=None, max_length=256)
+    page: str | None = Field(default=None, max_length=256, description=f"one of {', '.join(PAGE_TYPES)}")
 
 
 class RecommendRequest(Identifiers):
@@ -83,15 +122,26 @@ class RecommendRequest(Identifiers):
     exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
 
 
+class AnswerWarning(_Out):
+    """A value of the request the answer could not use (it was ignored): `field` names it as sent
+    (`customer_id`, `context.category`, `exclude[3]`), `reason` says why and what happened instead."""
+
+    field: str
+    reason: str
+
+
 class ScoredItem(_Out):
     item_id: str
     score: float
+    #: 0-based place in its list: echo it as the event's `position`, with the list's `recommendation_id`
+    position: int = Field(ge=0)
     #: why this item is here, in words the customer may see (guarded; describes this item)
     reason: str | None = None
     #: what the item's place rests on: personal, similar, complement, popular, popular_category
     basis: str | None = None
-    # catalog metadata, when the catalog knows the item
+    # catalog metadata, when the catalog knows the item (category: else the model's)
     name: str | None = None
+    brand: str | None = None
     category: str | None = None
     price: float | None = None
     currency: str | None = None
@@ -100,24 +150,45 @@ class ScoredItem(_Out):
 
 
 class RecommendResponse(_Out):
+    #: opaque id of this list (random, nothing personal in it): send it back on the events it leads to
+    #: (`recommendation_id`, with the item's `position`) so clicks and purchases are attributed to it
+    recommendation_id: str
     profile_id: str | None
+    #: whether the identifiers sent named a customer Mirror knows (false: anonymous, or unknown ids)
+    identified: bool
     #: whether the ranking used the customer's own (consented) data; false without `personalization`
     personalized: bool
     cold_start: bool
     items: list[ScoredItem]
     model_version: str | None
     fallback: bool
+    #: what the request held that the answer could not use
+    warnings: list[AnswerWarning] = Field(default_factory=list)
 
 
-class SimilarItemsRequest(_Strict):
+class SimilarItemsRequest(Identifiers):
+    """A product page. The customer's identifiers are optional: with them, the same consent and guard
+    rules as /recommend apply (their recent purchases and returns are left out, with `personalization`)."""
+
     item_id: str = Field(min_length=1, max_length=256)
     k: int = Field(default=10, ge=1, le=DEFAULT_MAX_K)
+    channel: Channel = "web"
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
 
 
 class SimilarItemsResponse(_Out):
     item_id: str
+    #: look-alikes; for an item the model does not know yet, popular items of its catalog category
+    #: (then of the category above, then the shop's): each item's `basis` says which
     similar: list[ScoredItem]
     complements: list[ScoredItem]
+    #: ids of the two lists (see RecommendResponse.recommendation_id)
+    similar_recommendation_id: str
+    complements_recommendation_id: str
+    profile_id: str | None = None
+    identified: bool = False
+    model_version: str | None = None
+    warnings: list[AnswerWarning] = Field(default_factory=list)
 
 
 class NBARequest(RequiredIdentifiers):
@@ -140,6 +211,8 @@ class ActionOut(_Out):
     send_at: str | None = None
     #: the same id for a repeated request for the same decision (it used no second contact slot)
     decision_id: str | None = None
+    #: the wording's tone (apologetic, neutral, warm): from recent sentiment on any channel, one per decision
+    tone: str | None = None
 
 
 class NBAResponse(_Out):
@@ -150,65 +223,124 @@ class NBAResponse(_Out):
     holdout: bool
     actions: list[ActionOut]
     decided_at: str | None = None
+    #: the decision's tone: every channel asking within the decision window gets the same
+    tone: str | None = None
+
+
+#: One identifier of a batch (/scores, segment exports).
+BatchId = Annotated[str, Field(min_length=1, max_length=256)]
+#: The id lists a batch may name customers by, in the order their kinds are listed (field -> kind).
+BATCH_ID_FIELDS: dict[str, str] = {"profile_ids": PROFILE_ID, "customer_ids": CUSTOMER_ID, "emails": EMAIL,
+                                   "phones": PHONE}
+Campaign = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _first_repeat(field: str, ids: list[str] | None) -> list[str] | None:
+    """A list that names one customer twice is a 400 naming both positions (never echoing the ids)."""
+    if ids is not None and len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for i, v in enumerate(ids):
+            if v in seen:
+                raise PydanticCustomError("duplicate", "{field}[{i}] repeats {field}[{first}]: list each customer once",
+                                          {"field": field, "i": i, "first": seen[v]})
+            seen[v] = i
+    return ids
 
 
 class ScoresRequest(_Strict):
-    """Profile ids (as returned by /recommend or the batch exports) or customer ids."""
+    """Customers by the retailer's own ids (`customer_ids`, `emails`, `phones`: raw, hashed by Mirror) or
+    Mirror's `profile_ids`, any mix, up to MIRROR_MAX_BATCH in all. Ids Mirror does not know are listed
+    in `unknown`, in the order asked; an email or phone that is not one is a 400 naming it."""
 
-    profile_ids: list[str] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
-    customer_ids: list[str] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    profile_ids: list[BatchId] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    customer_ids: list[BatchId] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    emails: list[BatchId] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    phones: list[BatchId] = Field(default_factory=list, max_length=DEFAULT_MAX_BATCH)
+    #: the campaign decided for: its holdout (as /next_best_action's `campaign`)
+    campaign: Campaign = "default"
+    #: true adds each top action's guarded message text and parameters (the guard runs per customer:
+    #: measured ~1.6x the time of a call without); segment export files always carry them
+    messages: bool = False
 
     @model_validator(mode="after")
     def _some(self) -> ScoresRequest:
-        if not self.profile_ids and not self.customer_ids:
-            raise PydanticCustomError("missing_ids", "give profile_ids or customer_ids (up to 10,000)")
+        if not any(getattr(self, f) for f in BATCH_ID_FIELDS):
+            raise PydanticCustomError("missing_ids", "give customer_ids, emails, phones or profile_ids (up to 10,000)")
         return self
+
+    def asked(self) -> list[tuple[str, str]]:
+        """(kind, value) of every id asked, field by field in BATCH_ID_FIELDS order, each list in its order."""
+        return [(kind, v) for f, kind in BATCH_ID_FIELDS.items() for v in getattr(self, f)]
 
 
 class CustomerScore(_Out):
+    """One customer's row: the same fields, in the same order, as a segment export file's columns."""
+
+    #: the identifier as asked (whole-store exports: the customer id, else the profile id)
     id: str
+    #: the retailer's customer id: the one asked, else the profile's own (the smallest of several)
+    customer_id: str | None = None
     profile_id: str | None
     churn_probability: float | None
     purchase_propensity: float | None
+    #: in the campaign's holdout: send nothing (the top action is `do_nothing`); the lift is measured on them
+    holdout: bool = False
     top_action: str | None
     #: the customer's best channel for the top action (ask /next_best_action there for its message)
     top_channel: str | None = None
+    #: the top channel is in the customer's quiet hours (their own time zone): send at this time (ISO-8601, UTC)
+    send_at: str | None = None
+    #: the guarded message text of the top action (as /next_best_action's `reason`); null for do_nothing
+    #: and unless asked (`messages: true`; export files always have it)
+    message: str | None = None
+    #: the message's guarded template parameters (items with catalog name, price, url, image; offer)
+    params: dict[str, Any] | None = None
 
 
 class ScoresResponse(_Out):
     scores: list[CustomerScore]
+    #: ids asked that Mirror does not know (or no longer: erased), in the order asked
     unknown: list[str]
     churn_model_version: str | None
     purchase_model_version: str | None
 
 
-#: Most profile ids one segment export may list (the whole store: leave `profile_ids` out).
+#: Most ids one segment export may list (the whole store: leave the lists out).
 MAX_SEGMENT_IDS = 1_000_000
-SegmentProfileId = Annotated[str, Field(min_length=1, max_length=256)]
+SegmentProfileId = BatchId
 
 
 class SegmentExportRequest(_Strict):
-    """A whole segment (every profile, or a list of profile ids) scored in the background into a file.
+    """A whole segment (every profile, or one list of ids) scored in the background into a file.
 
-    Checked at submit (a 400 naming the field), not when the job runs: a list that is empty, too long,
-    holds an empty or repeated id, or a format other than csv/parquet. Ids the store does not know are
-    not an error: the finished job lists them (`unknown`)."""
+    Checked at submit (a 400 naming the field), not when the job runs: more than one list, a list that
+    is empty, too long, holds an empty or repeated id (or an email or phone that is not one), a format
+    other than csv/parquet, a bad campaign. Ids the store does not know are not an error: the finished
+    job lists them (`unknown`)."""
 
-    profile_ids: list[SegmentProfileId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
+    profile_ids: list[BatchId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
+    customer_ids: list[BatchId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
+    emails: list[BatchId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
+    phones: list[BatchId] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_IDS)
     format: ExportFormat = "parquet"
+    campaign: Campaign = "default"
 
-    @field_validator("profile_ids")
+    @field_validator("profile_ids", "customer_ids", "emails", "phones")
     @classmethod
-    def _no_repeats(cls, ids: list[str] | None) -> list[str] | None:
-        if ids is not None and len(set(ids)) != len(ids):
-            seen: dict[str, int] = {}
-            for i, pid in enumerate(ids):
-                if pid in seen:  # positions only: the answer never echoes ids back
-                    raise PydanticCustomError(
-                        "duplicate", "profile_ids[{i}] repeats profile_ids[{first}]: list each profile once",
-                        {"i": i, "first": seen[pid]})
-                seen[pid] = i
-        return ids
+    def _one_list_no_repeats(cls, ids: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        earlier = [f for f in BATCH_ID_FIELDS if f != info.field_name and info.data.get(f) is not None]
+        if ids is not None and earlier:  # fields validate in order: the second list given is named
+            raise PydanticCustomError("one_of", "give one list of ids ({fields}), or none for every profile; "
+                                      "{earlier} is given too", {"fields": ", ".join(BATCH_ID_FIELDS),
+                                                                 "earlier": earlier[0]})
+        return _first_repeat(info.field_name, ids)
+
+    def listed(self) -> tuple[str, list[str]] | None:
+        """(kind, ids) of the one list given; None for the whole store."""
+        for f, kind in BATCH_ID_FIELDS.items():
+            if (ids := getattr(self, f)) is not None:
+                return kind, ids
+        return None
 
 
 class SegmentTask(_Out):
@@ -234,11 +366,22 @@ class SegmentTaskStatus(_Out):
     error: str | None = None
 
 
-class EventsRequest(_Strict):
-    """One event (`event`) or a batch (`events`); each event is a canonical-schema record."""
+#: An event as sent: checked row by row by `features.schema.validate_events` (a bad row is reported,
+#: the others kept), so the body model takes any object; the OpenAPI document shows the canonical
+#: event's schema in its place (serving/openapi.py builds it from features.schema and swaps in a
+#: reference wherever `x-mirror-schema` names it: a bare $ref here would break pydantic's own schemas).
+EventRecord = Annotated[dict[str, Any], WithJsonSchema({"type": "object", "x-mirror-schema": "CanonicalEvent"})]
 
-    event: dict[str, Any] | None = None
-    events: list[dict[str, Any]] | None = Field(default=None, max_length=DEFAULT_MAX_BATCH)
+
+class EventsRequest(_Strict):
+    """One event (`event`) or a batch (`events`); each event is a canonical-schema record.
+
+    Rows are validated one by one: the answer lists the accepted ids and each rejected row with its
+    field and reason. When no event is accepted at all (every row rejected), the answer is a 422
+    problem listing every row's errors (`events[3].ts`), not a 200."""
+
+    event: EventRecord | None = None
+    events: list[EventRecord] | None = Field(default=None, max_length=DEFAULT_MAX_BATCH)
 
     @model_validator(mode="after")
     def _one_of(self) -> EventsRequest:
@@ -273,6 +416,71 @@ class ConsentRequest(RequiredIdentifiers):
     #: `purpose` and listing them, never a flag stored that nothing reads.
     purpose: Purpose
     granted: bool
+
+
+#: Most interests one preference-centre save may declare.
+MAX_DECLARED_INTERESTS = 50
+Interest = Annotated[str, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
+PersonalizationLevel = Literal[PERSONALIZATION_LEVELS]  # type: ignore[valid-type]
+
+
+class PreferencesRequest(RequiredIdentifiers):
+    """A preference-centre save, stored as `preference` events (the path of POST /events, so one fold). Each
+    field given replaces that declaration (an empty list declares none); a field left out stays as it was.
+    `timezone` "none" withdraws a declared zone (the one the customer's events tell applies again)."""
+
+    interests: list[Interest] | None = Field(default=None, max_length=MAX_DECLARED_INTERESTS)
+    channels: list[Channel] | None = Field(default=None, max_length=len(CHANNELS))
+    timezone: str | None = Field(default=None, min_length=1, max_length=MAX_OTHER_LENGTH)
+    personalization_level: PersonalizationLevel | None = None
+    #: the channel the customer made the declaration on (the events' channel)
+    via: Channel = "web"
+
+    @field_validator("interests")
+    @classmethod
+    def _interest_text(cls, v: list[str] | None) -> list[str] | None:
+        for i, text in enumerate(v or ()):
+            problems = value_problems(PREFERENCE_VALUE, text)
+            if problems:
+                raise PydanticCustomError("interest", "interests[{i}]: {why}", {"i": i, "why": problems[0]})
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None and (why := preference_value_problem(DECLARED_TIMEZONE, v)) is not None:
+            raise PydanticCustomError("timezone", why)
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> PreferencesRequest:
+        if all(getattr(self, f) is None for f in PREFERENCE_FIELDS):
+            raise PydanticCustomError("missing_preference", f"give at least one of {', '.join(PREFERENCE_FIELDS)}")
+        return self
+
+    def declarations(self) -> list[tuple[str, str]]:
+        """(preference key, value) pairs to store: one per listed value, "none" for an empty list."""
+        out: list[tuple[str, str]] = []
+        for fld, key in PREFERENCE_FIELDS.items():
+            v = getattr(self, fld)
+            if v is None:
+                continue
+            values = list(dict.fromkeys(v)) if isinstance(v, list) else [v]
+            out += [(key, x) for x in values or [NO_PREFERENCE]]
+        return out
+
+
+#: PreferencesRequest field -> the preference key it declares (`features.schema.PREFERENCE_KEYS`).
+PREFERENCE_FIELDS: dict[str, str] = {"interests": INTEREST, "channels": PREFERRED_CHANNEL,
+                                     "timezone": DECLARED_TIMEZONE, "personalization_level": PERSONALIZATION_LEVEL}
+
+
+class PreferencesResponse(_Out):
+    profile_id: str
+    #: the declaration as now stored: interests, channels, timezone, personalization_level
+    declared: dict[str, Any]
+    #: ids of the preference events written
+    accepted: list[str]
 
 
 class StockItem(_Strict):

@@ -1,16 +1,31 @@
-"""API keys, scopes and request limits, enforced in one ASGI middleware before any endpoint runs.
+"""API keys, scopes, CORS and request limits, enforced in ASGI middleware before any endpoint runs.
 
 Why a middleware: a rejected request (401/403/413) must change nothing, so it is stopped before
-BentoML parses the body or an endpoint touches the store; and one table of routes -> scope covers
-both the BentoML endpoints and the mounted FastAPI routes.
+BentoML parses the body or an endpoint touches the store; and one table of routes -> scopes
+(`ROUTES`) covers both the BentoML endpoints and the mounted FastAPI routes, and is what the
+OpenAPI document states (serving/openapi.py reads it: one place for the rule).
 
-Scopes are ordered: `admin` implies `write` implies `read`. Keys come from MIRROR_API_KEYS
-(`key1=read,write;key2=admin`) or MIRROR_API_KEYS_FILE (YAML/JSON mapping key -> scopes) and are
-sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Demo mode: with no keys configured
-every request is allowed and the service logs a loud warning at start.
+Scopes (`SCOPES`): `browser` is the key a web page or app may hold: it can fetch recommendations
+(/recommend, /similar_items) and post the events it observes (POST /events), nothing else: no scores,
+no decisions about a customer, no segment exports, no profile reads, no admin. `read` is for servers
+(an email or SMS tool): recommendations, /scores, /next_best_action and segment exports. `write` adds
+events, consent, catalog and stock, and implies `read` and `browser`; `admin` implies everything
+(profile views, erasure, model reload). Keys come from MIRROR_API_KEYS (`key1=read,write;key2=admin`)
+or MIRROR_API_KEYS_FILE (YAML/JSON mapping key -> scopes) and are sent as `Authorization: Bearer <key>`
+or `X-API-Key: <key>`.
+
+What a route needs: customer-level reads (/scores, /next_best_action, /score_segment/submit) always
+need a `read` key; recommendations and the segment task's status/file (the task id is the
+capability) only with MIRROR_REQUIRE_KEY_FOR_READ; a method that changes something and is in no
+table needs `write` (so a new endpoint is never open by default); other GETs (probes, docs, /status)
+are open. Demo mode: with no keys configured every request is allowed and the service logs a loud
+warning at start.
 
 `/metrics` is open unless MIRROR_METRICS_KEY is set: then a scrape needs that key (a Prometheus
 `authorization: {credentials: ...}`) or an `admin` key, demo mode or not (setting it asks for it).
+
+CORS (`CorsMiddleware`): origins allowed by MIRROR_CORS_ORIGINS get the CORS headers (preflight 200
+with the allowed methods and headers, `X-Request-ID` exposed); any other origin gets none.
 """
 
 from __future__ import annotations
@@ -21,12 +36,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from serving import problems
 from serving.config import Settings
 
 logger = logging.getLogger("mirror.auth")
@@ -37,27 +52,78 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+BROWSER, READ, WRITE, ADMIN = "browser", "read", "write", "admin"
+#: Every scope a key may be given, and the scopes each one implies.
+SCOPES: Mapping[str, frozenset[str]] = {
+    BROWSER: frozenset({BROWSER}),
+    READ: frozenset({READ}),
+    WRITE: frozenset({WRITE, READ, BROWSER}),
+    ADMIN: frozenset({ADMIN, WRITE, READ, BROWSER}),
+}
+#: What each scope is for, as README and the OpenAPI document say it.
+SCOPE_DESCRIPTIONS: Mapping[str, str] = {
+    BROWSER: "safe in a web page or app: /recommend, /similar_items and POST /events only",
+    READ: "server-side reads: recommendations, /scores, /next_best_action, segment exports",
+    WRITE: "read and browser, plus events, consent, catalog (/items) and stock",
+    ADMIN: "everything: profile views and exports, erasure, model reload",
+}
 
-class Access(IntEnum):
-    OPEN = 0
-    READ = 1
-    WRITE = 2
-    ADMIN = 3
+
+@dataclass(frozen=True)
+class Need:
+    """What a request needs: a key holding any one of `scopes` (none: open)."""
+
+    name: str
+    scopes: frozenset[str]
+
+    @property
+    def is_open(self) -> bool:
+        return not self.scopes
+
+    def describe(self) -> str:
+        return " or ".join(f"'{s}'" for s in sorted(self.scopes)) or "none"
 
 
-SCOPE_NAMES: Mapping[str, Access] = {"read": Access.READ, "write": Access.WRITE, "admin": Access.ADMIN}
+class Access:
+    """The needs routes have (a namespace: `Access.READ`)."""
 
-#: Endpoints that need a key regardless of MIRROR_REQUIRE_KEY_FOR_READ: (method, path prefix) -> scope.
-WRITE_ROUTES: tuple[tuple[str, str, Access], ...] = (
-    ("POST", "/events", Access.WRITE),
+    OPEN: ClassVar[Need] = Need("open", frozenset())
+    #: Recommendations: a browser key is enough (a read key too).
+    FRONT_END: ClassVar[Need] = Need("browser", frozenset({BROWSER, READ}))
+    #: Posting observed events: a browser key or a write key.
+    EVENTS: ClassVar[Need] = Need("events", frozenset({BROWSER, WRITE}))
+    READ: ClassVar[Need] = Need(READ, frozenset({READ}))
+    WRITE: ClassVar[Need] = Need(WRITE, frozenset({WRITE}))
+    ADMIN: ClassVar[Need] = Need(ADMIN, frozenset({ADMIN}))
+
+
+#: (method, path, access): always asked for when keys are configured. A path ending in "/" is a prefix.
+ROUTES: tuple[tuple[str, str, Need], ...] = (
+    ("POST", "/events", Access.EVENTS),
+    ("POST", "/scores", Access.READ),
+    ("POST", "/next_best_action", Access.READ),
+    ("POST", "/score_segment/submit", Access.READ),
     ("PUT", "/consent", Access.WRITE),
+    ("PUT", "/preferences", Access.WRITE),
     ("PUT", "/stock", Access.WRITE),
+    ("PUT", "/items", Access.WRITE),
     ("GET", "/profiles/", Access.ADMIN),
     ("DELETE", "/profiles/", Access.ADMIN),
     ("POST", "/admin/", Access.ADMIN),
 )
-#: Endpoints that need a `read` key only when MIRROR_REQUIRE_KEY_FOR_READ is set.
-READ_ROUTES: tuple[str, ...] = ("/recommend", "/similar_items", "/next_best_action", "/scores", "/score_segment")
+#: (method, path, access) asked for only when MIRROR_REQUIRE_KEY_FOR_READ is set; open otherwise.
+READ_ROUTES: tuple[tuple[str, str, Need], ...] = (
+    ("POST", "/recommend", Access.FRONT_END),
+    ("POST", "/similar_items", Access.FRONT_END),
+    ("GET", "/score_segment/status", Access.READ),
+    ("GET", "/score_segment/get", Access.READ),
+)
+#: Methods that read: open when in no table. Any other method in no table needs `write`.
+SAFE_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
+#: CORS: what a browser may send from an allowed origin.
+CORS_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "DELETE")
+CORS_HEADERS: tuple[str, ...] = ("Authorization", "X-API-Key", "Content-Type", problems.REQUEST_ID_HEADER)
+CORS_MAX_AGE_S = 600
 
 
 def _matches(path: str, route: str) -> bool:
@@ -67,14 +133,15 @@ def _matches(path: str, route: str) -> bool:
     return path == route or path.startswith(route + "/")
 
 
-def required_access(method: str, path: str, require_key_for_read: bool) -> Access:
-    """The scope a request needs; probes, metrics and docs stay open."""
-    for m, route, access in WRITE_ROUTES:
+def required_access(method: str, path: str, require_key_for_read: bool) -> Need:
+    """The scope a request needs (see the module's docstring); probes, metrics and docs stay open."""
+    for m, route, access in ROUTES:
         if method == m and _matches(path, route):
             return access
-    if require_key_for_read and any(_matches(path, p) for p in READ_ROUTES):
-        return Access.READ
-    return Access.OPEN
+    for m, route, access in READ_ROUTES:
+        if method == m and _matches(path, route):
+            return access if require_key_for_read else Access.OPEN
+    return Access.OPEN if method in SAFE_METHODS else Access.WRITE
 
 
 #: Prometheus' scrape path (BentoML's route); guarded by MIRROR_METRICS_KEY when it is set.
@@ -85,21 +152,22 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _parse_scopes(raw: Any, where: str) -> Access:
-    names = [s.strip() for s in raw.split(",")] if isinstance(raw, str) else list(raw)
+def _parse_scopes(raw: Any, where: str) -> frozenset[str]:
+    names = [s.strip() for s in raw.split(",")] if isinstance(raw, str) else [str(s).strip() for s in raw]
+    names = [n for n in names if n]
     if not names:
-        raise ValueError(f"{where}: a key needs at least one scope (read, write, admin)")
-    unknown = [n for n in names if n not in SCOPE_NAMES]
+        raise ValueError(f"{where}: a key needs at least one scope ({', '.join(SCOPES)})")
+    unknown = [n for n in names if n not in SCOPES]
     if unknown:
-        raise ValueError(f"{where}: unknown scope(s) {unknown} (expected read, write, admin)")
-    return max(SCOPE_NAMES[n] for n in names)
+        raise ValueError(f"{where}: unknown scope(s) {unknown} (expected {', '.join(SCOPES)})")
+    return frozenset().union(*(SCOPES[n] for n in names))
 
 
 @dataclass(frozen=True)
 class KeyRing:
-    """Key digests -> highest scope; raw keys are not kept after loading."""
+    """Key digests -> the scopes they hold (implied ones included); raw keys are not kept after loading."""
 
-    grants: Mapping[str, Access]
+    grants: Mapping[str, frozenset[str]]
 
     @property
     def demo_mode(self) -> bool:
@@ -107,7 +175,7 @@ class KeyRing:
 
     @classmethod
     def parse(cls, spec: str | None = None, file: Path | None = None) -> KeyRing:
-        grants: dict[str, Access] = {}
+        grants: dict[str, frozenset[str]] = {}
         for part in (spec or "").split(";"):
             if not part.strip():
                 continue
@@ -128,16 +196,16 @@ class KeyRing:
     def from_settings(cls, settings: Settings) -> KeyRing:
         return cls.parse(settings.api_keys, settings.api_keys_file)
 
-    def check(self, key: str | None, needed: Access) -> int:
+    def check(self, key: str | None, needed: Need) -> int:
         """HTTP status for a request: 200 allowed, 401 missing/unknown key, 403 scope too low."""
-        if needed == Access.OPEN or self.demo_mode:
+        if needed.is_open or self.demo_mode:
             return 200
         if not key:
             return 401
         granted = self.grants.get(_digest(key))
         if granted is None:
             return 401
-        return 200 if granted >= needed else 403
+        return 200 if granted & needed.scopes else 403
 
     def check_metrics(self, key: str | None, metrics_key: str | None) -> int:
         """HTTP status for a scrape of /metrics: open without a metrics key; with one, that key or an
@@ -151,7 +219,7 @@ class KeyRing:
         granted = self.grants.get(_digest(key))
         if granted is None:
             return 401
-        return 200 if granted >= Access.ADMIN else 403
+        return 200 if ADMIN in granted else 403
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -168,46 +236,10 @@ def api_key_from(scope: Scope) -> str | None:
     return _header(scope, b"x-api-key")
 
 
-def _summary(errors: list[Any]) -> str:
-    return "; ".join(f"{'.'.join(map(str, e.get('loc') or [])) or 'body'}: {e.get('msg', '')}"
-                     for e in errors if isinstance(e, Mapping))
-
-
-def error_body(message: str, loc: list[str], kind: str) -> dict[str, Any]:
-    """The one 4xx shape: `error` and `detail` strings (as BentoML's OpenAPI documents them) and the
-    structured `errors` list, each naming the field (`loc`)."""
-    errors = [{"loc": loc, "msg": message, "type": kind}]
-    return {"error": message, "detail": _summary(errors), "errors": errors}
-
-
-def normalise_error_body(body: bytes) -> bytes | None:
-    """BentoML answers 4xx as `{"error", "detail": [pydantic errors]}` or `[{"error": ...}]`, while its
-    OpenAPI documents `{"error": str, "detail": str}`: rewrite to the documented shape, keeping the
-    structured list under `errors`. None leaves the body alone (not a BentoML error body)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        data = data[0]
-    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
-        return None
-    detail = data.get("detail")
-    if isinstance(detail, list):
-        data["errors"] = detail
-        data["detail"] = _summary(detail)
-    elif detail is not None and not isinstance(detail, str):
-        data["detail"] = str(detail)
-    return json.dumps(data).encode()
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="mirror"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+async def _refuse(scope: Scope, send: Send, status: int, field: str, reason: str) -> None:
+    body = problems.problem(status, None, [{"field": field, "reason": reason}], problems.current_request_id(scope))
+    extra = [(b"www-authenticate", b'Bearer realm="mirror"')] if status == 401 else []
+    await problems.send_problem(send, body, extra)
 
 
 class GatekeeperMiddleware:
@@ -229,14 +261,14 @@ class GatekeeperMiddleware:
             needed = required_access(scope["method"], scope["path"], self.settings.require_key_for_read)
             status = self.keys.check(api_key_from(scope), needed)
         if status != 200:
-            msg = "missing or unknown API key" if status == 401 else f"this key lacks the '{needed.name.lower()}' scope"
-            await _send_json(send, status, error_body(msg, ["header", "authorization"], "auth"))
+            reason = ("missing or unknown API key (send Authorization: Bearer <key> or X-API-Key)" if status == 401
+                      else f"this key lacks the scope this endpoint needs ({needed.describe()})")
+            await _refuse(scope, send, status, "authorization", reason)
             return
-        send = _ErrorShaper(send)
         limit = self.settings.max_body_bytes
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await self._too_large(send, limit)
+            await self._too_large(scope, send, limit)
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # Chunked upload: buffer up to the limit, then replay, so an oversize body is refused whole.
@@ -249,7 +281,7 @@ class GatekeeperMiddleware:
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
                 if size > limit:
-                    await self._too_large(send, limit)
+                    await self._too_large(scope, send, limit)
                     return
                 if not message.get("more_body", False):
                     break
@@ -268,37 +300,26 @@ class GatekeeperMiddleware:
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _too_large(send: Send, limit: int) -> None:
-        msg = f"request body is larger than {limit} bytes (MIRROR_MAX_BODY_BYTES)"
-        await _send_json(send, 413, error_body(msg, ["body"], "too_large"))
+    async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+        await _refuse(scope, send, 413, "body", f"request body is larger than {limit} bytes (MIRROR_MAX_BODY_BYTES)")
 
 
-class _ErrorShaper:
-    """Wraps `send`: buffers 4xx JSON answers and rewrites them with `normalise_error_body`."""
+class CorsMiddleware:
+    """CORS for the origins of MIRROR_CORS_ORIGINS (Starlette's implementation): a preflight from one of
+    them is answered 200 with the methods and headers Mirror accepts, and its answers carry
+    `Access-Control-Allow-Origin` and expose `X-Request-ID`; any other origin gets no CORS header
+    (its preflight is a 400 problem). Keys are sent as headers, never cookies: no credentials mode."""
 
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._start: Message | None = None
-        self._chunks: list[bytes] = []
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        from starlette.middleware.cors import CORSMiddleware
 
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and 400 <= message["status"] < 500 and any(
-                k.lower() == b"content-type" and v.startswith(b"application/json") for k, v in message["headers"]):
-            self._start = message
-            return
-        if self._start is None or message["type"] != "http.response.body":
-            await self._send(message)
-            return
-        self._chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = b"".join(self._chunks)
-        body = normalise_error_body(body) or body
-        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await self._send({**self._start, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body})
-        self._start = None
+        origins = (settings or Settings.from_env()).cors_origins
+        self.app = CORSMiddleware(app, allow_origins=list(origins), allow_methods=list(CORS_METHODS),
+                                  allow_headers=list(CORS_HEADERS), expose_headers=[problems.REQUEST_ID_HEADER],
+                                  max_age=CORS_MAX_AGE_S)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def log_auth_mode(keys: KeyRing) -> None:

@@ -19,6 +19,7 @@
 | MIRROR_EXPORT_QUEUE          | segment exports waiting to run (429 when full)                  | 8                  |
 | MIRROR_METRICS_KEY           | when set, `/metrics` needs `Authorization: Bearer <it>` or an admin key | none (open) |
 | MIRROR_GC_INTERVAL_S         | seconds between the worker's scheduled full garbage collections | 30                 |
+| MIRROR_CORS_ORIGINS          | origins browsers may call from, comma-separated (`https://shop.example`; `*` any) | none (no CORS) |
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _origins(raw: str | None) -> tuple[str, ...]:
+    """`https://a.example, https://b.example` -> the origins, each `scheme://host[:port]` or `*`."""
+    out = []
+    for part in (raw or "").split(","):
+        origin = part.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and ("://" not in origin or "/" in origin.split("://", 1)[1]):
+            raise ValueError(f"MIRROR_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], or *)")
+        out.append(origin)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment, validated in one place."""
@@ -77,6 +91,8 @@ class Settings:
     export_queue: int = DEFAULT_EXPORT_QUEUE
     metrics_key: str | None = field(default=None, repr=False)
     gc_interval_s: int = DEFAULT_GC_INTERVAL_S
+    #: origins allowed to call from a browser (CORS); empty: none is, a preflight gets no CORS header
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,4 +116,5 @@ class Settings:
             export_queue=_int(env, "MIRROR_EXPORT_QUEUE", DEFAULT_EXPORT_QUEUE),
             metrics_key=(env.get("MIRROR_METRICS_KEY") or "").strip() or None,
             gc_interval_s=_int(env, "MIRROR_GC_INTERVAL_S", DEFAULT_GC_INTERVAL_S),
+            cors_origins=_origins(env.get("MIRROR_CORS_ORIGINS")),
         )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from features.schema import DECLARED_TIMEZONE
 from features.store import OnlineProfile, ProfileStore
 from serving.guard import ContactCap, ContactLedger
 
@@ -43,13 +44,18 @@ def decision_id(profile_id: str, channel: str, key: str) -> str:
 
 
 def customer_timezone(profile: OnlineProfile | None) -> str | None:
-    """The customer's own IANA time zone as their events told it (None: unknown, the policy's default
-    applies). A value the system does not know is ignored rather than trusted."""
-    tz = profile.timezone if profile is not None else None
-    if not tz:
+    """The customer's own IANA time zone: the one they declared (preference centre), else the one their
+    events told (None: unknown, the policy's default applies). A value the system does not know is ignored
+    rather than trusted."""
+    if profile is None:
         return None
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-    return tz
+    declared = profile.declared_values(DECLARED_TIMEZONE)
+    for tz in (*declared, profile.timezone):
+        if not tz:
+            continue
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+        return tz
+    return None

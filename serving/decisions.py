@@ -4,6 +4,8 @@ One place builds every decision input (`DecisionEngine._inputs`: consented profi
 rows, model scores), so `/next_best_action` and `/scores` agree; consent acts on those inputs (without
 `personalization` there are no scores and no action rests on the person's data); on an outbound channel
 the action reserves a slot in the store's durable ledger (`serving.contact`), once per decision.
+Every outbound decision is written to the store's decision log (`record_decision`), a holdout's too: the
+action the same ranking and guard would have sent, with no slot reserved and nothing sent (`mirror report lift`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
-from features.schema import PROFILE_ID
+from features.schema import CUSTOMER_ID, EMAIL, PHONE, PROFILE_ID, PURCHASE, TRY_ON
 from features.store import OnlineProfile, ProfileStore
 from serving import nba
 from serving.contact import StoreContactLedger, customer_timezone, decision_id, decision_key
@@ -28,14 +30,19 @@ from serving.guard import (
     ITEMS,
     NBA_MESSAGE,
     ConsentState,
+    ContactCheck,
     ContactContext,
+    GuardDecision,
     GuardPolicy,
     GuardRequest,
+    Sensitivity,
+    Signal,
     check_contact,
     consent_from_flags,
+    declared_level,
     guard,
 )
-from serving.inputs import consented_profile, signals
+from serving.inputs import consented_profile, item_signal, signals
 from serving.models import model_feature_columns
 from serving.recommend import Query, RecommendationPolicy, Recommender
 
@@ -47,6 +54,21 @@ SCORE_CACHE_ENTRIES = 2_000_000
 TOP_CHANNEL: str = "top_channel"
 #: Why a customer gets no action at all when personalization is off.
 NO_PERSONALIZATION: str = "personalization not granted"
+
+# Columns of the batch path (`/scores` answers and segment export files carry exactly these, in order).
+#: the identifier as asked (a whole-store export: the retailer's customer id, else the profile id)
+SCORE_ID: str = "id"
+#: the customer is in the campaign's holdout: nothing is sent to them (the measure of lift)
+HOLDOUT: str = nba.HOLDOUT
+#: the top action's channel is in the customer's quiet hours now: send at this time (ISO-8601, UTC)
+SEND_AT: str = "send_at"
+#: the guarded message text of the top action (`/next_best_action`'s `reason`), and its parameters
+MESSAGE: str = "message"
+MESSAGE_PARAMS: str = "params"
+SCORE_COLUMNS: tuple[str, ...] = (SCORE_ID, CUSTOMER_ID, PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY,
+                                  HOLDOUT, nba.TOP_ACTION, TOP_CHANNEL, SEND_AT, MESSAGE, MESSAGE_PARAMS)
+#: Identifiers a batch may name customers by (raw email and phone are hashed by the store).
+BATCH_ID_KINDS: tuple[str, ...] = (PROFILE_ID, CUSTOMER_ID, EMAIL, PHONE)
 
 
 def predict_proba(model: Any, features: pd.DataFrame) -> np.ndarray:
@@ -66,7 +88,8 @@ def contact_context(ctx: nba.NBAContext, profile: OnlineProfile | None, **extra:
     cart's items only: all the contact policy reads it for (a cart reminder for an item just bought)."""
     purchases: dict[str, datetime] = {}
     cart = {i.item_id for i in ctx.cart}
-    for e in (profile.purchases if profile is not None and cart else ()):
+    # a reservation for pickup (waiting or picked up) counts as bought: no cart reminder for it
+    for e in ((*profile.purchases, *profile.pickups) if profile is not None and cart else ()):
         if e.item_id in cart and (e.item_id not in purchases or e.ts > purchases[e.item_id]):
             purchases[e.item_id] = e.ts
     return ContactContext(profile_id=ctx.profile_id, purchases=purchases,
@@ -85,14 +108,18 @@ def _aware(t: Any) -> datetime | None:
 def customer_consent(flags: Mapping[str, bool], profile: OnlineProfile | None) -> ConsentState:
     """The one rule for a customer's consent state: their choices over the defaults, in their own time
     zone when their events told it."""
-    return consent_from_flags(flags, timezone=customer_timezone(profile))
+    state = consent_from_flags(flags, timezone=customer_timezone(profile))
+    cap = declared_level(profile)  # how personal the customer wants it: a cap, never a raise
+    return state if cap is None or cap >= state.level else dataclasses.replace(state, level=cap)
 
 
 def contact_rule(policy: GuardPolicy, now: datetime, consent_of: Callable[[str], ConsentState],
-                 profiles: Mapping[str, OnlineProfile | None]) -> nba.ContactRule:
+                 profiles: Mapping[str, OnlineProfile | None],
+                 passed: dict[str, ContactCheck] | None = None) -> nba.ContactRule:
     """The guard's contact policy (suppression, marketing consent; quiet hours defer, never refuse) as
     the one rule `/next_best_action` and `/scores` both apply to a ranked action on the customer's
-    channel for it. No slot is reserved here."""
+    channel for it. No slot is reserved here. `passed` collects each profile's last allowed check (the
+    ranking stops at the first allowed action, so it is the top action's: its `send_at`)."""
     contacts: dict[str, ContactContext] = {}
 
     def allowed(ctx: nba.NBAContext, action: nba.ScoredAction) -> bool:
@@ -101,10 +128,41 @@ def contact_rule(policy: GuardPolicy, now: datetime, consent_of: Callable[[str],
         contact = contacts.get(ctx.profile_id)
         if contact is None:
             contact = contacts[ctx.profile_id] = contact_context(ctx, profiles.get(ctx.profile_id))
-        return check_contact(action.channel or "web", action.name, now, consent_of(ctx.profile_id), policy, contact,
-                             [i.item_id for i in ctx.cart]).allowed
+        check = check_contact(action.channel or "web", action.name, now, consent_of(ctx.profile_id), policy, contact,
+                              [i.item_id for i in ctx.cart])
+        if passed is not None and check.allowed:
+            passed[ctx.profile_id] = check
+        return check.allowed
 
     return allowed
+
+
+def message_template(action: str, params: Mapping[str, Any]) -> str | None:
+    """The guard's wording for an action's phase (post-purchase care's complements), None for its own."""
+    if action == nba.POST_PURCHASE_CARE and params.get("content") == nba.COMPLEMENTS_CONTENT:
+        return nba.COMPLEMENTS_TEMPLATE
+    return None
+
+
+#: Actions whose message rests only on the entries of their subject: (profile attribute, event type).
+_SUBJECT_ENTRIES: dict[str, tuple[str, str]] = {nba.TRIED_ON_OFFER: ("recent_views", TRY_ON),
+                                                 nba.POST_PURCHASE_CARE: ("purchases", PURCHASE)}
+
+
+def action_signals(a: nba.ScoredAction, own: OnlineProfile | None, catalog: Catalog,
+                   everything: Sequence[Signal]) -> tuple[Signal, ...]:
+    """What a message may rest on. A try-on offer rests only on that item's try-on and post-purchase care only
+    on that purchase, so the words are about the subject (and a try-on's store, time or size is no input at
+    all); the other actions on the customer's recent signals (`everything`)."""
+    kind = _SUBJECT_ENTRIES.get(a.name)
+    if kind is None:
+        return tuple(everything)
+    attr, etype = kind
+    entries = [e for e in (getattr(own, attr) if own is not None else ()) if e.event_type == etype]  # newest first
+    if a.params.get("content") != nba.COMPLEMENTS_CONTENT:  # complements go with the newest purchase
+        subject = (list(a.params.get("item_ids") or ()) or [None])[0]
+        entries = [e for e in entries if e.item_id == subject]
+    return tuple(item_signal(e.event_type, e.channel, e.item_id, catalog, category=e.category) for e in entries[:1])
 
 
 @dataclass(frozen=True)
@@ -117,6 +175,7 @@ class OfferedAction:
     message: str
     send_at: datetime | None = None
     decision_id: str | None = None
+    tone: str = nba.NEUTRAL  # the decision's tone: the same on every channel asking in its window
 
 
 @dataclass(frozen=True)
@@ -127,6 +186,7 @@ class NBAOutcome:
     decided_at: int
     actions: tuple[OfferedAction, ...]
     reason: str | None = None  # why nothing is offered (do_nothing)
+    tone: str = nba.NEUTRAL
 
 
 @dataclass(frozen=True)
@@ -223,23 +283,105 @@ class DecisionEngine:
         return _Inputs(feats, churn, prop, ctxs, views, consents, stored)
 
     # -- batch ----------------------------------------------------------------------------------
-    def score(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], *,
+    def score(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], *, catalog: Catalog | None = None,
+              recommender: Recommender | None = None, campaign: str = "default", messages: bool = True,
               now: datetime | None = None) -> pd.DataFrame:
-        """Churn, propensity and top action (the same as `/next_best_action`'s first for the default
-        campaign on the customer's own channel) per profile, vectorised."""
-        cols = [PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION, TOP_CHANNEL]
+        """Per known profile (unknown ones drop out): churn, propensity, holdout, and the top action (the
+        same as `/next_best_action`'s first for `campaign` on the customer's own channel for it) with
+        its guarded message, parameters and send time, vectorised but for the message.
+
+        A preview: nothing is reserved in the contact ledger (asking twice changes nothing); the slot
+        is taken when a message is decided through `/next_best_action`. The message is the guard's output
+        for the same request `/next_best_action` makes (never a raw signal); cross-sell items are the
+        customer's personal picks when `recommender` is given."""
+        cols = [PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, HOLDOUT, nba.TOP_ACTION, TOP_CHANNEL,
+                SEND_AT, MESSAGE, MESSAGE_PARAMS]
         if not len(pids):
-            return pd.DataFrame({c: [] for c in cols})
+            return pd.DataFrame({c: pd.Series([], dtype=float if c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY)
+                                              else bool if c == HOLDOUT else object) for c in cols})
         now = now or datetime.now(UTC)
-        x = self._inputs(churn_model, purchase_model, pids, now=now)
-        rule = contact_rule(self.policy, now, x.consents.__getitem__, x.profiles)
-        top = nba.decide_top_actions(x.contexts, self.config, allowed=rule)[nba.TOP_ACTION].to_numpy().copy()
+        catalog = catalog if catalog is not None else Catalog.empty()
+        x = self._inputs(churn_model, purchase_model, pids, now=now, campaign_id=campaign)
+        checks: dict[str, ContactCheck] = {}
+        rule = contact_rule(self.policy, now, x.consents.__getitem__, x.profiles, checks)
+        decided = nba.decide_top_actions(x.contexts, self.config, allowed=rule)
+        top = decided[nba.TOP_ACTION].to_numpy().copy()
+        hold = decided[nba.HOLDOUT].to_numpy(dtype=bool).copy()
         rows = x.features[PROFILE_ID].astype(str).tolist()
-        top[[not x.consents[p].personalization for p in rows]] = nba.DO_NOTHING
-        channel = [nba.choose_channel(nba.ACTION_BY_NAME[a], ctx, self.config) if a != nba.DO_NOTHING else None
-                   for a, ctx in zip(top, x.contexts, strict=True)]
+        off = np.array([not x.consents[p].personalization for p in rows], dtype=bool)
+        top[off], hold[off] = nba.DO_NOTHING, False  # as /next_best_action: no decision rests on them
+        n = len(rows)
+        channel: list[str | None] = [None] * n
+        send_at: list[str | None] = [None] * n
+        message: list[str | None] = [None] * n
+        params: list[dict[str, Any] | None] = [None] * n
+        for j in np.flatnonzero(top != nba.DO_NOTHING):
+            a, ctx, pid = nba.ACTION_BY_NAME[top[j]], x.contexts[j], rows[j]
+            ch = channel[j] = nba.choose_channel(a, ctx, self.config)
+            deferred = checks[pid].send_at if pid in checks else None
+            send_at[j] = deferred.isoformat() if deferred else None
+            if ch is None or not messages:
+                continue
+            consent, own = x.consents[pid], x.profiles[pid]
+            if a.name == nba.CROSS_SELL and recommender is not None:
+                ctx = dataclasses.replace(ctx, candidate_items=self._candidates(recommender, catalog, x.stored[pid],
+                                                                                consent, ch, now))
+            d = self._guard_message(a.name, a.params(ctx, self.config), ch, consent, tuple(signals(own, catalog)),
+                                    catalog, now, contact_context(ctx, own))
+            if d.allowed:  # the contact rule above already let it through: the guard agrees but for edge cases
+                message[j], params[j] = d.text, dict(d.params)
         return pd.DataFrame({PROFILE_ID: rows, nba.CHURN_PROBABILITY: x.churn, nba.PURCHASE_PROPENSITY: x.propensity,
-                             nba.TOP_ACTION: top, TOP_CHANNEL: pd.Series(channel, dtype=object)})
+                             HOLDOUT: hold, nba.TOP_ACTION: top, TOP_CHANNEL: pd.Series(channel, dtype=object),
+                             SEND_AT: pd.Series(send_at, dtype=object), MESSAGE: pd.Series(message, dtype=object),
+                             MESSAGE_PARAMS: pd.Series(params, dtype=object)})
+
+    def score_asked(self, churn_model: Any, purchase_model: Any, asked: Sequence[tuple[str, str]],
+                    **options: Any) -> tuple[pd.DataFrame, list[str]]:
+        """`score` for customers named by the retailer: `asked` is (kind, value) pairs, kind one of
+        `BATCH_ID_KINDS`. Returns (rows of `SCORE_COLUMNS` in the order asked, the values the store does
+        not know, in the order asked). A row's `customer_id` is the one asked, else the profile's own
+        (the smallest when it holds several)."""
+        resolved: list[str | None] = [None] * len(asked)
+        by_kind: dict[str, list[int]] = {}
+        for i, (kind, _) in enumerate(asked):
+            if kind not in BATCH_ID_KINDS:
+                raise ValueError(f"unknown identifier kind {kind!r} (expected one of {', '.join(BATCH_ID_KINDS)})")
+            by_kind.setdefault(kind, []).append(i)
+        for kind, where in by_kind.items():
+            values = [asked[i][1] for i in where]
+            found = dict(zip(values, values, strict=True)) if kind == PROFILE_ID else \
+                self.store.resolve_many(kind, values)
+            for i, v in zip(where, values, strict=True):
+                resolved[i] = found.get(v)
+        table = self.score(churn_model, purchase_model, sorted({p for p in resolved if p}), **options)
+        pos = {p: i for i, p in enumerate(table[PROFILE_ID])}
+        keep = [i for i, p in enumerate(resolved) if p in pos]
+        unknown = [asked[i][1] for i, p in enumerate(resolved) if p not in pos]
+        rows = table.iloc[[pos[resolved[i]] for i in keep]].reset_index(drop=True)  # type: ignore[index]
+        need = sorted({resolved[i] for i in keep if asked[i][0] != CUSTOMER_ID})  # type: ignore[type-var]
+        own = self.store.identifiers_of(need) if need else {}
+        customer = [asked[i][1] if asked[i][0] == CUSTOMER_ID else next(iter(own.get(resolved[i], ())), None)
+                    for i in keep]
+        rows.insert(0, CUSTOMER_ID, pd.Series(customer, dtype=object))
+        rows.insert(0, SCORE_ID, pd.Series([asked[i][1] for i in keep], dtype=object))
+        return rows[list(SCORE_COLUMNS)], unknown
+
+    def score_store(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], **options: Any) -> pd.DataFrame:
+        """`score` for a chunk of the whole store, keyed by the retailer's ids: one row per customer id a
+        profile holds (a person known by two accounts has two rows, one `profile_id`), one row with no
+        customer id (`id` = the profile id) for a profile that has none. Rows of `SCORE_COLUMNS`."""
+        table = self.score(churn_model, purchase_model, pids, **options)
+        own = self.store.identifiers_of(list(table[PROFILE_ID])) if len(table) else {}
+        take, ids, customer = [], [], []
+        for i, pid in enumerate(table[PROFILE_ID]):
+            for c in own.get(pid) or (None,):
+                take.append(i)
+                ids.append(c if c is not None else pid)
+                customer.append(c)
+        rows = table.iloc[take].reset_index(drop=True)
+        rows.insert(0, CUSTOMER_ID, pd.Series(customer, dtype=object))
+        rows.insert(0, SCORE_ID, pd.Series(ids, dtype=object))
+        return rows[list(SCORE_COLUMNS)]
 
     # -- one customer ---------------------------------------------------------------------------------
     def next_best_action(self, champions: Any, catalog: Catalog, pid: str, *, channel: str, campaign: str,
@@ -250,17 +392,17 @@ class DecisionEngine:
         if not consent.personalization:
             return NBAOutcome(pid, False, False, bucket, (), NO_PERSONALIZATION)
         ctx = x.contexts[0]
-        rec: Recommender = champions.recommender
-        picks = self.recommendation.recommend(rec, catalog, x.stored[pid], consent,
-                                              Query(channel=channel, k=self.config.max_message_items + 2, now=now,
-                                                    logged_in=True)).items
-        ctx = dataclasses.replace(ctx, candidate_items=tuple(
-            nba.CandidateItem(p.item_id, p.score, p.item.category if p.item else rec.item_category(p.item_id))
-            for p in picks if p.basis == "personal"))
+        ctx = dataclasses.replace(ctx, candidate_items=self._candidates(champions.recommender, catalog, x.stored[pid],
+                                                                        consent, channel, now),
+                                  complement_items=self._complements(ctx, own, catalog, champions.recommender))
         decision = nba.decide_actions(ctx, self.config)
-        if decision.holdout:
-            return NBAOutcome(pid, True, True, bucket, (), "holdout")
+        tone = decision.tone
         outbound = channel in self.policy.outbound_channels
+        holdout = decision.holdout
+        if holdout and not outbound:
+            return NBAOutcome(pid, True, True, bucket, (), "holdout", tone)
+        if holdout:  # the decision log records what would have been sent: same ranking and guard, no slot
+            decision = nba.decide_actions(ctx, dataclasses.replace(self.config, holdout_share=0.0))
         sigs = tuple(signals(own, catalog))
         offered: list[OfferedAction] = []
         refusal: str | None = None
@@ -271,18 +413,66 @@ class DecisionEngine:
                 refusal = refusal or f"{a.name} is not offered on {channel}"
                 continue
             key = decision_key(campaign, bucket, a.name)
-            contact = contact_context(ctx, own, ledger=self.ledger if outbound else None, key=key)
-            params = {**a.params, ITEMS: self._item_records(a.params, catalog)}
-            d = guard(GuardRequest(NBA_MESSAGE, channel, consent, sigs, action=a.name, params=params, now=now,
-                                   logged_in=True, context=contact), self.policy)
+            contact = contact_context(ctx, own, ledger=self.ledger if outbound and not holdout else None, key=key)
+            d = self._guard_message(a.name, a.params, channel, consent, action_signals(a, own, catalog, sigs), catalog,
+                                    now, contact, tone=tone)
             if not d.allowed:
                 refusal = d.suppressed_reason
                 continue
             offered.append(OfferedAction(a.name, a.expected_value, channel, a.channel, dict(d.params), d.text,
-                                         d.send_at, decision_id(pid, channel, key)))
+                                         d.send_at, decision_id(pid, channel, key), tone))
             if outbound:  # one message per decision: one slot
                 break
-        return NBAOutcome(pid, True, False, bucket, tuple(offered), None if offered else refusal)
+        if outbound and offered:
+            self._log_decision(champions, offered[0], pid, campaign, holdout, now)
+        if holdout:
+            return NBAOutcome(pid, True, True, bucket, (), "holdout", tone)
+        return NBAOutcome(pid, True, False, bucket, tuple(offered), None if offered else refusal, tone)
+
+    def _complements(self, ctx: nba.NBAContext, own: OnlineProfile | None, catalog: Catalog,
+                     rec: Recommender) -> tuple[nba.CandidateItem, ...]:
+        """What goes with the purchase in its complements window: the recommender's complements that may be
+        sent anywhere (no sensitive or life-event item), in stock, never bought or returned."""
+        bought = ctx.complements_item
+        if bought is None or not rec.has_item(bought.item_id):
+            return ()
+        had = {e.item_id for e in ((*own.purchases, *own.returns) if own is not None else ())}
+        out = []
+        for i, score in rec.complements(bought.item_id, self.config.max_message_items + 10):
+            item = catalog.get(i)
+            if i in had or (item is not None and item.in_stock is False) or \
+                    self.recommendation.tier(i, catalog, rec) != Sensitivity.NONE:
+                continue
+            out.append(nba.CandidateItem(i, score, item.category if item and item.category else rec.item_category(i)))
+        return tuple(out[: self.config.max_message_items])
+
+    def _log_decision(self, champions: Any, offer: OfferedAction, pid: str, campaign: str, holdout: bool,
+                      now: datetime) -> None:
+        """Every outbound decision goes into the store's decision log, a holdout's too (the action it would
+        have been sent), so `mirror report lift` compares treated with held-out customers."""
+        status = getattr(champions, "status", None) or {}
+        self.store.record_decision(offer.decision_id or "", pid, campaign, offer.action, offer.channel, holdout, now,
+                                   {name: s.version for name, s in status.items()})
+
+    def _candidates(self, rec: Recommender, catalog: Catalog, stored: OnlineProfile | None, consent: ConsentState,
+                    channel: str, now: datetime) -> tuple[nba.CandidateItem, ...]:
+        """Cross-sell candidates: the customer's personal picks on the channel (one rule for the NBA and
+        the batch path, so both messages name the same items)."""
+        picks = self.recommendation.recommend(rec, catalog, stored, consent,
+                                              Query(channel=channel, k=self.config.max_message_items + 2, now=now,
+                                                    logged_in=True)).items
+        return tuple(nba.CandidateItem(p.item_id, p.score, p.item.category if p.item else rec.item_category(p.item_id))
+                     for p in picks if p.basis == "personal")
+
+    def _guard_message(self, action: str, params: Mapping[str, Any], channel: str, consent: ConsentState,
+                       sigs: Sequence[Any], catalog: Catalog, now: datetime, contact: ContactContext, *,
+                       tone: str = nba.NEUTRAL) -> GuardDecision:
+        """The guard's decision on one action's message (text in the decision's `tone`, parameters with
+        catalog item records, send time): the same request for `/next_best_action` and the batch path."""
+        full = {**params, ITEMS: self._item_records(params, catalog)}
+        return guard(GuardRequest(NBA_MESSAGE, channel, consent, sigs, action=action, params=full, now=now,
+                                  logged_in=True, context=contact, tone=tone, template=message_template(action, params)),
+                     self.policy)
 
     @staticmethod
     def _item_records(params: Mapping[str, Any], catalog: Catalog) -> list[dict[str, Any]]:

@@ -87,11 +87,15 @@ from features.schema import (
     CHANNEL,
     CHANNELS,
     COLOR,
+    DECLARED_TIMEZONE,
     DURATION_S,
     EMAIL_CLICK,
     EVENT_TYPE,
     EVENT_TYPES,
+    INTEREST,
     ITEM_ID,
+    PERSONALIZATION_LEVEL,
+    PREFERRED_CHANNEL,
     PROFILE_ID,
     PURCHASE,
     QUANTITY,
@@ -150,7 +154,16 @@ SERVICE_RECOVERY: Final = "service_recovery"
 REPLENISHMENT_REMINDER: Final = "replenishment_reminder"
 LOYALTY_REWARD: Final = "loyalty_reward"
 THANK_YOU: Final = "thank_you"
+TRIED_ON_OFFER: Final = "tried_on_offer"
+POST_PURCHASE_CARE: Final = "post_purchase_care"
 DO_NOTHING: Final = "do_nothing"
+
+# Tone of an NBA message (chosen by serving.nba from recent sentiment across channels): `neutral` is the
+# action's own wording (`templates.actions`); the others have their own variants (`templates.tones`).
+APOLOGETIC: Final = "apologetic"
+NEUTRAL: Final = "neutral"
+WARM: Final = "warm"
+TONES: Final[tuple[str, ...]] = (APOLOGETIC, NEUTRAL, WARM)
 
 # Mapping keys a raw event may carry beyond the canonical columns (used by `signal_from_event`).
 ITEM_NAME: Final = "item_name"
@@ -166,10 +179,14 @@ ITEM_FIELDS: Final[frozenset[str]] = frozenset({ITEM_ID, "name", "price", "curre
 ITEM_PARAMS: Final[frozenset[str]] = frozenset({ITEM_ID, "item_ids", ITEM_NAME, ITEMS})
 CATEGORY_PARAMS: Final[frozenset[str]] = frozenset({CATEGORY, "categories"})
 OFFER_PARAMS: Final[frozenset[str]] = frozenset({"discount_pct", "points", "offer_code"})
+#: What kind of content a message carries (post-purchase care: how-to and care, then complementary products).
+CONTENT: Final = "content"
+CONTENT_KINDS: Final[frozenset[str]] = frozenset({"care", "complements"})
 
 
 class Specificity(IntEnum):
-    """How much an output may reveal about what the person did, generic to specific."""
+    """How much an output may reveal about what the person did, generic to specific (their names are the
+    declared `schema.PERSONALIZATION_LEVELS`)."""
 
     NONE = 0
     CATEGORY = 1
@@ -404,6 +421,9 @@ class Templates:
     reason_item: Mapping[str, str]  # event type or "default" -> template
     actions: Mapping[str, Mapping[Specificity, str]]  # action or "default" -> level -> template
     profile: Mapping[Specificity, str]
+    #: tone (not `neutral`) -> template name (an action, or an action's variant) -> level -> template; a
+    #: name without a variant in a tone uses its neutral wording
+    tones: Mapping[str, Mapping[str, Mapping[Specificity, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -532,6 +552,22 @@ def _level_templates(v: Any, where: str) -> Mapping[Specificity, str]:
     })
 
 
+def _tone_templates(v: Any, actions: Mapping[str, Any]) -> Mapping[str, Mapping[str, Mapping[Specificity, str]]]:
+    """templates.tones: every tone but neutral, each a mapping of template names of `templates.actions` to
+    level templates (a variant of a name that has no neutral wording would be unreachable: an error)."""
+    d = _exact_keys(v, set(TONES) - {NEUTRAL}, "templates.tones")
+    out = {}
+    for tone, names in d.items():
+        where = f"templates.tones.{tone}"
+        if not isinstance(names, Mapping):
+            raise PolicyError(f"{where} must be a mapping of template name -> level templates")
+        unknown = set(names) - set(actions)
+        if unknown:
+            raise PolicyError(f"{where}: no neutral wording in templates.actions for {', '.join(sorted(unknown))}")
+        out[tone] = MappingProxyType({a: _level_templates(x, f"{where}.{a}") for a, x in names.items()})
+    return MappingProxyType(out)
+
+
 def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
     """Validate a parsed guard.yaml; raises `PolicyError` naming the offending key."""
     d = _exact_keys(data, _TOP_KEYS, "guard.yaml")
@@ -585,7 +621,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
         frozenset(supp_actions),
     )
 
-    t = _exact_keys(d["templates"], {"reason", "actions", "profile"}, "templates")
+    t = _exact_keys(d["templates"], {"reason", "actions", "profile", "tones"}, "templates")
     r = _exact_keys(t["reason"], {"none", "category", "item", *_REASON_BASIS_KEYS}, "templates.reason")
     cat = _req(r, "category", "templates.reason")
     item = _req(r, "item", "templates.reason")
@@ -611,6 +647,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> GuardPolicy:
                                       for k, v in item.items()}),
         actions=MappingProxyType({a: _level_templates(v, f"templates.actions.{a}") for a, v in actions.items()}),
         profile=_level_templates(t["profile"], "templates.profile"),
+        tones=_tone_templates(t["tones"], actions),
     )
     own = _exact_keys(d["own_items"], {"actions", "channels"}, "own_items")
     if not isinstance(own["actions"], list) or not all(isinstance(a, str) for a in own["actions"]):
@@ -765,6 +802,10 @@ class GuardRequest:
     #: non-personal bases the page's item or category (`subject`: not the person's data).
     basis: str = PERSONAL
     subject: Signal | None = None
+    #: NBA messages: the tone of the wording (`TONES`) and the template set, when it is not the action's
+    #: own (a phase of the action, e.g. "post_purchase_complements"); policy rules follow `action` either way.
+    tone: str = NEUTRAL
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -930,10 +971,11 @@ def _pick(signals: Sequence[Signal], ceiling: Specificity, channel: str, policy:
 
 
 def _render(level: Specificity, s: Signal | None, kind: str, action: str | None,
-            policy: GuardPolicy) -> tuple[str, dict[str, Any]]:
+            policy: GuardPolicy, tone: str = NEUTRAL) -> tuple[str, dict[str, Any]]:
     t = policy.templates
     if kind == NBA_MESSAGE:
-        by_level = t.actions.get(action or "", t.actions["default"])
+        name = action or ""
+        by_level = t.tones.get(tone, {}).get(name) or t.actions.get(name, t.actions["default"])
         tmpl = by_level[level]
     elif level == Specificity.NONE:
         tmpl = t.reason_basis["personal_none"]
@@ -1019,6 +1061,8 @@ def _sanitise_params(raw: Mapping[str, Any], level: Specificity, used: Sequence[
     for key, v in raw.items():
         if key in OFFER_PARAMS:
             val = _offer_value(key, v)
+        elif key == CONTENT:
+            val = v if v in CONTENT_KINDS else None
         elif key == ITEMS:
             val = _item_records(v, ok_items, policy)
         elif key in (ITEM_ID, "item_ids"):
@@ -1066,6 +1110,8 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
         raise ValueError("an NBA message needs an action")
     if r.basis not in REASON_BASES:
         raise ValueError(f"unknown basis {r.basis!r} (expected one of {', '.join(REASON_BASES)})")
+    if r.tone not in TONES:
+        raise ValueError(f"unknown tone {r.tone!r} (expected one of {', '.join(TONES)})")
     if r.kind == PROFILE_VIEW:
         return _profile_decision(r, policy)
     audit: list[AuditEntry] = []
@@ -1086,18 +1132,19 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
     if level < ceiling:
         audit.append(AuditEntry("specificity", f"lowered to {level.name.lower()} (ceiling {ceiling.name.lower()}: "
                                                "sensitive, inferred or unrenderable signal)"))
-    text, used_params = _render(level, chosen, r.kind, r.action, policy)
+    wording = r.template or r.action
+    text, used_params = _render(level, chosen, r.kind, wording, policy, r.tone)
     if level > Specificity.NONE:
         # the text and the params it came with are scanned together (one pass: this path is hot)
         problems = scrub_problems(" | ".join((text, *map(str, used_params.values()))), r.signals, policy)
         if problems:
             audit.append(AuditEntry("rendered text", "replaced by the none text: " + "; ".join(problems)))
             level, chosen = Specificity.NONE, None
-            text, used_params = _render(level, None, r.kind, r.action, policy)
+            text, used_params = _render(level, None, r.kind, wording, policy, r.tone)
     if r.kind == NBA_MESSAGE:
         params = _sanitise_params(r.params, max(ceiling, level), kept, r.channel, policy, audit,
                                   logged_in=r.logged_in, own_items=own)
-        for key in [k for k in params if k not in OFFER_PARAMS
+        for key in [k for k in params if k not in OFFER_PARAMS and k != CONTENT
                     and scrub_problems(_param_text(k, params[k]), r.signals, policy)]:
             audit.append(AuditEntry(f"param {key}", "removed by the scrubber"))
             del params[key]
@@ -1186,4 +1233,32 @@ def profile_view(profile: OnlineProfile, consent: ConsentState, policy: GuardPol
     }
     if "recent_items" in d.params:
         out["recent_items"] = list(d.params["recent_items"])
+    out["declared"] = declared_view(profile, channel, policy)
     return out
+
+
+def declared_signals(profile: OnlineProfile | None, channel: str = "web") -> list[Signal]:
+    """The customer's declared interests as zero-party signals ("because you told us you like X")."""
+    if profile is None:
+        return []
+    return [Signal(DECLARED_PREFERENCE, channel, category=c, origin=ZERO_PARTY)
+            for c in profile.declared_values(INTEREST)]
+
+
+def declared_view(profile: OnlineProfile, channel: str, policy: GuardPolicy) -> dict[str, Any]:
+    """What the customer declared (preference centre), for their profile view: a declared interest in a
+    sensitive or life-event category is named back only where `sensitive.declared_allowed_on` allows it
+    (the others are counted, `interests_withheld`), so a screen never shows one."""
+    shown = [s.category for s in declared_signals(profile, channel)
+             if _signal_level(s, Specificity.CATEGORY, channel, policy) >= Specificity.CATEGORY]
+    level = profile.declared_values(PERSONALIZATION_LEVEL)
+    zone = profile.declared_values(DECLARED_TIMEZONE)
+    return {"interests": shown, "interests_withheld": len(profile.declared_values(INTEREST)) - len(shown),
+            "channels": list(profile.declared_values(PREFERRED_CHANNEL)),
+            "timezone": zone[0] if zone else None, "personalization_level": level[0] if level else None}
+
+
+def declared_level(profile: OnlineProfile | None) -> Specificity | None:
+    """The most the customer wants outputs to reveal (their declared personalization level), if declared."""
+    level = profile.declared_values(PERSONALIZATION_LEVEL) if profile is not None else ()
+    return Specificity.parse(level[0]) if level else None

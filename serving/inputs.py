@@ -46,6 +46,7 @@ def consented_profile(profile: OnlineProfile | None, consent: ConsentState) -> O
         category_counts={c: sum(srcs.values()) for c, srcs in by_source.items()},
         category_sources=by_source,
         last_negative_ts=profile.last_negative_ts if FEEDBACK in ok else None,
+        last_positive_ts=profile.last_positive_ts if FEEDBACK in ok else None,
         sources=profile.sources & ok,
     )
 

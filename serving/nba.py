@@ -42,7 +42,19 @@ CROSS_SELL: Final = "cross_sell"
 WINBACK_OFFER: Final = "winback_offer"
 SERVICE_RECOVERY: Final = "service_recovery"
 LOYALTY_REWARD: Final = "loyalty_reward"
+TRIED_ON_OFFER: Final = "tried_on_offer"
+POST_PURCHASE_CARE: Final = "post_purchase_care"
 DO_NOTHING: Final = "do_nothing"
+#: `content` param of post_purchase_care: its two phases (care first, complementary products later), and the
+#: guard's template name of the second phase.
+CARE_CONTENT: Final = "care"
+COMPLEMENTS_CONTENT: Final = "complements"
+COMPLEMENTS_TEMPLATE: Final = "post_purchase_complements"
+
+# Message tone (the guard's `TONES`): chosen once per decision from recent sentiment across channels.
+APOLOGETIC: Final = "apologetic"
+NEUTRAL: Final = "neutral"
+WARM: Final = "warm"
 
 # ---------------------------------------------------------------------------------------------
 # Batch frame columns (input of `decide_top_actions_batch`)
@@ -58,10 +70,14 @@ REPLENISHMENT_DUE: Final = "replenishment_due"  # value of the items due for rep
 ORDER_COUNT: Final = "order_count"
 LIFETIME_VALUE: Final = "lifetime_value"
 HAS_CANDIDATES: Final = "has_candidates"
+TRIED_ON_VALUE: Final = "tried_on_value"  # value of the best item tried on and not bought (0 = none)
+CARE_DUE: Final = "care_due"  # 1 when a purchase is in its care window
+COMPLEMENTS_DUE: Final = "complements_due"  # 1 when a purchase is in its complementary-products window
 # Feature-row columns (features.profiles) `contexts_from_profiles` reads besides the profile itself.
 FEATURE_ORDER_VALUE: Final = "avg_order_value"
 FEATURE_LIFETIME_VALUE: Final = "spend_total"
 FEATURE_ORDER_COUNT: Final = "n_orders"
+FEATURE_CADENCE: Final = "purchase_cadence_days"
 #: Required batch columns; the others default (see `BATCH_DEFAULTS`).
 BATCH_REQUIRED: Final[tuple[str, ...]] = (PROFILE_ID, CHURN_PROBABILITY, PURCHASE_PROPENSITY)
 BATCH_DEFAULTS: Final[Mapping[str, float]] = {
@@ -74,6 +90,9 @@ BATCH_DEFAULTS: Final[Mapping[str, float]] = {
     ORDER_COUNT: 0.0,
     LIFETIME_VALUE: 0.0,
     HAS_CANDIDATES: 1.0,
+    TRIED_ON_VALUE: 0.0,
+    CARE_DUE: 0.0,
+    COMPLEMENTS_DUE: 0.0,
 }
 # Batch output columns.
 TOP_ACTION: Final = "top_action"
@@ -131,6 +150,23 @@ class NBAConfig:
     # replenishment: an item is due from this fraction of its re-buy interval until this multiple of it
     replenish_due_from: float = 0.9
     replenish_due_until: float = 3.0
+    # tried on in a store, not bought: an offer on that item from `tried_on_wait_days` after the try-on
+    # (time to buy it anyway) until `tried_on_max_days`; EV = acceptance * propensity * value * margin - cost
+    tried_on_wait_days: float = 3.0
+    tried_on_max_days: float = 30.0
+    tried_on_acceptance: float = 0.08
+    tried_on_discount_pct: int = 10
+    tried_on_offer_cost: float = 0.50
+    # after a purchase: care and how-to content for `care_days` (EV: goodwill - contact cost), then
+    # complementary products from max(complements_min_days, complements_cadence_share * the customer's
+    # own purchase cadence) for `complements_window_days` (EV as cross-sell)
+    care_days: float = 7.0
+    care_goodwill: float = 0.30
+    complements_min_days: float = 7.0
+    complements_cadence_share: float = 0.5
+    complements_window_days: float = 14.0
+    # tone: sentiment this recent sets it (the latest of negative and positive wins)
+    tone_days: float = 14.0
     #: Channel preference when the customer's own preferred channel is not reachable for an action.
     channel_priority: tuple[str, ...] = (
         "email",
@@ -192,6 +228,16 @@ class NBAContext:
     #: `contexts_from_profiles` (the recommender always has candidates: it falls back to popular items),
     #: so a decision never depends on a recommender call the batch path does not make.
     has_candidates: bool | None = None
+    last_positive_sentiment_ts: Instant | None = None
+    #: Items tried on in a store, not bought, reserved or returned since, inside the offer window (best first).
+    tried_on: tuple[ItemValue, ...] = ()
+    #: The latest purchase (not returned) in its care window, and the one in its complements window.
+    care_item: ItemValue | None = None
+    complements_item: ItemValue | None = None
+    #: Complementary products of `complements_item` (the recommender's; the single-customer path fills it).
+    complement_items: tuple[CandidateItem, ...] = ()
+    #: Channels the customer declared they prefer (preference centre), first choice first.
+    declared_channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +260,8 @@ class NBADecision:
     actions: tuple[ScoredAction, ...]
     holdout: bool = False
     counterfactual: str | None = None
+    #: One tone for every message of the decision (every channel asking in the window gets the same).
+    tone: str = NEUTRAL
 
     @property
     def top(self) -> ScoredAction:
@@ -298,6 +346,22 @@ def _recovery_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
     return {"reasons": reasons}
 
 
+def _tried_on_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    """The one item tried on and an offer on it: never where, when or in which size it was tried."""
+    return {**_item_params(ctx.tried_on[:1], c), "discount_pct": c.tried_on_discount_pct}
+
+
+def _care_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    """Care content for the purchase in its care window, else the complements of the one in its window."""
+    if ctx.care_item is not None:
+        return {**_item_params((ctx.care_item,), c), "content": CARE_CONTENT}
+    bought = ctx.complements_item
+    cands = tuple(sorted(ctx.complement_items, key=lambda i: (-i.score, i.item_id)))
+    cats = sorted({i.category for i in (bought, *cands[: c.max_message_items]) if i is not None and i.category})
+    return {"item_ids": [i.item_id for i in cands[: c.max_message_items]], "categories": cats,
+            "content": COMPLEMENTS_CONTENT}
+
+
 def _zero(f: Features, c: NBAConfig) -> np.ndarray:
     return np.zeros_like(f["churn"])
 
@@ -365,6 +429,27 @@ ACTIONS: Final[tuple[Action, ...]] = (
         channels=("app", "email", "sms"),
         params=lambda ctx, c: {"points": c.loyalty_points},
     ),
+    Action(
+        name=TRIED_ON_OFFER,
+        eligible=lambda f, c: f["tried_value"] > 0,
+        value=lambda f, c: (
+            c.tried_on_acceptance * f["propensity"] * f["tried_value"] * c.margin - c.tried_on_offer_cost
+            - c.contact_cost
+        ),
+        channels=("app", "email", "web", "sms"),
+        params=_tried_on_params,
+        sales=True,
+    ),
+    Action(
+        name=POST_PURCHASE_CARE,
+        # care content is service (allowed in recovery); the complements phase is a sale (not in recovery)
+        eligible=lambda f, c: (f["care_due"] > 0) | ((f["complements_due"] > 0) & (f["recovery"] <= 0)),
+        value=lambda f, c: np.where(
+            f["care_due"] > 0, c.care_goodwill - c.contact_cost,
+            c.cross_sell_acceptance * f["propensity"] * _order_value(f, c) * c.margin - c.contact_cost),
+        channels=("email", "app", "web"),
+        params=_care_params,
+    ),
 )
 ACTION_NAMES: Final[tuple[str, ...]] = tuple(a.name for a in ACTIONS) + (DO_NOTHING,)
 #: The channels each action may be offered on (a request on another channel is not offered it).
@@ -414,7 +499,7 @@ def is_holdout(campaign_id: str, profile_id: str, share: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 _FEATURE_KEYS: Final = (
     "churn", "propensity", "order_value", "cart_value", "replenish_value", "days_since", "recovery",
-    "order_count", "lifetime_value", "has_candidates",
+    "order_count", "lifetime_value", "has_candidates", "tried_value", "care_due", "complements_due",
 )
 
 
@@ -440,7 +525,24 @@ def _feature_row(ctx: NBAContext, c: NBAConfig, ref: float) -> tuple[float, ...]
         float(ctx.order_count),
         float(ctx.lifetime_value),
         float(bool(has_candidates)),
+        max((max(0.0, i.value) for i in ctx.tried_on), default=0.0),
+        float(ctx.care_item is not None),
+        float(ctx.complements_item is not None),
     )
+
+
+def tone_of(ctx: NBAContext, config: NBAConfig = NBAConfig()) -> str:
+    """The tone of a decision's messages, from sentiment on any channel (reviews, chat, calls): apologetic
+    after a complaint or a poor rating, warm after praise (the more recent wins) within `tone_days`,
+    measured from the decision window's start like every other age, so it never depends on the asker."""
+    ref = _bucket_start(ctx.now, config)
+    neg = _age_days(ctx.last_negative_sentiment_ts, ref)
+    pos = _age_days(ctx.last_positive_sentiment_ts, ref)
+    if neg <= config.tone_days and neg <= pos:
+        return APOLOGETIC
+    if pos <= config.tone_days:
+        return WARM
+    return NEUTRAL
 
 
 def _features_from_contexts(ctxs: Sequence[NBAContext], c: NBAConfig) -> dict[str, np.ndarray]:
@@ -473,6 +575,9 @@ def choose_channel(action: Action, ctx: NBAContext, c: NBAConfig) -> str | None:
     """The customer's best reachable channel for the action, independent of who asked: their preferred
     channel when reachable and suitable, else the first suitable reachable one by the action's and
     then the configured priority, else the action's default channel."""
+    for ch in ctx.declared_channels:  # what the customer told us comes first
+        if ch in action.channels:
+            return ch
     reachable = set(ctx.reachable_channels)
     if ctx.preferred_channel in reachable and ctx.preferred_channel in action.channels:
         return ctx.preferred_channel
@@ -506,6 +611,7 @@ def decide_actions(ctx: NBAContext, config: NBAConfig = NBAConfig()) -> NBADecis
             scored.append((_rank_key(a.priority, ev, i), sa))
     scored.append((_rank_key(0, 0.0, len(ACTIONS)), ScoredAction(DO_NOTHING, 0.0, None, {})))
     ranked = tuple(sa for _, sa in sorted(scored, key=lambda t: t[0]))
+    tone = tone_of(ctx, c)
     if is_holdout(ctx.campaign_id, ctx.profile_id, c.holdout_share):
         return NBADecision(
             ctx.profile_id,
@@ -514,8 +620,9 @@ def decide_actions(ctx: NBAContext, config: NBAConfig = NBAConfig()) -> NBADecis
             (ScoredAction(DO_NOTHING, 0.0, None, {}, holdout=True),),
             holdout=True,
             counterfactual=ranked[0].name,
+            tone=tone,
         )
-    return NBADecision(ctx.profile_id, ctx.campaign_id, bucket, ranked)
+    return NBADecision(ctx.profile_id, ctx.campaign_id, bucket, ranked, tone=tone)
 
 
 def context_from_profile(
@@ -534,14 +641,22 @@ def context_from_profile(
     item_values: Mapping[str, float] | None = None,
     item_categories: Mapping[str, str | None] | None = None,
     has_candidates: bool | None = None,
+    purchase_cadence_days: float | None = None,
     _ref: float | None = None,
 ) -> NBAContext:
     """An NBAContext from a store `OnlineProfile` (duck-typed: cart_items, purchases, returns,
     channel_last_seen, last_negative_ts, replenish_days), so every caller derives the facts the same way.
 
-    Reachable channels are those the customer has used; preferred is the most recently used one.
-    An item is due for replenishment from `replenish_due_from` to `replenish_due_until` times its own
-    re-buy interval after its last purchase. Item values default to the expected order value.
+    Reachable channels are those the customer has used; preferred is the most recently used one, unless
+    the customer declared channels (`declared`), which come first. An item is due for replenishment from
+    `replenish_due_from` to `replenish_due_until` times its own re-buy interval after its last purchase.
+    Item values default to the expected order value.
+
+    Journeys: a returned item is never pushed again (no cart reminder, replenishment, try-on offer or care
+    for it); an item reserved for pickup counts as bought (never a cart reminder); an item tried on (any
+    channel's `try_on`) and not bought, reserved or returned since is offered from `tried_on_wait_days` to
+    `tried_on_max_days` after; the latest purchase gets care content for `care_days`, then complementary
+    products from max(`complements_min_days`, `complements_cadence_share` * `purchase_cadence_days`).
     """
     values = item_values or {}
     cats = item_categories or {}
@@ -569,10 +684,18 @@ def context_from_profile(
                 age = max(0.0, ref - last_bought[i]) / SECONDS_PER_DAY
                 if config.replenish_due_from * interval <= age <= config.replenish_due_until * interval:
                     due.append(item(i))
-    returned = [to_epoch(e.ts) for e in getattr(profile, "returns", ()) or ()]
+    returns = getattr(profile, "returns", ()) or ()
+    returned = [to_epoch(e.ts) for e in returns]
+    returned_items = {e.item_id for e in returns}
+    # reserved for pickup (waiting or picked up): an order, so never the subject of a cart reminder
+    ordered = returned_items | {e.item_id for e in getattr(profile, "pickups", ()) or ()}
+    due = [i for i in due if i.item_id not in returned_items]
     seen = {ch: to_epoch(t) for ch, t in (getattr(profile, "channel_last_seen", None) or {}).items()}
     by_recency = sorted(seen, key=lambda ch: (-seen[ch], ch))
-    cart_ids = list(dict.fromkeys(e.item_id for e in (getattr(profile, "cart_items", ()) or ())))
+    cart_ids = [i for i in dict.fromkeys(e.item_id for e in (getattr(profile, "cart_items", ()) or ()))
+                if i not in ordered]
+    declared = getattr(profile, "declared", None) or {}
+    tried, care, complements = _journeys(profile, bought, ordered, ref, config, purchase_cadence_days)
     return NBAContext(
         profile_id=profile.profile_id,
         now=now,
@@ -592,7 +715,44 @@ def context_from_profile(
         purchase_propensity=purchase_propensity,
         expected_order_value=expected_order_value,
         has_candidates=has_candidates,
+        last_positive_sentiment_ts=getattr(profile, "last_positive_ts", None),
+        tried_on=tuple(item(i) for i in tried),
+        care_item=item(care) if care else None,
+        complements_item=item(complements) if complements else None,
+        declared_channels=tuple(declared.get("channel", ())),
     )
+
+
+def _journeys(profile: Any, bought: Sequence[tuple[str, float]], ordered: set[str], ref: float, c: NBAConfig,
+              cadence_days: float | None) -> tuple[list[str], str | None, str | None]:
+    """(items tried on and not bought since, inside the offer window, newest try-on first; the purchase in
+    its care window; the purchase in its complements window) of a profile, ages from `ref`."""
+    last_bought: dict[str, float] = {}
+    for i, t in bought:
+        last_bought[i] = max(t, last_bought.get(i, -math.inf))
+    tried: list[str] = []
+    for e in getattr(profile, "recent_views", ()) or ():  # newest first
+        if e.event_type != "try_on" or e.item_id in tried or e.item_id in ordered:
+            continue
+        t = to_epoch(e.ts)
+        age = max(0.0, ref - t) / SECONDS_PER_DAY
+        if c.tried_on_wait_days <= age <= c.tried_on_max_days and last_bought.get(e.item_id, -math.inf) < t:
+            tried.append(e.item_id)
+    came_back: dict[str, float] = {}
+    for e in getattr(profile, "returns", ()) or ():
+        came_back[e.item_id] = max(to_epoch(e.ts), came_back.get(e.item_id, -math.inf))
+    kept = [(i, t) for i, t in bought if came_back.get(i, -math.inf) < t]  # a purchase that came back: no care
+    latest = max(kept, key=lambda x: (x[1], x[0]), default=None)
+    care = complements = None
+    if latest is not None:
+        age = max(0.0, ref - latest[1]) / SECONDS_PER_DAY
+        cadence = cadence_days if cadence_days is not None and 0 < cadence_days < 3650.0 else 0.0
+        start = max(c.complements_min_days, c.complements_cadence_share * cadence)
+        if age < c.care_days:
+            care = latest[0]
+        elif start <= age <= start + c.complements_window_days:
+            complements = latest[0]
+    return tried, care, complements
 
 
 def contexts_from_profiles(
@@ -627,6 +787,7 @@ def contexts_from_profiles(
         return [float(v) if math.isfinite(v) else None for v in vals]
 
     aov, ltv, orders = col(FEATURE_ORDER_VALUE), col(FEATURE_LIFETIME_VALUE), col(FEATURE_ORDER_COUNT)
+    cadence = col(FEATURE_CADENCE)
     ch = np.nan_to_num(np.asarray(churn, dtype=float), nan=0.0).tolist()
     pr = np.nan_to_num(np.asarray(propensity, dtype=float), nan=0.0).tolist()
     ref = _bucket_start(now, config)
@@ -647,6 +808,7 @@ def contexts_from_profiles(
             lifetime_value=ltv[i] or 0.0,
             order_count=int(orders[i] or 0),
             has_candidates=True,
+            purchase_cadence_days=cadence[i],
             _ref=ref,
         )
         out.append(ctx if ctx.profile_id == pid else dataclasses.replace(ctx, profile_id=pid))
@@ -773,5 +935,8 @@ def decide_top_actions_batch(
         "order_count": np.nan_to_num(_column(frame, ORDER_COUNT)),
         "lifetime_value": np.nan_to_num(_column(frame, LIFETIME_VALUE)),
         "has_candidates": np.nan_to_num(_column(frame, HAS_CANDIDATES)),
+        "tried_value": np.clip(np.nan_to_num(_column(frame, TRIED_ON_VALUE)), 0.0, None),
+        "care_due": np.nan_to_num(_column(frame, CARE_DUE)),
+        "complements_due": np.nan_to_num(_column(frame, COMPLEMENTS_DUE)),
     }
     return _top_actions(f, frame[PROFILE_ID].astype(str).tolist(), config, campaign_id)

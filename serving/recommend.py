@@ -16,18 +16,23 @@ HTTP:
 - Each item carries its own reason from the signal that produced it: a personal item names the
   category of a consented signal in *that item's* category (or the viewed item a look-alike came from),
   else says "Picked for you"; context and popular items describe the page or the shop, never the person.
+- What a request held that the policy could not use (an unknown identifier, item or category, a miscased
+  category) is named in `InputWarning`s and left out of the query, never silently turned into something
+  else; `similar` answers a product page, falling back to the item's catalog category (then the levels
+  above it, then the shop) when the model does not know the item yet, under the same rules as `recommend`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from features.catalog import Catalog, CatalogItem
-from features.schema import VIEW
+from features.catalog import CATEGORY_SEPARATOR, Catalog, CatalogItem, split_category
+from features.schema import COOKIE_ID, DEVICE_ID, EMAIL, HASH_PREFIX, HASHED_IDENTIFIERS, VIEW
 from features.store import OnlineProfile, ProfileEntry
 from serving.guard import (
     COMPLEMENT,
@@ -179,6 +184,8 @@ class Query:
     context_item: str | None = None
     context_category: str | None = None
     exclude: frozenset[str] = frozenset()
+    #: `exclude` as sent (warnings name an item by its index); empty: sorted `exclude`
+    exclude_order: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,72 @@ class _Candidate:
     score: float
     basis: str
     backing: ProfileEntry | None = None  # the entry a look-alike came from (session)
+    category: str | None = None  # POPULAR_CATEGORY from a fallback level: the category it is popular in
+
+
+@dataclass(frozen=True)
+class InputWarning:
+    """A value of the request that the answer could not use: `field` as the caller sent it (`customer_id`,
+    `context.category`, `exclude[3]`), `reason` why and what the answer did instead. Reasons never repeat
+    the value (it may be an identifier)."""
+
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A product page's lists: look-alikes (or the category fallback) and complements."""
+
+    similar: tuple[Pick, ...]
+    complements: tuple[Pick, ...]
+    warnings: tuple[InputWarning, ...] = ()
+    audit: tuple[str, ...] = ()
+
+
+#: Unknown items named per list field (`exclude[i]`) before one warning sums up the rest.
+MAX_ITEM_WARNINGS = 10
+#: Categories under one fallback level whose popular items are merged (a level with more takes the first).
+MAX_FALLBACK_CATEGORIES = 50
+
+
+@dataclass(frozen=True)
+class _CategoryIndex:
+    """The catalog's categories: every path and prefix by its case-folded spelling, and the full paths
+    under each prefix. Built from the distinct category paths, so a catalog change that leaves them as
+    they were (a stock or price update) reuses it (`RecommendationPolicy._category_index`)."""
+
+    categories: frozenset[str]
+    spelling: Mapping[str, str]
+    under: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, categories: frozenset[str]) -> _CategoryIndex:
+        spelling: dict[str, str] = {}
+        under: dict[str, set[str]] = {}
+        for category in sorted(categories):
+            path = category.split(CATEGORY_SEPARATOR)
+            for depth in range(1, len(path) + 1):
+                prefix = CATEGORY_SEPARATOR.join(path[:depth])
+                spelling.setdefault(prefix.casefold(), prefix)
+                under.setdefault(prefix, set()).add(category)
+        return cls(categories, spelling, {k: tuple(sorted(v)) for k, v in under.items()})
+
+
+def identifier_warnings(identifiers: Mapping[str, str], identified: bool,
+                        normalise: Callable[[str, str], str | None]) -> list[InputWarning]:
+    """Why identifiers did not identify anyone: an email or phone that is not one (always), and, when no
+    profile was found, each identifier sent (nobody is known by it). `normalise(column, value)` is the
+    store's hasher's (`IdentifierHasher.normalise`), so the rule is the one the store looks up with."""
+    out: list[InputWarning] = []
+    for col, value in identifiers.items():
+        if col in HASHED_IDENTIFIERS and not value.startswith(HASH_PREFIX) and normalise(col, value) is None:
+            kind = "an email address" if col == EMAIL else "a phone number"
+            out.append(InputWarning(col, f"not {kind} Mirror can read: ignored"))
+        elif not identified:
+            later = " yet (the first event carrying it links it)" if col in (DEVICE_ID, COOKIE_ID) else ""
+            out.append(InputWarning(col, f"no customer is known by this {col}{later}: the answer is not personal"))
+    return out
 
 
 class RecommendationPolicy:
@@ -214,6 +287,7 @@ class RecommendationPolicy:
         self.policy = policy
         self.max_sensitive_share = max_sensitive_share
         self._tiers: dict[tuple[int, str], Sensitivity] = {}
+        self._categories: tuple[Catalog, _CategoryIndex] | None = None
 
     # -- sensitivity of items (memoised per catalog object: tiers change only with the catalog) ---------
     def tier(self, item_id: str, catalog: Catalog, model: Recommender) -> Sensitivity:
@@ -246,7 +320,7 @@ class RecommendationPolicy:
         ctx = q.context_item
         fold = list(dict.fromkeys(([ctx] if ctx else []) + recent))
         personal = own is not None and (use_vector or any(model.has_item(i) for i in recent))
-        exclude = set(q.exclude) | set(suppressed) | ({ctx} if ctx else set())
+        exclude = self._left_out(q, suppressed) | ({ctx} if ctx else set())
         want = q.k + len(exclude) + 10
         cands: list[_Candidate] = []
         session: list[_Candidate] = []
@@ -286,7 +360,125 @@ class RecommendationPolicy:
         picks = self._with_reasons(chosen, by_id, own, catalog, model, consent, q)
         return Recommendation(tuple(picks), personalized=personal, audit=tuple(audit))
 
+    def similar(self, model: Recommender, catalog: Catalog, profile: OnlineProfile | None, consent: ConsentState,
+                q: Query) -> Similar:
+        """A product page (`q.context_item`): look-alikes and complements under `recommend`'s rules for the
+        asking customer (what they bought recently or returned is left out, with `personalization`; these
+        lists are not personal, so they hold nothing sensitive or life-event). An item the model does not
+        know yet gets its catalog category's popular items (deepest level first, then the levels above),
+        then the shop's; an item unknown to both gets the shop's, with a warning."""
+        item = q.context_item
+        if not item:
+            raise ValueError("similar needs the page's item (Query.context_item)")
+        audit: list[str] = []
+        warnings: list[InputWarning] = []
+        own = consented_profile(profile, consent)
+        _, suppressed = personal_query(own, q.now)
+        exclude = self._left_out(q, suppressed) | {item}
+        want = q.k + len(exclude) + 10
+        comp: list[_Candidate] = []
+        if model.has_item(item):
+            sim = [_Candidate(i, s, SIMILAR) for i, s in model.similar_items(item, want)]
+            comp = [_Candidate(i, s, COMPLEMENT) for i, s in model.complements(item, want)]
+        else:
+            known = catalog.get(item)
+            sim = self._category_fallback(known, catalog, model, want)
+            if known is None:
+                warnings.append(InputWarning("item_id", "unknown item (not in the catalog or the model): "
+                                                        "popular items instead"))
+            else:
+                audit.append("item not in the model yet: popular items of its catalog category")
+        lists = []
+        for cands in (sim, comp):
+            ok = self._admissible(cands, catalog, model, q, exclude, set(), set(), audit)
+            by_id: dict[str, _Candidate] = {}
+            for c in cands:
+                by_id.setdefault(c.item_id, c)
+            chosen = rank_candidates(((c.item_id, c.score) for c in cands if c.item_id in ok), q.k, set(), {})
+            lists.append(tuple(self._with_reasons(chosen, by_id, own, catalog, model, consent, q)))
+        return Similar(lists[0], lists[1], tuple(warnings), tuple(audit))
+
+    def _category_fallback(self, item: CatalogItem | None, catalog: Catalog, model: Recommender,
+                           want: int) -> list[_Candidate]:
+        """Popular items of the item's category path, deepest level first (each level: the model's popular
+        items of every catalog category under it, by popularity), then the shop's popular items."""
+        out: list[_Candidate] = []
+        path = item.category_path if item is not None else ()
+        index = self._category_index(catalog)
+        for depth in range(len(path), 0, -1):
+            level = CATEGORY_SEPARATOR.join(path[:depth])
+            got: list[tuple[str, float]] = []
+            for cat in dict.fromkeys((level, *index.under.get(level, ())[:MAX_FALLBACK_CATEGORIES])):
+                got += model.popular(want, category=cat)
+            got.sort(key=lambda x: -x[1])  # stable: ties keep the model's order
+            out += [_Candidate(i, s, POPULAR_CATEGORY, category=level) for i, s in got]
+        out += [_Candidate(i, s, POPULAR) for i, s in model.popular(want)]
+        return out
+
+    # -- what a request holds that the policy cannot use ------------------------------------------
+    def checked(self, model: Recommender, catalog: Catalog, q: Query) -> tuple[Query, list[InputWarning]]:
+        """The query with what it cannot use left out (an item or category nobody knows), and a warning
+        for each such value, and for excluded items nobody knows."""
+        warnings: list[InputWarning] = []
+        ctx = q.context_item
+        if ctx and not self.knows_item(ctx, catalog, model):
+            warnings.append(InputWarning("context.item_id", "unknown item (not in the catalog or the model): "
+                                                            "ignored, no look-alikes of it"))
+            ctx = None
+        category = q.context_category
+        if category:
+            category, warning = self.known_category(category, catalog, model, "context.category")
+            warnings += [warning] if warning else []
+        warnings += self.unknown_items(q.exclude_order or sorted(q.exclude), catalog, model, "exclude")
+        return dataclasses.replace(q, context_item=ctx, context_category=category), warnings
+
+    def knows_item(self, item_id: str, catalog: Catalog, model: Recommender) -> bool:
+        return item_id in catalog or model.has_item(item_id)
+
+    def unknown_items(self, items: Sequence[str], catalog: Catalog, model: Recommender,
+                      field_name: str) -> list[InputWarning]:
+        """A warning per item of the list field that neither the catalog nor the model knows (the first
+        MAX_ITEM_WARNINGS, then one for the rest)."""
+        unknown = [n for n, i in enumerate(items) if not self.knows_item(i, catalog, model)]
+        out = [InputWarning(f"{field_name}[{n}]", "unknown item (not in the catalog or the model): nothing to "
+                                                  "leave out") for n in unknown[:MAX_ITEM_WARNINGS]]
+        if len(unknown) > MAX_ITEM_WARNINGS:
+            out.append(InputWarning(field_name, f"{len(unknown) - MAX_ITEM_WARNINGS} more unknown items"))
+        return out
+
+    def known_category(self, category: str, catalog: Catalog, model: Recommender,
+                       field_name: str) -> tuple[str | None, InputWarning | None]:
+        """(the category as the catalog spells it, None) when the catalog or the model knows it; else (None,
+        a warning), suggesting the catalog's spelling when only the case differs. Levels compare exactly:
+        "sports > socks" is not "Sports > Socks" (a catalog may hold both)."""
+        try:
+            canonical = CATEGORY_SEPARATOR.join(split_category(category))
+        except ValueError:
+            return None, InputWarning(field_name, "not a category path (an empty level): ignored")
+        index = self._category_index(catalog)
+        if canonical in index.under or model.popular(1, category=canonical):
+            return canonical, None
+        near = index.spelling.get(canonical.casefold())
+        hint = f"; did you mean {near!r}? (categories are case-sensitive)" if near else ""
+        return None, InputWarning(field_name, f"unknown category: ignored{hint}")
+
+    def _category_index(self, catalog: Catalog) -> _CategoryIndex:
+        """The index of this catalog object: one pass over its items when the object is new (a catalog
+        change; ~50 ms per 100,000 items), the index itself rebuilt only when the set of categories changed."""
+        memo = self._categories
+        if memo is None or memo[0] is not catalog:
+            categories = frozenset(it.category for it in catalog if it.category)
+            index = memo[1] if memo is not None and memo[1].categories == categories else _CategoryIndex.of(categories)
+            memo = self._categories = (catalog, index)
+        return memo[1]
+
     # -- filtering ------------------------------------------------------------------------------
+    def _left_out(self, q: Query, suppressed: Iterable[str]) -> set[str]:
+        """What a list for this query may not hold, whichever list: the caller's exclusions and the
+        customer's recent purchases and returns (`suppressed`, from `personal_query`). The one place for it,
+        shared by `recommend` and `similar`."""
+        return set(q.exclude) | set(suppressed)
+
     def _category(self, item_id: str | None, catalog: Catalog, model: Recommender) -> str | None:
         if item_id is None:
             return None
@@ -367,7 +559,9 @@ class RecommendationPolicy:
                                                     logged_in=q.logged_in), self.policy).text
             else:
                 subject = cat_signal if c.basis == POPULAR_CATEGORY else ctx_signal
-                key = (c.basis, q.context_item, cat_signal.category)
+                if c.basis == POPULAR_CATEGORY and c.category is not None:  # a fallback level of /similar_items
+                    subject = Signal(VIEW, q.channel, category=c.category)
+                key = (c.basis, q.context_item, cat_signal.category, c.category)
                 if key not in cache:
                     cache[key] = guard(GuardRequest(RECOMMENDATION_REASON, q.channel, consent, (), basis=c.basis,
                                                     subject=subject, logged_in=q.logged_in), self.policy).text

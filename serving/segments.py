@@ -7,9 +7,11 @@ nothing of the request is written anywhere.
 
 - A thread pool of `workers` runs jobs; at most `queue_size` more wait (`ExportQueueFull` beyond: the
   service answers 429), so a burst of submits cannot pile up work or memory.
-- A job streams: profile ids (the requested ones, or the store's list) are scored `chunk_size` at a
-  time and each chunk is appended to the file (a parquet row group, or CSV rows) before the next is
-  scored, so memory holds one chunk whatever the store's size; the event log is never read.
+- A job streams: the requested ids (profile ids, or the retailer's customer ids, emails or phones,
+  one kind per job), or the store's profile ids, are scored `chunk_size` at a time and each chunk is
+  appended to the file (a parquet row group, or CSV rows) before the next is scored, so memory holds
+  one chunk whatever the store's size; the event log is never read. The file's columns are the
+  scoring's (`/scores`' fields); mappings (the message parameters) are written as JSON text.
 - The file is written as `.segment-<task_id>.<format>.part` and renamed when complete: a download never
   sees half a file, and a `.part` no running job owns (a crash) is deleted.
 - Files older than `retention_s` are deleted (a sweep every few seconds to a minute), and erasure
@@ -20,6 +22,7 @@ nothing of the request is written anywhere.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -41,12 +44,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.schema import PROFILE_ID
+from serving.decisions import HOLDOUT, MESSAGE_PARAMS, SCORE_ID
 from serving.nba import CHURN_PROBABILITY, PURCHASE_PROPENSITY
 
 logger = logging.getLogger("mirror.segments")
 
-#: Score columns written as numbers; every other column the scoring returns is written as text.
+#: Score columns written as numbers, as booleans, as JSON text; every other column is written as text.
 NUMERIC_COLUMNS = frozenset({CHURN_PROBABILITY, PURCHASE_PROPENSITY})
+BOOL_COLUMNS = frozenset({HOLDOUT})
+JSON_COLUMNS = frozenset({MESSAGE_PARAMS})
 #: format -> content type of the download (parquet's is IANA-registered since 2024)
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
@@ -57,6 +63,14 @@ _PART_FILE = re.compile(r"^\.segment-([0-9a-f]{32})\.(csv|parquet)\.part$")
 #: still deleted past retention and scanned on erasure (named by their stem where a task id would be)
 _LEGACY_FILE = re.compile(r"^(scores-\d{8}T\d{6,12})\.(csv|parquet)$")
 _READ_BATCH = 65_536
+
+
+class Scorer(Protocol):
+    """Scores one chunk: `ids` of kind `by` (None: profile ids of a whole-store export), with the
+    job's `options`. Returns (rows, with a PROFILE_ID column; the ids of the chunk the store does not
+    know). Called with `ids=[]` for the columns alone."""
+
+    def __call__(self, ids: Sequence[str], by: str | None, /, **options: Any) -> tuple[pd.DataFrame, list[str]]: ...
 
 
 class JobStatus(StrEnum):
@@ -90,6 +104,10 @@ class Job:
     ids: Sequence[str] | None
     listed: bool  # the request named the ids (then unknown ones are reported)
     created_at: datetime
+    #: what the listed ids are (a profile id, customer id, email or phone); None: the whole store
+    by: str | None = None
+    #: passed to the scorer (campaign, ...)
+    options: dict[str, Any] = field(default_factory=dict)
     status: JobStatus = JobStatus.IN_PROGRESS
     executed_at: datetime | None = None
     completed_at: datetime | None = None
@@ -100,10 +118,18 @@ class Job:
     error: str | None = None
     #: profiles erased while the job was queued or running: left out of every chunk written after
     erased: set[str] = field(default_factory=set)
+    #: profiles written so far, for ids that are not profile ids (else `ids[:written]` tells)
+    written_profiles: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def by_profile(self) -> bool:
+        return self.by in (None, PROFILE_ID)
 
     def wrote(self, profile_id: str) -> bool:
         """Whether a chunk already in the file covered `profile_id`."""
+        if not self.by_profile:
+            return profile_id in self.written_profiles
         if not self.ids or not self.written:
             return False
         try:
@@ -140,11 +166,21 @@ def export_schema(columns: Sequence[str]) -> pa.Schema:
     writes the same schema (a chunk of all-null scores would otherwise infer another type)."""
     if PROFILE_ID not in columns:
         raise ValueError(f"the scoring returns no {PROFILE_ID} column")
-    return pa.schema([(c, pa.float64() if c in NUMERIC_COLUMNS else pa.string()) for c in columns])
+    return pa.schema([(c, pa.float64() if c in NUMERIC_COLUMNS else pa.bool_() if c in BOOL_COLUMNS else pa.string())
+                      for c in columns])
+
+
+def _json_text(v: Any) -> str | None:
+    """A mapping as JSON text (sorted keys: the same parameters, the same text); None stays null."""
+    return None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _to_arrow(table: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pandas(table[list(schema.names)], schema=schema, preserve_index=False)
+    out = table[list(schema.names)]
+    encode = [c for c in schema.names if c in JSON_COLUMNS]
+    if encode:  # a copy: the scorer's frame is never changed
+        out = out.assign(**{c: [_json_text(v) for v in out[c]] for c in encode})
+    return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
 
 
 def _private_open(path: Path) -> BinaryIO:
@@ -159,7 +195,7 @@ def _now() -> datetime:
 class SegmentRunner:
     """Runs segment exports in the background; see the module docstring for the rules."""
 
-    def __init__(self, export_dir: Path, *, score: Callable[[Sequence[str]], pd.DataFrame],
+    def __init__(self, export_dir: Path, *, score: Scorer,
                  list_profiles: Callable[[], Sequence[str]], chunk_size: int, workers: int, queue_size: int,
                  retention_s: float, clock: Callable[[], float] = time.time) -> None:
         if chunk_size < 1 or workers < 1 or queue_size < 0 or retention_s <= 0:
@@ -195,14 +231,17 @@ class SegmentRunner:
                 logger.exception("segment export sweep failed")
 
     # -- jobs ----------------------------------------------------------------------------------
-    def submit(self, profile_ids: Sequence[str] | None, fmt: str) -> Job:
-        """Queue an export (the request was validated by its schema); ExportQueueFull when no slot is free."""
+    def submit(self, ids: Sequence[str] | None, fmt: str, *, by: str = PROFILE_ID,
+               options: dict[str, Any] | None = None) -> Job:
+        """Queue an export of `ids` (of kind `by`), or of the whole store (None); the request was validated
+        by its schema. ExportQueueFull when no slot is free."""
         if fmt not in MEDIA_TYPES:
             raise ValueError(f"format: expected one of {', '.join(MEDIA_TYPES)}")
         if not self._slots.acquire(blocking=False):
             raise ExportQueueFull("too many segment exports running or queued; retry later")
-        job = Job(task_id=uuid.uuid4().hex, format=fmt, listed=profile_ids is not None,
-                  ids=None if profile_ids is None else list(profile_ids), created_at=_now())
+        job = Job(task_id=uuid.uuid4().hex, format=fmt, listed=ids is not None,
+                  ids=None if ids is None else list(ids), created_at=_now(), by=None if ids is None else by,
+                  options=dict(options or {}))
         with self._lock:
             self._jobs[job.task_id] = job
         try:
@@ -284,26 +323,32 @@ class SegmentRunner:
 
     def _write(self, job: Job, part: Path) -> None:
         ids = job.ids or []
-        schema = export_schema(list(self._score([]).columns))  # the columns, without scoring anyone
+        schema = export_schema(list(self._score([], job.by, **job.options)[0].columns))  # the columns alone
         with _private_open(part) as fh:
             writer = pq.ParquetWriter(fh, schema) if job.format == "parquet" else pacsv.CSVWriter(fh, schema)
             try:
                 for start in range(0, len(ids), self.chunk_size):
                     piece = ids[start:start + self.chunk_size]
-                    table = self._score(piece)  # outside the lock: erasure waits for a write, not a scoring
+                    # outside the lock: erasure waits for a write, not a scoring
+                    table, unknown = self._score(piece, job.by, **job.options)
                     with job.lock:
                         if job.status is not JobStatus.IN_PROGRESS:
                             return  # deleted by an erasure: stop here
                         if self._stop.is_set():
                             raise RuntimeError("the service is shutting down")
                         if job.erased:
-                            table = table[~table[PROFILE_ID].isin(job.erased)]
+                            dropped = table[PROFILE_ID].isin(job.erased)
+                            if job.listed and SCORE_ID in table:  # no longer known: reported as unknown
+                                unknown = [*unknown, *table.loc[dropped, SCORE_ID].astype(str)]
+                            table = table[~dropped]
                         if len(table):
                             writer.write_table(_to_arrow(table, schema))
                         job.written, job.rows = start + len(piece), (job.rows or 0) + len(table)
-                        if job.listed:
-                            known = set(table[PROFILE_ID].astype(str))
-                            job.unknown.extend(p for p in piece if p not in known)
+                        if not job.by_profile:
+                            job.written_profiles.update(table[PROFILE_ID].astype(str))
+                        if job.listed and unknown:
+                            missing = set(unknown)
+                            job.unknown.extend(v for v in piece if v in missing)  # in the order asked
             finally:
                 writer.close()
 

@@ -33,10 +33,11 @@ from fastapi.responses import StreamingResponse
 
 from features.catalog import Catalog, CatalogItem, validate_catalog
 from features.schema import (
+    CHANNEL,
     CHURN_MODEL,
     COOKIE_ID,
-    CUSTOMER_ID,
     DEVICE_ID,
+    EMAIL,
     ERROR_FIELD,
     ERROR_REASON,
     ERROR_ROW,
@@ -44,29 +45,43 @@ from features.schema import (
     EVENT_TYPE,
     IDENTIFIER_COLUMNS,
     ITEM_ID,
+    PHONE,
+    PREFERENCE,
+    PREFERENCE_KEY,
+    PREFERENCE_VALUE,
     PROFILE_ID,
     PURCHASE_MODEL,
     RECOMMENDER_MODEL,
     TEXT,
     TEXT_EVENT_TYPES,
+    TS,
+    IdentifierHasher,
     validate_events,
 )
-from serving import api, nba, segments
-from serving.auth import GatekeeperMiddleware, KeyRing, log_auth_mode
+from features.store import ServedList
+from serving import api, nba, openapi, problems, segments
+from serving.auth import CorsMiddleware, GatekeeperMiddleware, KeyRing, log_auth_mode
 from serving.config import Settings
-from serving.decisions import TOP_CHANNEL, DecisionEngine, customer_consent
-from serving.guard import ConsentState, Sensitivity, load_policy
+from serving.decisions import DecisionEngine, customer_consent
+from serving.guard import ConsentState, load_policy
 from serving.models import ChampionSet, PopularityFallback
+from serving.recommend import InputWarning, RecommendationPolicy, identifier_warnings
 from serving.recommend import Query as RecommendQuery
-from serving.recommend import RecommendationPolicy
+from serving.served import ServedRecorder, new_recommendation_id
 
 logger = logging.getLogger("mirror.service")
 
 #: Seconds between checks whether another process changed the catalog (a local write refreshes at once).
 CATALOG_CHECK_S = 0.5
+#: The `model` recorded for a list the popularity fallback answered (no registered champion served it).
+FALLBACK_MODEL = "popularity-fallback"
+#: Surfaces of /similar_items' two lists (a /recommend list's surface is its page: api.PAGE_TYPES).
+SIMILAR_SURFACE, COMPLEMENTS_SURFACE = "similar_items", "complements"
 
-#: GET/PUT/DELETE routes; BentoML's @api is POST-only. Its own docs are off: /docs.json is BentoML's.
-http_app = FastAPI(title="mirror-admin", docs_url=None, redoc_url=None, openapi_url=None)
+#: GET/PUT/DELETE routes; BentoML's @api is POST-only. Its own docs are off: serving.openapi writes one
+#: document for both; operation ids are the endpoint functions' names (`put_consent`), not machine output.
+http_app = FastAPI(title="mirror-admin", docs_url=None, redoc_url=None, openapi_url=None,
+                   generate_unique_id_function=lambda route: route.name)
 
 
 def hashed_id(value: str | None) -> str:
@@ -143,7 +158,7 @@ class ServiceMetrics:
 
 
 #: Routes BentoML serves itself (probes, metrics, docs), beside the service's API and mounted routes.
-BENTOML_ROUTES = ("/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json")
+BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/metrics", "/schema.json", *openapi.DOCS_ROUTES)
 #: The one label of every path that is no route of ours (scanners, typos, 404s).
 OTHER_ROUTE = "other"
 
@@ -332,8 +347,9 @@ def release_request_timers() -> bool:
             await waiter
         except TimeoutError:
             if fut.cancel():
-                resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
-                                    status_code=504)
+                body = problems.problem(504, f"not able to answer within {self.timeout} seconds",
+                                        request_id=problems.current_request_id(scope))
+                resp = JSONResponse(body, status_code=504, media_type=problems.PROBLEM_JSON)
                 await resp(scope, receive, send)
         else:
             await fut
@@ -384,6 +400,11 @@ class Mirror:
         self.policy = load_policy(self.settings.guard_config)
         self.store = _open_store(self.settings)
         self.recommendation = RecommendationPolicy(self.policy)
+        self._hasher: IdentifierHasher = getattr(self.store, "hasher", None) or IdentifierHasher.from_env()
+        record = getattr(self.store, "record_recommendations", None)
+        if record is None:
+            logger.warning("this profile store cannot record served lists: attribution reports stay empty")
+        self.served = ServedRecorder(record).start() if record is not None else None
         self.decisions = DecisionEngine(self.store, self.policy, self.recommendation)
         self._catalog_lock = threading.Lock()
         self._catalog, self._catalog_version, self._catalog_checked = self.store.catalog(), -1, 0.0
@@ -391,7 +412,7 @@ class Mirror:
         self.metrics = ServiceMetrics.get()
         label_request_metrics(RouteLabels.of_service(Mirror, http_app))
         self.segments = segments.SegmentRunner(
-            self.settings.export_dir, score=self.score_profiles, list_profiles=self.store.profile_ids,
+            self.settings.export_dir, score=self.score_segment_chunk, list_profiles=self.store.profile_ids,
             chunk_size=self.settings.max_batch, workers=self.settings.export_workers,
             queue_size=self.settings.export_queue, retention_s=self.settings.export_retention_s)
         self.segments.start()
@@ -498,44 +519,77 @@ class Mirror:
     def _recommend(self, req: api.RecommendRequest) -> api.RecommendResponse:
         self._check_k("RecommendRequest", req.k)
         champ = self.champions.current
+        rec, catalog = champ.recommender, self.catalog()
         ids = req.identifiers()
         pid = self.store.resolve(ids) if ids else None
         profile = self.store.get_profile(pid) if pid else None
-        q = RecommendQuery(channel=req.channel, k=req.k, now=datetime.now(UTC),
-                  logged_in=pid is not None and any(c not in (DEVICE_ID, COOKIE_ID) for c in ids),
-                  context_item=req.context.item_id, context_category=req.context.category,
-                  exclude=frozenset(req.exclude))
-        out = self.recommendation.recommend(champ.recommender, self.catalog(), profile,
-                                            self._consent(pid, profile), q)
+        q = RecommendQuery(channel=req.channel, k=req.k, now=datetime.now(UTC), logged_in=_logged_in(pid, ids),
+                           context_item=req.context.item_id, context_category=req.context.category,
+                           exclude=frozenset(req.exclude), exclude_order=tuple(req.exclude))
+        q, ignored = self.recommendation.checked(rec, catalog, q)  # what it cannot use leaves the query
+        surface, page_warning = _surface(req.context.page)
+        warnings = [*identifier_warnings(ids, pid is not None, self._hasher.normalise), *page_warning, *ignored]
+        out = self.recommendation.recommend(rec, catalog, profile, self._consent(pid, profile), q)
         if not out.personalized:
             self.metrics.cold_start.inc()
         logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), out.personalized, len(out.items))
         return api.RecommendResponse(
-            profile_id=pid, personalized=out.personalized, cold_start=not out.personalized,
-            items=[_scored_item(p.item_id, p.score, p.item, reason=p.reason, basis=p.basis) for p in out.items],
-            model_version=champ.status[RECOMMENDER_MODEL].version, fallback=champ.recommender_is_fallback)
+            recommendation_id=self._served(surface, pid, q, champ, [p.item_id for p in out.items]),
+            profile_id=pid, identified=pid is not None, personalized=out.personalized,
+            cold_start=not out.personalized,
+            items=[_scored_item(p.item_id, p.score, p.item, rec, position=n, reason=p.reason, basis=p.basis)
+                   for n, p in enumerate(out.items)],
+            model_version=champ.status[RECOMMENDER_MODEL].version, fallback=champ.recommender_is_fallback,
+            warnings=_warnings(warnings))
+
+    def _served(self, surface: str, pid: str | None, q: RecommendQuery, champ: Any, items: list[str]) -> str:
+        """A new list id, its list queued for the store (serving.served: in the background, not lost on a
+        clean shutdown): what `mirror report attribution` joins the events echoing the id to."""
+        rid = new_recommendation_id()
+        if self.served is not None:
+            fallback = champ.recommender_is_fallback
+            self.served.submit(ServedList(
+                recommendation_id=rid, ts=q.now, profile_id=pid, surface=surface, channel=q.channel,
+                model=FALLBACK_MODEL if fallback else RECOMMENDER_MODEL,
+                model_version=None if fallback else champ.status[RECOMMENDER_MODEL].version, item_ids=tuple(items)))
+        return rid
+
+    @bentoml.on_shutdown
+    def _write_served_lists(self) -> None:
+        if self.served is not None:
+            self.served.close()
 
     @bentoml.api(route="/similar_items")
     async def similar_items(self, req: api.SimilarItemsRequest, /) -> api.SimilarItemsResponse:
-        """Look-alikes and complements for a product page (no personal data involved)."""
+        """Look-alikes and complements for a product page; for an item the model does not know yet, popular
+        items of its catalog category, then the shop's. With the customer's identifiers, /recommend's
+        consent and guard rules apply (serving.recommend `RecommendationPolicy.similar`)."""
         return self._similar_items(req)
 
     def _similar_items(self, req: api.SimilarItemsRequest) -> api.SimilarItemsResponse:
         self._check_k("SimilarItemsRequest", req.k)
-        rec = self.champions.current.recommender
-        if not rec.has_item(req.item_id):
-            raise NotFound(f"item_id: unknown item {req.item_id!r}")
-        catalog = self.catalog()
+        champ = self.champions.current
+        rec, catalog = champ.recommender, self.catalog()
+        ids = req.identifiers()
+        pid = self.store.resolve(ids) if ids else None
+        profile = self.store.get_profile(pid) if pid else None
+        q = RecommendQuery(channel=req.channel, k=req.k, now=datetime.now(UTC), logged_in=_logged_in(pid, ids),
+                           context_item=req.item_id, exclude=frozenset(req.exclude), exclude_order=tuple(req.exclude))
+        out = self.recommendation.similar(rec, catalog, profile, self._consent(pid, profile), q)
+        warnings = [*identifier_warnings(ids, pid is not None, self._hasher.normalise), *out.warnings,
+                    *self.recommendation.unknown_items(req.exclude, catalog, rec, "exclude")]
 
-        def shown(pairs: list[tuple[str, float]]) -> list[api.ScoredItem]:
-            # an anonymous product page: nothing sensitive or life-event, nothing out of stock
-            ok = [(i, s) for i, s in pairs if i != req.item_id
-                  and self.recommendation.tier(i, catalog, rec) == Sensitivity.NONE
-                  and not ((it := catalog.get(i)) is not None and it.in_stock is False)]
-            return [_scored_item(i, s, catalog.get(i)) for i, s in ok[:req.k]]
+        def shown(picks: Sequence[Any]) -> list[api.ScoredItem]:
+            return [_scored_item(p.item_id, p.score, p.item, rec, position=n, reason=p.reason, basis=p.basis)
+                    for n, p in enumerate(picks)]
 
-        return api.SimilarItemsResponse(item_id=req.item_id, similar=shown(rec.similar_items(req.item_id, req.k + 10)),
-                                        complements=shown(rec.complements(req.item_id, req.k + 10)))
+        return api.SimilarItemsResponse(
+            item_id=req.item_id, similar=shown(out.similar), complements=shown(out.complements),
+            similar_recommendation_id=self._served(SIMILAR_SURFACE, pid, q, champ, [p.item_id for p in out.similar]),
+            complements_recommendation_id=self._served(COMPLEMENTS_SURFACE, pid, q, champ,
+                                                       [p.item_id for p in out.complements]),
+            profile_id=pid, identified=pid is not None, model_version=champ.status[RECOMMENDER_MODEL].version,
+            warnings=_warnings(warnings))
 
     # -- next best action -----------------------------------------------------------------------
     @bentoml.api(route="/next_best_action")
@@ -551,12 +605,13 @@ class Mirror:
                                  channel=a.channel, params=_jsonable(dict(a.params)), reason=a.message,
                                  recommended_channel=a.recommended_channel if a.recommended_channel != a.channel
                                  else None, send_at=a.send_at.isoformat() if a.send_at else None,
-                                 decision_id=a.decision_id) for a in out.actions]
+                                 decision_id=a.decision_id, tone=a.tone) for a in out.actions]
         if not actions:
             actions = [api.ActionOut(action=nba.DO_NOTHING, score=0.0, expected_value=0.0, channel=req.channel,
                                      reason=out.reason)]
         return api.NBAResponse(profile_id=pid, channel=req.channel, personalized=out.personalized,
-                               holdout=out.holdout, actions=actions, decided_at=str(out.decided_at))
+                               holdout=out.holdout, actions=actions, decided_at=str(out.decided_at),
+                               tone=out.tone if out.personalized else None)
 
     # -- events ---------------------------------------------------------------------------------
     @bentoml.api(route="/events")
@@ -613,6 +668,8 @@ class Mirror:
         bad_rows = len({rej.row for rej in rejected})
         self.metrics.events.labels("rejected").inc(bad_rows)
         logger.info("events accepted=%d duplicates=%d rejected=%d", len(accepted), len(duplicates), bad_rows)
+        if rejected and not accepted and not duplicates and not suppressed_n:
+            return _nothing_accepted(rejected, single=req.event is not None)
         return api.EventsResponse(accepted=accepted, duplicates=duplicates, rejected=rejected,
                                   suppressed=suppressed_n, profile_ids=profile_ids, sentiment_scored=scored,
                                   suppressed_ids=suppressed)
@@ -631,56 +688,69 @@ class Mirror:
             return pd.Series(dtype="float64")
 
     # -- scores ---------------------------------------------------------------------------------
-    def score_profiles(self, profile_ids: Sequence[str]) -> pd.DataFrame:
-        """Churn, propensity and top action for known profiles (`DecisionEngine.score`)."""
+    def _score_options(self, campaign: str, messages: bool = True) -> dict[str, Any]:  # exports: with messages
+        """What `DecisionEngine.score` needs besides the ids: this request's catalog and recommender."""
+        return {"catalog": self.catalog(), "recommender": self.champions.current.recommender, "campaign": campaign,
+                "messages": messages}
+
+    def score_segment_chunk(self, ids: Sequence[str], by: str | None, /, **options: Any) -> tuple[pd.DataFrame,
+                                                                                                  list[str]]:
+        """One chunk of a segment export (`segments.Scorer`): rows of /scores' fields, and the unknown ids."""
         champ = self.champions.current
-        return self.decisions.score(champ.churn, champ.purchase, list(profile_ids))
+        opts = self._score_options(**options)
+        if by is None:  # the whole store: keyed by each profile's own customer ids
+            return self.decisions.score_store(champ.churn, champ.purchase, list(ids), **opts), []
+        return self.decisions.score_asked(champ.churn, champ.purchase, [(by, v) for v in ids], **opts)
+
+    def _check_batch_ids(self, title: str, lists: Mapping[str, Sequence[str] | None]) -> None:
+        """Emails and phones must be ones (the store hashes them after normalising): a 400 naming the
+        first that is not, e.g. `phones[3]`, rather than an id silently reported unknown."""
+        hasher = getattr(self.store, "hasher", None) or IdentifierHasher.from_env()
+        for field, kind in api.BATCH_ID_FIELDS.items():
+            if kind not in (EMAIL, PHONE):
+                continue
+            for i, v in enumerate(lists.get(field) or ()):
+                if not hasher.is_hashed(v) and hasher.normalise(kind, v) is None:
+                    what = "an email address" if kind == EMAIL else "a phone number"
+                    raise api.field_error(title, (field, i), f"not {what}")
 
     @bentoml.api(route="/scores")
     def scores(self, req: api.ScoresRequest, /) -> api.ScoresResponse:
-        total = len(req.profile_ids) + len(req.customer_ids)
-        if total > self.settings.max_batch:
-            raise api.field_error("ScoresRequest", ("profile_ids",),
-                                  f"at most {self.settings.max_batch} customers per call", total)
-        requested: list[tuple[str, str | None]] = [(p, p) for p in req.profile_ids]
-        if req.customer_ids:
-            resolved = self.store.resolve_many(CUSTOMER_ID, list(req.customer_ids))
-            requested += [(c, resolved.get(c)) for c in req.customer_ids]
-        pids = sorted({p for _, p in requested if p})
-        table = self.score_profiles(pids)
-        known = set(table[PROFILE_ID])
-        cols = {c: table[c].to_numpy() for c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, nba.TOP_ACTION,
-                                                 TOP_CHANNEL)}
-        pos = {p: i for i, p in enumerate(table[PROFILE_ID])}
-        out, unknown = [], []
-        for ident, pid in requested:
-            if pid is None or pid not in known:
-                unknown.append(ident)
-                continue
-            i = pos[pid]
-            out.append(api.CustomerScore(id=ident, profile_id=pid,
-                                         churn_probability=_nan_none(cols[nba.CHURN_PROBABILITY][i]),
-                                         purchase_propensity=_nan_none(cols[nba.PURCHASE_PROPENSITY][i]),
-                                         top_action=cols[nba.TOP_ACTION][i],
-                                         top_channel=ch if isinstance(ch := cols[TOP_CHANNEL][i], str) else None))
+        """Churn, propensity, holdout and the top action with its channel, send time and guarded message,
+        per customer asked, by the retailer's ids or Mirror's (`DecisionEngine.score_asked`). A preview:
+        no contact slot is reserved (that is /next_best_action's, when the message is decided)."""
+        asked = req.asked()
+        if len(asked) > self.settings.max_batch:
+            raise api.field_error("ScoresRequest", ("customer_ids",),
+                                  f"at most {self.settings.max_batch} customers per call (all lists together)",
+                                  len(asked))
+        self._check_batch_ids("ScoresRequest", {f: getattr(req, f) for f in api.BATCH_ID_FIELDS})
         champ = self.champions.current
-        return api.ScoresResponse(scores=out, unknown=unknown,
+        table, unknown = self.decisions.score_asked(champ.churn, champ.purchase, asked,
+                                                    **self._score_options(req.campaign, req.messages))
+        records = table.astype(object).where(table.notna(), None).to_dict("records")
+        return api.ScoresResponse(scores=[api.CustomerScore(**r) for r in records], unknown=unknown,
                                   churn_model_version=champ.status[CHURN_MODEL].version,
                                   purchase_model_version=champ.status[PURCHASE_MODEL].version)
 
     # -- segment exports (serving.segments: Mirror's own job runner, nothing of a request on disk) ------
     @bentoml.api(route="/score_segment/submit")
     def score_segment_submit(self, req: api.SegmentExportRequest, /) -> api.SegmentTask:
-        """Queues a segment export (every profile, or a list) scored in chunks into a CSV/parquet file.
+        """Queues a segment export (every profile, or one list of ids) scored in chunks into a CSV/parquet
+        file whose columns are /scores' fields.
 
         The body is checked now (a 400 naming the field), not when the job runs; 429 when the export
         queue is full (MIRROR_EXPORT_WORKERS running + MIRROR_EXPORT_QUEUE waiting): retry later."""
+        listed = req.listed()
+        self._check_batch_ids("SegmentExportRequest", {f: getattr(req, f) for f in api.BATCH_ID_FIELDS})
         try:
-            job = self.segments.submit(req.profile_ids, req.format)
+            job = self.segments.submit(None if listed is None else listed[1], req.format,
+                                       by=PROFILE_ID if listed is None else listed[0],
+                                       options={"campaign": req.campaign})
         except segments.ExportQueueFull as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.TOO_MANY_REQUESTS) from exc
-        logger.info("segment export %s queued (%s, %s profiles)", job.task_id, job.format,
-                    "all" if req.profile_ids is None else len(req.profile_ids))
+        logger.info("segment export %s queued (%s, %s)", job.task_id, job.format,
+                    "every profile" if listed is None else f"{len(listed[1])} by {listed[0]}")
         return api.SegmentTask(task_id=job.task_id, status=job.status.value)
 
     @http_app.get("/score_segment/status")
@@ -722,6 +792,37 @@ class Mirror:
                                               "type": "not_found"}])
         self.store.set_consent(pid, req.purpose, req.granted)
         return api.ConsentResponse(profile_id=pid, consent=dict(self.store.get_consent(pid)))
+
+    @http_app.put("/preferences")
+    def put_preferences(self, req: api.PreferencesRequest) -> api.PreferencesResponse:
+        """A preference-centre save (declared interests, preferred channels, time zone, personalization
+        level), written as `preference` events through the store's one event path: the events carry only
+        the request's identifiers that already belong to the customer, so a save never links profiles."""
+        pid = self.store.resolve(req.identifiers())
+        if pid is None:
+            raise HTTPException(404, detail=[{"loc": ["body", *req.identifiers()], "msg": "unknown customer",
+                                              "type": "not_found"}])
+        own = {c: v for c, v in req.identifiers().items() if self.store.resolve({c: v}) == pid}
+        now = pd.Timestamp.now(tz="UTC")  # one time for the save: it replaces each declaration it names
+        records = [{EVENT_ID: "pref-" + hashlib.blake2b(f"{pid}\x1f{now.value}\x1f{k}\x1f{v}".encode(),
+                                                         digest_size=12).hexdigest(),
+                    TS: now.isoformat(), CHANNEL: req.via, EVENT_TYPE: PREFERENCE, PREFERENCE_KEY: k,
+                    PREFERENCE_VALUE: v, **own} for k, v in req.declarations()]
+        checked = validate_events(records)
+        if len(checked.errors):  # the request model checks the same rules: this is a guard against drift
+            raise HTTPException(422, detail=[{"loc": ["body", str(r[ERROR_FIELD])], "msg": str(r[ERROR_REASON]),
+                                              "type": "value_error"} for r in checked.error_records()])
+        try:
+            res = self.store.append_events(checked.valid, validated=True)
+        except Exception as exc:
+            logger.exception("preference append failed")
+            raise ServiceUnavailable("the profile store could not record the preferences; retry") from exc
+        profile = self.store.get_profile(pid)
+        declared = {} if profile is None else {f: list(profile.declared_values(k)) for f, k in api.PREFERENCE_FIELDS.items()}
+        for f in ("timezone", "personalization_level"):
+            declared[f] = declared[f][0] if declared.get(f) else None
+        logger.info("preferences of %s: %d declarations", hashed_id(pid), len(records))
+        return api.PreferencesResponse(profile_id=pid, declared=declared, accepted=[str(e) for e in res.accepted_ids])
 
     @http_app.put("/stock")
     def put_stock(self, req: api.StockRequest) -> dict[str, int]:
@@ -801,6 +902,18 @@ class Mirror:
         return {"ready": self.__is_ready__(), "models": self.champions.status()}
 
 
+def _nothing_accepted(rejected: Sequence[api.EventRejection], *, single: bool) -> Any:
+    """POST /events when every row is rejected: a 422 problem naming each row's field (`events[3].ts`),
+    with the rejections as in a 200 answer (`rejected`), so a caller cannot mistake it for success."""
+    errors = [{"field": f"event.{r.field}" if single else f"events[{r.row}].{r.field}", "reason": r.reason}
+              for r in rejected]
+    n = len({r.row for r in rejected})
+    return problems.problem_response(
+        422, f"no event was accepted: all {n} rejected; " + "; ".join(f"{e['field']}: {e['reason']}"
+                                                                        for e in errors[:20]),
+        errors, rejected=[r.model_dump() for r in rejected])
+
+
 def _unknown_task() -> HTTPException:
     return HTTPException(404, detail=[{"loc": ["query", "task_id"], "msg": "unknown or expired task",
                                        "type": "not_found"}])
@@ -813,15 +926,36 @@ def _file_chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def _scored_item(item_id: str, score: float, item: CatalogItem | None, **extra: Any) -> api.ScoredItem:
-    """An item of an answer with its catalog metadata (name, category, price, links) when known."""
-    meta = {} if item is None else {"name": item.name, "category": item.category, "price": item.price,
-                                    "currency": item.currency, "url": item.url, "image_url": item.image_url}
+def _scored_item(item_id: str, score: float, item: CatalogItem | None, model: Any = None, **extra: Any
+                 ) -> api.ScoredItem:
+    """An item of an answer with its catalog metadata (name, brand, category, price, currency, links) when
+    the catalog knows it; its category is the model's when the catalog gives none."""
+    meta: dict[str, Any] = {} if item is None else {
+        "name": item.name, "brand": item.brand, "category": item.category, "price": item.price,
+        "currency": item.currency, "url": item.url, "image_url": item.image_url}
+    if not meta.get("category") and model is not None:
+        meta["category"] = model.item_category(item_id)
     return api.ScoredItem(item_id=item_id, score=float(score), **meta, **extra)
 
 
-def _nan_none(x: Any) -> float | None:
-    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+def _logged_in(pid: str | None, identifiers: Mapping[str, str]) -> bool:
+    """A known customer named by more than a device or cookie: the guard's `logged_in`."""
+    return pid is not None and any(c not in (DEVICE_ID, COOKIE_ID) for c in identifiers)
+
+
+def _surface(page: str | None) -> tuple[str, list[InputWarning]]:
+    """A /recommend list's surface: its page type (api.PAGE_TYPES); another page is recorded as
+    api.OTHER_PAGE (free text is never stored) and warned about."""
+    if page is None:
+        return api.RECOMMEND_SURFACE, []
+    if page in api.PAGE_TYPES:
+        return page, []
+    return api.OTHER_PAGE, [InputWarning("context.page", f"unknown page type: answered as usual, reported as "
+                                                         f"{api.OTHER_PAGE!r} (one of {', '.join(api.PAGE_TYPES)})")]
+
+
+def _warnings(found: Iterable[InputWarning]) -> list[api.AnswerWarning]:
+    return [api.AnswerWarning(field=w.field, reason=w.reason) for w in found]
 
 
 def _jsonable(x: Any) -> Any:
@@ -838,4 +972,9 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+# Outermost first: request id and problem shape for whatever answers below (CORS refusals, 401/413 of
+# the gatekeeper, BentoML's and FastAPI's errors, unknown paths), CORS, the docs pages, then the keys.
+Mirror.add_asgi_middleware(problems.ProblemMiddleware)
+Mirror.add_asgi_middleware(CorsMiddleware)
+Mirror.add_asgi_middleware(openapi.DocsMiddleware, spec=openapi.spec_factory(Mirror, http_app))
 Mirror.add_asgi_middleware(GatekeeperMiddleware)

@@ -45,6 +45,26 @@ DEFAULT_PORT = 3000
 DEFAULT_STORE = "mirror-store.db"
 SERVICE_TARGET = "serving.service:Mirror"
 
+#: Environment for the commands that train and score (never `serve`: the service keeps its own), set
+#: before numpy, implicit or MLflow are first imported, and only where the user has not set them:
+#: implicit warns on every ALS fit unless OpenBLAS runs one thread (it parallelises itself), and MLflow's
+#: INFO lines and artifact progress bars say nothing a user can act on.
+QUIET_ENV: dict[str, str] = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+@app.callback()
+def _quiet_libraries(ctx: typer.Context) -> None:
+    """Before any command: the library settings of QUIET_ENV (a process that already loaded numpy, such as
+    a test runner, is left alone: the settings would not take effect there, only leak)."""
+    if ctx.invoked_subcommand == "serve" or "numpy" in sys.modules:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -142,6 +162,12 @@ def _load_events(path: Path) -> Any:
     if profile_ids is None:
         return checked.valid
     return _with_profile_ids(checked.valid, raw, profile_ids, path)
+
+
+def load_events(path: Path) -> Any:
+    """The events `mirror train --events FILE` trains on: the file's valid rows (invalid ones reported),
+    with its profile ids when it has them.  Notebooks read a champion's logged data source with this."""
+    return _load_events(Path(path))
 
 
 def _with_profile_ids(valid: Any, raw: Any, profile_ids: Any, path: Path) -> Any:
@@ -278,23 +304,80 @@ def features(
     t0 = time.perf_counter()
     with _user_errors():
         _existing(events, "events file")
-        path = build(events, _timestamp(as_of, "--as-of"), out)
-    typer.echo(f"wrote {_count_rows(Path(path))} profiles to {path} in {time.perf_counter() - t0:.1f}s")
+        cut = _timestamp(as_of, "--as-of")
+        _check_events_file(events, cut)
+        path = build(events, cut, out)
+        n = _count_rows(Path(path))
+        if not n:
+            raise UserError(f"no profiles built from {events}" + (f" before --as-of {cut}" if cut is not None else "")
+                            + f"; {path} holds 0 rows")
+    typer.echo(f"wrote {n} profiles to {path} in {time.perf_counter() - t0:.1f}s")
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq") or path.is_dir()
+
+
+def _read_columns(path: Path, columns: list[str] | None = None) -> Any:
+    """`columns` of a CSV or parquet file (None: no rows, only the header); unreadable is one line."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    from features.schema import read_csv_strict
+
+    try:
+        if _is_parquet(path):
+            data = pads.dataset(path, format="parquet")
+            return pd.DataFrame(columns=data.schema.names) if columns is None else \
+                data.to_table(columns=columns).to_pandas()
+        return read_csv_strict(path, nrows=0) if columns is None else read_csv_strict(path, usecols=columns)
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(message if str(path) in message else f"cannot read {path}: {message}") from exc
+
+
+def _check_events_file(path: Path, as_of: Any) -> None:
+    """A file that is not canonical events, or a cutoff before its first event, is one line naming it."""
+    import pandas as pd
+
+    from features.schema import IDENTIFIER_COLUMNS, PROFILE_ID, REQUIRED_COLUMNS, TS
+
+    columns = [str(c) for c in _read_columns(path).columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(f"{path} is not an events file: it lacks the required column(s) {', '.join(missing)} "
+                        f"(its columns: {', '.join(columns) or 'none'})")
+    if not any(c in columns for c in (*IDENTIFIER_COLUMNS, PROFILE_ID)):
+        raise UserError(f"{path} has no identifier column to build profiles from (one of "
+                        f"{', '.join((*IDENTIFIER_COLUMNS, PROFILE_ID))}); its columns: {', '.join(columns)}")
+    if as_of is None:
+        return
+    ts = pd.to_datetime(_read_columns(path, [TS])[TS], utc=True, errors="coerce", format="ISO8601").dropna()
+    if not len(ts):
+        raise UserError(f"{path}: column {TS!r} holds no timestamps")
+    if ts.min() >= as_of:
+        raise UserError(f"--as-of {as_of} is not after the first event in {path} ({ts.min()}): no profile has "
+                        f"any history before it (the events run from {ts.min()} to {ts.max()})")
 
 
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-def _train_recommender(events_df: Any, as_of: Any, experiment: str | None) -> list[Any]:
+def _source(path: Path | None) -> str | None:
+    """The data file a run logs with its datasets (absolute), so notebooks read the same data back."""
+    return str(path.resolve()) if path is not None else None
+
+
+def _train_recommender(events_df: Any, as_of: Any, experiment: str | None, source: str | None = None) -> list[Any]:
     mod = _module("training.recommender", "train recommender")
     fn = _function(mod, "train_recommender", "train recommender")
     cfg_cls = _function(mod, "RecommenderTrainConfig", "train recommender")
-    config = _config(cfg_cls, as_of=as_of, experiment=experiment)
+    config = _config(cfg_cls, as_of=as_of, experiment=experiment, source=source)
     _tracking(getattr(config, "experiment", None))
     return _results(fn(config, events_df))
 
 
-def _train_propensity(events_df: Any, as_of: Any, experiment: str | None) -> list[Any]:
+def _train_propensity(events_df: Any, as_of: Any, experiment: str | None, source: str | None = None) -> list[Any]:
     mod = _module("training.propensity", "train propensity")
     fn = _function(mod, "train_propensity", "train propensity")
     cfg_cls = _function(mod, "PropensityConfig", "train propensity")
@@ -302,41 +385,79 @@ def _train_propensity(events_df: Any, as_of: Any, experiment: str | None) -> lis
     targets: tuple[str | None, ...] = ("churn", "purchase") if "target" in names else (None,)
     results: list[Any] = []
     for target in targets:
-        config = _config(cfg_cls, as_of=as_of, experiment=experiment, target=target)
+        config = _config(cfg_cls, as_of=as_of, experiment=experiment, target=target, source=source)
         _tracking(getattr(config, "experiment", None))
         results += _results(fn(config, events_df))
     return results
 
 
-def _sentiment_texts(events_path: Path | None, events_df: Any, reviews: Path | None) -> Any:
-    """Labelled texts: a --reviews CSV (text + rating), else the events' texts with truth or ratings."""
+@dataclasses.dataclass(frozen=True)
+class TextColumns:
+    """Which columns of a --reviews file hold the text and its rating (1-5) or label."""
+
+    text: str = "text"
+    rating: str | None = None
+    label: str | None = None
+
+
+def _need_columns(table: Any, path: Path, wanted: dict[str, str]) -> None:
+    """One line naming the file, the first missing column (and its option) and the file's columns."""
+    for option, column in wanted.items():
+        if column not in table.columns:
+            raise UserError(f"{path}: no column {column!r} ({option}); its columns: "
+                            f"{', '.join(map(str, table.columns))}")
+
+
+def _review_texts(reviews: Path, columns: TextColumns) -> Any:
+    """(text, label) rows of a reviews file: labels from --label-column (negative/neutral/positive),
+    else from --rating-column (1-2 negative, 3 neutral, 4-5 positive; default column 'rating')."""
     import pandas as pd
 
-    from features.schema import RATING, TEXT
+    from features.schema import RATING, SENTIMENT_LABELS, TEXT
+
+    mod = _module("training.sentiment", "train sentiment")
+    table = _read_table(reviews)
+    rating = columns.rating or (None if columns.label else RATING)
+    wanted = {"--text-column": columns.text}
+    wanted.update({"--label-column": columns.label} if columns.label else {"--rating-column": rating})
+    _need_columns(table, reviews, wanted)
+    if columns.label:
+        labels = table[columns.label].astype("string").str.strip().str.lower()
+        bad = sorted(set(labels.dropna()) - set(SENTIMENT_LABELS))
+        if bad:
+            raise UserError(f"{reviews}: column {columns.label!r} (--label-column) holds {bad[:5]}; labels are "
+                            f"{', '.join(SENTIMENT_LABELS)} (or give --rating-column for 1-5 ratings)")
+    else:
+        numbers = pd.to_numeric(table[rating], errors="coerce")
+        if not numbers.notna().any():
+            raise UserError(f"{reviews}: column {rating!r} (--rating-column) holds no numbers")
+        labels = mod.labels_from_ratings(numbers)
+    texts = pd.DataFrame({TEXT: table[columns.text].astype("string"), "label": labels.astype("string")})
+    return texts.dropna().reset_index(drop=True)
+
+
+def _sentiment_texts(events_path: Path | None, events_df: Any, reviews: Path | None,
+                     columns: TextColumns | None = None) -> Any:
+    """Labelled texts: a --reviews file (text + rating or label), else the events' texts with truth or ratings."""
+    import pandas as pd
 
     mod = _module("training.sentiment", "train sentiment")
     if reviews is not None:
-        table = _read_table(reviews)
-        missing = [c for c in (TEXT, RATING) if c not in table.columns]
-        if missing:
-            raise UserError(f"{reviews} needs columns {TEXT!r} and {RATING!r}; missing {missing}")
-        labels = mod.labels_from_ratings(table[RATING])
-        texts = pd.DataFrame({TEXT: table[TEXT].astype("string"), "label": labels})
-        return texts.dropna().reset_index(drop=True)
+        return _review_texts(reviews, columns or TextColumns())
     truth_path = events_path.parent / "truth" / "sentiment.parquet" if events_path else None
     truth = pd.read_parquet(truth_path) if truth_path is not None and truth_path.exists() else None
     texts = mod.texts_from_events(events_df, truth)
     if not len(texts):
-        raise UserError("no labelled review or support texts in the events (pass --reviews CSV)")
+        raise UserError("no labelled review or support texts in the events (pass --reviews FILE)")
     return texts
 
 
 def _train_sentiment(events_path: Path | None, events_df: Any, reviews: Path | None,
-                     experiment: str | None, **options: Any) -> list[Any]:
+                     experiment: str | None, columns: TextColumns | None = None, **options: Any) -> list[Any]:
     mod = _module("training.sentiment", "train sentiment")
     fn = _function(mod, "train_sentiment", "train sentiment")
-    config = _config(mod.SentimentConfig, experiment=experiment, **options)
-    texts = _sentiment_texts(events_path, events_df, reviews)
+    config = _config(mod.SentimentConfig, experiment=experiment, source=_source(reviews or events_path), **options)
+    texts = _sentiment_texts(events_path, events_df, reviews, columns)
     _tracking(getattr(config, "experiment", None))
     return _results(fn(config, texts))
 
@@ -349,7 +470,8 @@ class Family(StrEnum):
 
 
 def _run_training(family: Family, events: Path | None, reviews: Path | None, as_of: str | None,
-                  experiment: str | None, store: Path | None = None, **sentiment_options: Any) -> None:
+                  experiment: str | None, store: Path | None = None, columns: TextColumns | None = None,
+                  **sentiment_options: Any) -> None:
     if events is not None and store is not None:
         _fail("give either --events or --store, not both", 2)
     with _user_errors():
@@ -363,12 +485,18 @@ def _run_training(family: Family, events: Path | None, reviews: Path | None, as_
         events_df = _load_events(events) if events is not None else _store_events(store) if store is not None \
             else None
         results: list[Any] = []
+        source = _source(events)  # a store's export is a temporary file: no source to read back
         if family in (Family.recommender, Family.all):
-            results += _train_recommender(events_df, cut, experiment)
+            results += _train_recommender(events_df, cut, experiment, source)
         if family in (Family.propensity, Family.all):
-            results += _train_propensity(events_df, cut, experiment)
+            results += _train_propensity(events_df, cut, experiment, source)
         if family in (Family.sentiment, Family.all):
-            results += _train_sentiment(events, events_df, reviews, experiment, **sentiment_options)
+            results += _train_sentiment(events, events_df, reviews, experiment, columns, **sentiment_options)
+    _report(results)
+
+
+def _report(results: list[Any]) -> None:
+    """One line per model on stderr (version and why it is or is not champion), then the JSON summary."""
     for r in results:
         typer.echo(f"{r.model_name} v{r.version}: {r.reason}", err=True)
     _print_json(_summary(results))
@@ -378,7 +506,14 @@ EventsOpt = Annotated[Path | None, typer.Option(help="Canonical events (CSV or p
 StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Train from this profile store's own export instead of --events: what the store holds now, "
                     "so an erased person is out of the training.")]
-ReviewsOpt = Annotated[Path | None, typer.Option(help="Sentiment: CSV with text and rating columns.")]
+ReviewsOpt = Annotated[Path | None, typer.Option(
+    help="Sentiment: a CSV or parquet of labelled texts (columns: --text-column and --rating-column or "
+         "--label-column).")]
+TextColumnOpt = Annotated[str, typer.Option(help="--reviews: the column holding the text.")]
+RatingColumnOpt = Annotated[str | None, typer.Option(
+    help="--reviews: the column of 1-5 ratings (1-2 negative, 3 neutral, 4-5 positive). Default: 'rating'.")]
+LabelColumnOpt = Annotated[str | None, typer.Option(
+    help="--reviews: a column of labels (negative, neutral, positive) instead of ratings.")]
 AsOfOpt = Annotated[str | None, typer.Option(help="Cut between past (training) and future (evaluation).")]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
 
@@ -390,42 +525,58 @@ def train_recommender_cmd(events: EventsOpt = None, as_of: AsOfOpt = None, exper
     _run_training(Family.recommender, events, None, as_of, experiment, store)
 
 
+class ServedTarget(StrEnum):
+    """The propensity models the service loads (features.schema CHURN_MODEL, PURCHASE_MODEL)."""
+
+    churn = "churn"
+    purchase = "purchase"
+
+
 @train_app.command("propensity")
 def train_propensity_cmd(
     events: EventsOpt = None,
     as_of: AsOfOpt = None,
     experiment: ExperimentOpt = None,
     features: Annotated[Path | None, typer.Option(help="A feature table (CSV/parquet), one row per customer.")] = None,
-    label: Annotated[str | None, typer.Option(help="The 0/1 label column of --features.")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label-column", "--label", help="The 0/1 (or yes/no, true/false) label column of --features.")] = None,
+    register_as: Annotated[ServedTarget | None, typer.Option(
+        help="--features: register the model as the service's churn or purchase model (its columns must be "
+             "the profile features `mirror features` writes). Default: mirror-propensity-<label>, "
+             "for batch scoring with `mirror predict propensity`.")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Churn and purchase propensity (LightGBM vs logistic regression), or one model on --features."""
     if features is None:
-        if label is not None:
-            _fail("--label goes with --features", 2)
+        for given, option in ((label, "--label-column"), (register_as, "--register-as")):
+            if given is not None:
+                _fail(f"{option} goes with --features", 2)
         _run_training(Family.propensity, events, None, as_of, experiment, store)
         return
     if label is None:
-        _fail("--features needs --label COLUMN", 2)
+        _fail("--features needs --label-column COLUMN", 2)
     if events is not None or store is not None:
         _fail(f"give either --{'events' if events is not None else 'store'} or --features, not both", 2)
     with _user_errors():
         table = _read_table(features)
-        if label not in table.columns:
-            raise UserError(f"label column {label!r} not in {features} (columns: {', '.join(map(str, table.columns))})")
+        _need_columns(table, features, {"--label-column": label})
         mod = _module("training.propensity", "train propensity")
         fn = _function(mod, "train_propensity_table", "train propensity")
-        config = _config(mod.PropensityConfig, experiment=experiment)
+        config = _config(mod.PropensityConfig, experiment=experiment, source=_source(features))
+        if register_as is not None:  # refused before any training: the service could not feed it
+            try:
+                mod.check_servable(mod.prepare_table(table, label)[0], register_as.value)
+            except ValueError as exc:
+                raise UserError(f"--register-as {register_as.value}: {features}: {exc}") from exc
         _tracking(getattr(config, "experiment", None))
-        results = _results(fn(config, table, label))
-    for r in results:
-        typer.echo(f"{r.model_name} v{r.version}: {r.reason}", err=True)
-    _print_json(_summary(results))
+        results = _results(fn(config, table, label, serve_as=register_as.value if register_as else None))
+    _report(results)
 
 
 @train_app.command("sentiment")
 def train_sentiment_cmd(
     events: EventsOpt = None, reviews: ReviewsOpt = None, experiment: ExperimentOpt = None,
+    text_column: TextColumnOpt = "text", rating_column: RatingColumnOpt = None, label_column: LabelColumnOpt = None,
     finetune_epochs: Annotated[float, typer.Option(
         min=0.0, help="Fine-tune MiniLM for this many epochs (0: frozen embeddings; CPU-heavy, ~20 texts/s "
                       "on 2 cores).")] = 0.0,
@@ -436,7 +587,12 @@ def train_sentiment_cmd(
     """Review/support-text sentiment (MiniLM head vs TF-IDF baseline)."""
     if finetune_members > 1 and finetune_epochs <= 0:
         _fail("--finetune-members needs --finetune-epochs above 0", 2)
+    if rating_column is not None and label_column is not None:
+        _fail("give either --rating-column or --label-column, not both", 2)
+    if reviews is None and (text_column != "text" or rating_column or label_column):
+        _fail("--text-column, --rating-column and --label-column go with --reviews", 2)
     _run_training(Family.sentiment, events, reviews, None, experiment, store,
+                  TextColumns(text_column, rating_column, label_column),
                   finetune_epochs=finetune_epochs, finetune_members=finetune_members,
                   finetune_max_texts=1_000_000 if finetune_epochs > 0 else None)
 
@@ -450,39 +606,150 @@ def train_all_cmd(
     _run_training(Family.all, events, reviews, as_of, experiment, store)
 
 
+def _decisions_and_events(store: Path | None, decisions: Path | None, events: Path | None, command: str
+                          ) -> tuple[Any, Any, str]:
+    """(decision log, events with profile ids, where they came from): a store's own, or two files
+    (a decision log as `features.store.DECISION_COLUMNS`, CSV or parquet, and canonical events)."""
+    if store is not None and (decisions is not None or events is not None):
+        raise UserError("give either --store or --decisions with --events, not both")
+    if store is None and (decisions is None or events is None):
+        raise UserError("give --store, or --decisions FILE and --events FILE")
+    if store is not None:
+        _existing(store, "store")
+        with _opened_store(store, command) as db:
+            log = db.decisions()
+        return log, _store_events(store), str(store)
+    assert decisions is not None and events is not None
+    log = _read_table(decisions)
+    ev = _load_events(events)
+    from features.schema import PROFILE_ID
+
+    if PROFILE_ID not in ev.columns:
+        from features.identity import resolve_identities
+
+        ev = resolve_identities(ev)
+    return log, ev, f"{decisions} + {events}"
+
+
+DecisionsOpt = Annotated[Path | None, typer.Option(help="A decision log file (CSV or parquet; the store's "
+                                                        "decision columns), with --events.")]
+WindowOpt = Annotated[float, typer.Option(min=0.001, help="Days after each decision its outcome is measured in.")]
+
+
+@train_app.command("uplift")
+def train_uplift_cmd(
+    events: EventsOpt = None,
+    decisions: DecisionsOpt = None,
+    store: StoreOpt = None,
+    window_days: WindowOpt = 7.0,
+    budget: Annotated[float, typer.Option(min=0.001, max=1.0, help="Contact budget of uplift@k: the top "
+                                                                   "share contacted.")] = 0.2,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Uplift T-learner (LightGBM) on decisions with a holdout; registered as mirror-uplift only when it
+    beats propensity ranking on Qini and uplift@budget on held-out customers (training.uplift)."""
+    mod = _module("training.uplift", "train uplift")
+    with _user_errors():
+        log, ev, _ = _decisions_and_events(store, decisions, events, "train uplift")
+        config = _config(mod.UpliftConfig, window_days=window_days, budget=budget, experiment=experiment)
+        _tracking(config.experiment)
+        results = _results(mod.train_uplift(config, log, ev))
+    for r in results:
+        typer.echo(f"{r.model_name} v{r.version or '-'}: {r.reason}", err=True)
+    _print_json(_summary(results))
+
+
 # ---------------------------------------------------------------------------------------------
 # predict / models
 # ---------------------------------------------------------------------------------------------
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "--model-uri",
+    help="NAME (its champion), NAME@ALIAS, NAME/VERSION, or a models:/ or runs:/ URI.")]
+
+
+def _out_path(out: Path) -> Path:
+    if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise UserError(f"--out: write a .csv or .parquet file (got {out})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @predict_app.command("sentiment")
 def predict_sentiment_cmd(
-    input: Annotated[Path, typer.Option("--input", help="CSV with a text column.")],
+    input: Annotated[Path, typer.Option("--input", help="CSV or parquet with a text column.")],
     text_column: Annotated[str, typer.Option(help="Name of the text column.")],
-    out: Annotated[Path, typer.Option(help="Output CSV (input columns + label, probabilities, score).")],
-    model_uri: Annotated[str | None, typer.Option(help="Default: the champion sentiment model.")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Output CSV or parquet: the input's columns unchanged, then sentiment_label, sentiment_p_negative, "
+             "sentiment_p_neutral, sentiment_p_positive, sentiment_score.")],
+    model: ModelOpt = None,
+    prefix: Annotated[str, typer.Option(
+        help="Prefix of the added columns; an input that already has one of them is refused, not "
+             "overwritten.")] = "sentiment_",
 ) -> None:
-    """Score texts with the champion sentiment model."""
-    import pandas as pd
-
-    from features.schema import SENTIMENT_MODEL, champion_uri
+    """Score texts with the champion sentiment model (or --model)."""
+    from features.schema import SENTIMENT_MODEL
 
     with _user_errors():
-        _existing(input, "input CSV")
-        header = pd.read_csv(input, nrows=0).columns
-        if text_column not in header:
-            raise UserError(f"column {text_column!r} not in {input} (columns: {', '.join(map(str, header))})")
+        _existing(input, "input file")
+        header = _read_columns(input)
+        _need_columns(header, input, {"--text-column": text_column})
         mod = _module("training.sentiment", "predict sentiment")
         fn = _function(mod, "predict_sentiment_csv", "predict sentiment")
-        from training.registry import configure_tracking
+        clash = [c for c in mod.output_columns(prefix) if c in header.columns]
+        if clash:
+            raise UserError(f"{input} already has column(s) {', '.join(map(repr, clash))}; pass --prefix to "
+                            "name the scores otherwise")
+        from training.registry import configure_tracking, model_uri
 
         configure_tracking()
-        uri = model_uri or champion_uri(SENTIMENT_MODEL)
+        uri = model_uri(model or SENTIMENT_MODEL)
         try:
-            fn(input, text_column, out, uri)
+            fn(input, text_column, _out_path(out), uri, prefix=prefix)
         except Exception as exc:
             if type(exc).__name__ == "MlflowException":
-                raise UserError(f"cannot load {uri}: {exc} (train one with `mirror train sentiment`)") from exc
+                raise UserError(f"cannot load {uri}: {_first_line(exc)} (train one with `mirror train sentiment`)"
+                                ) from exc
             raise
     typer.echo(f"wrote {out}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@predict_app.command("propensity")
+def predict_propensity_cmd(
+    model: Annotated[str, typer.Option(
+        "--model", help="A registered propensity model: NAME (its champion), NAME@ALIAS or NAME/VERSION "
+                        "(e.g. mirror-churn, mirror-propensity-converted@champion, mirror-churn/3).")],
+    features: Annotated[Path, typer.Option(help="A table (CSV/parquet) with the model's feature columns.")],
+    out: Annotated[Path, typer.Option(
+        help="Output CSV or parquet: the table's columns unchanged, then <prefix>score (probability of the "
+             "positive class) and <prefix>model (NAME/VERSION).")],
+    prefix: Annotated[str, typer.Option(
+        help="Prefix of the added columns; a table that already has one of them is refused.")] = "propensity_",
+) -> None:
+    """Batch-score a feature table with any registered propensity model."""
+    with _user_errors():
+        table = _read_table(features)
+        mod = _module("training.propensity", "predict propensity")
+        from training.registry import configure_tracking, resolve_model
+
+        configure_tracking()
+        uri, label = resolve_model(model)
+        _out_path(out)
+        try:
+            scored = mod.score_table(uri, table, prefix=prefix, label=label, what=str(features))
+        except Exception as exc:
+            if type(exc).__name__ == "MlflowException":
+                raise UserError(f"cannot load {label}: {_first_line(exc)}") from exc
+            raise
+        if out.suffix.lower() == ".csv":
+            scored.to_csv(out, index=False)
+        else:
+            scored.to_parquet(out, index=False)
+    typer.echo(f"wrote {len(scored)} scored rows ({label}) to {out}")
 
 
 @app.command()
@@ -883,6 +1150,75 @@ def serve(
         signal.signal(signal.SIGTERM, old_term)
         _stop_server(proc)  # whatever ended us (an error, _fail): the server does not outlive this command
     raise typer.Exit(code if code and code > 0 else 0)
+
+
+@report_app.command("attribution")
+def report_attribution(
+    store: Annotated[Path, typer.Option(help="Online profile store (SQLite) the service records served lists in.")],
+    since: Annotated[str | None, typer.Option(help="Only lists served from this date or time on (UTC unless "
+                                                   "it says otherwise).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the report to this CSV file.")] = None,
+) -> None:
+    """Lists served, items shown, clicks, CTR, add-to-carts, purchases, conversion and revenue per model
+    version and surface, from the events that echo a list's `recommendation_id` (training.report)."""
+    with _user_errors():
+        _existing(store, "store")
+        start = _timestamp(since, "--since")
+        if out is not None and out.suffix.lower() != ".csv":
+            raise UserError(f"--out: the report is CSV; name the file *.csv (got {out})")
+        report = _module("training.report", "report attribution")
+        with _opened_store(store, "report attribution") as db:
+            table = report.attribution_report(db.recommendations(since=start), db.attributed_events(since=start))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out, index=False)
+    if not len(table):
+        typer.echo(f"no served lists in {store}" + (f" since {start.isoformat()}" if start is not None else ""))
+    else:
+        typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+    if out is not None:
+        typer.echo(f"wrote {len(table)} rows to {out}", err=True)
+
+
+@report_app.command("lift")
+def report_lift(
+    store: Annotated[Path | None, typer.Option(help="Online profile store (SQLite): its decision log and "
+                                                    "events.")] = None,
+    decisions: DecisionsOpt = None,
+    events: EventsOpt = None,
+    window_days: WindowOpt = 7.0,
+    experiment: ExperimentOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the report to this CSV file.")] = None,
+    log_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the table and plot to "
+                                                                          "MLflow.")] = True,
+) -> None:
+    """Did acting pay? Per action and channel: conversion and revenue per customer of treated against
+    held-out decisions in the window after each, lift with 95% intervals (normal approximation), and a
+    plot, logged to MLflow (training.lift)."""
+    lift = _module("training.lift", "report lift")
+    with _user_errors():
+        if out is not None and out.suffix.lower() != ".csv":
+            raise UserError(f"--out: the report is CSV; name the file *.csv (got {out})")
+        log, ev, source = _decisions_and_events(store, decisions, events, "report lift")
+        if not len(log):
+            raise UserError(f"no decisions in {source}")
+        import pandas as pd
+
+        window = pd.Timedelta(days=window_days)
+        table = lift.lift_report(log, ev, window)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out, index=False)
+        run = None
+        if log_mlflow:
+            _tracking(experiment or "mirror-lift")
+            run = lift.log_lift_report(table, window=window, experiment=experiment or "mirror-lift", source=source)
+    typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+    typer.echo(f"intervals: 95%, {lift.CI_METHOD}; window {window_days:g} days", err=True)
+    if run is not None:
+        typer.echo(f"logged to MLflow run {run.run_id}", err=True)
+    if out is not None:
+        typer.echo(f"wrote {len(table)} rows to {out}", err=True)
 
 
 def main() -> None:  # pragma: no cover - console entry alternative

@@ -23,6 +23,20 @@ from features.schema import CHURN_MODEL, EVENT_TYPE, PROFILE_ID, PURCHASE, PURCH
 
 Target = Literal["churn", "purchase"]
 DEFAULT_HORIZON: dict[str, int] = {"churn": 60, "purchase": 14}
+#: The registered names the service loads, by target: a table model registered under one of them
+#: (`train_propensity_table(..., serve_as=target)`) is what `/scores` and the decisions then use.
+SERVED_MODELS: dict[str, str] = {"churn": CHURN_MODEL, "purchase": PURCHASE_MODEL}
+#: The promotion metric, and the baselines (fitted and scored in the same run) the model must not lose to.
+PROMOTION_METRIC = "roc_auc"
+PROMOTION_BASELINES: tuple[str, ...] = ("logistic_regression", "base_rate")
+#: The baseline registered in LightGBM's place when it beats it (`PropensityConfig.fallback_to_baseline`),
+#: its artifact in the run, and the run tag naming the version it got.
+FALLBACK_BASELINE = "logistic_regression"
+FALLBACK_ARTIFACT = "baseline_model"
+TAG_FALLBACK_VERSION = "mirror.baseline_version"
+#: What `score_table` adds to a table: the positive-class probability and the model that gave it.
+SCORE_PREFIX = "propensity_"
+SCORE_COLUMNS: tuple[str, ...] = ("score", "model")
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,10 @@ class PropensityConfig:
     experiment: str = "mirror-propensity"
     register: bool = True
     progress: bool = True
+    source: str | None = None                # the file the data were read from (logged with the datasets)
+    # when LightGBM loses to its logistic-regression baseline, register that baseline (same run, same
+    # evaluation) as a candidate of its own: the champion is then never worse than the linear model
+    fallback_to_baseline: bool = True
 
     @property
     def horizon(self) -> int:
@@ -467,20 +485,38 @@ def pinned_requirements() -> list[str]:
 
 
 def _log_and_register(fit: FittedPropensity, config: PropensityConfig, model_name: str,
-                      data_summary: dict[str, Any], tags: dict[str, str]) -> Any:
+                      data_summary: dict[str, Any], tags: dict[str, str],
+                      datasets: dict[str, pd.DataFrame] | None = None, label: str | None = None) -> Any:
+    """Log the run (params, `<split>_<metric>` metrics, datasets, plots, model) and register it.
+
+    `datasets`: {split: frame with the label column} of what was fitted, early-stopped/calibrated and
+    evaluated, logged as MLflow inputs (metadata only) with the data's source file.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
-    from training.registry import TrainResult, register_and_promote, use_experiment
+    from training.registry import (
+        TrainResult,
+        log_dataset,
+        log_metrics,
+        metric_name,
+        register_and_promote,
+        run_name,
+        split_metrics,
+        use_experiment,
+    )
 
     use_experiment(config.experiment)
-    with mlflow.start_run(run_name=f"propensity-{model_name}") as run:
+    metrics = split_metrics(fit.metrics)
+    baselines = {b: split_metrics(m) for b, m in fit.baselines.items()}
+    with mlflow.start_run(run_name=run_name(f"propensity-{_slug(label or config.target)}")) as run:
         cfg = {k: v for k, v in asdict(config).items() if v is not None}
         mlflow.log_params({f"config.{k}": v for k, v in cfg.items()})
         mlflow.log_params({k: v for k, v in fit.params.items() if k != "tune_scores"})
-        mlflow.log_metrics(fit.metrics)
-        for base, m in fit.baselines.items():
-            mlflow.log_metrics({f"{base}.{k}": v for k, v in m.items() if np.isfinite(v)})
+        log_metrics(metrics, baselines)
+        for split, frame in (datasets or {}).items():
+            log_dataset(frame, split, name=f"{_slug(label or config.target)}-{split}", source=config.source,
+                        targets=label or config.target)
         mlflow.log_dict(data_summary, "data_summary.json")
         if "tune_scores" in fit.params:
             mlflow.log_dict(fit.params["tune_scores"], "tune_scores.json")
@@ -497,17 +533,34 @@ def _log_and_register(fit: FittedPropensity, config: PropensityConfig, model_nam
         run_id = run.info.run_id
     if not config.register:
         return TrainResult(run_id, info.model_uri, model_name, "", False, "not registered (register=False)",
-                           fit.metrics, fit.baselines)
+                           metrics, baselines)
     X_eval, y_eval = fit.X_eval, fit.y_eval
 
     def evaluate_champion(uri: str) -> float:
         champ = mlflow.sklearn.load_model(uri)
-        return binary_metrics(y_eval, champ.predict_proba(X_eval)[:, 1])["roc_auc"]
+        return binary_metrics(y_eval, champ.predict_proba(X_eval)[:, 1])[PROMOTION_METRIC]
 
-    decision = register_and_promote(run_id, info.model_uri, model_name, "roc_auc", fit.metrics["roc_auc"],
-                                    evaluate_champion=evaluate_champion)
-    return TrainResult(run_id, info.model_uri, model_name, decision.version, decision.promoted, decision.reason,
-                       fit.metrics, fit.baselines)
+    key = metric_name(PROMOTION_METRIC)
+    decision = register_and_promote(
+        run_id, info.model_uri, model_name, key, fit.metrics[PROMOTION_METRIC],
+        evaluate_champion=evaluate_champion,
+        baselines={b: fit.baselines[b][PROMOTION_METRIC] for b in PROMOTION_BASELINES if b in fit.baselines})
+    reason = decision.reason
+    if config.fallback_to_baseline and decision.lost_to_baseline == FALLBACK_BASELINE:
+        with mlflow.start_run(run_id=run_id):  # the same run: its metrics are this model's baseline metrics
+            b_info = mlflow.sklearn.log_model(fit.baseline, name=FALLBACK_ARTIFACT, signature=signature,
+                                              input_example=example, pyfunc_predict_fn="predict_proba",
+                                              skops_trusted_types=trusted_types(fit.baseline),
+                                              pip_requirements=pinned_requirements())
+        others = {b: fit.baselines[b][PROMOTION_METRIC] for b in PROMOTION_BASELINES
+                  if b in fit.baselines and b != FALLBACK_BASELINE}
+        fallback = register_and_promote("", b_info.model_uri, model_name, key,
+                                        fit.baselines[FALLBACK_BASELINE][PROMOTION_METRIC],
+                                        evaluate_champion=evaluate_champion, baselines=others)
+        mlflow.MlflowClient().set_tag(run_id, TAG_FALLBACK_VERSION, fallback.version)
+        reason = f"{reason}; its {FALLBACK_BASELINE} registered instead as v{fallback.version}: {fallback.reason}"
+    return TrainResult(run_id, info.model_uri, model_name, decision.version, decision.promoted, reason,
+                       metrics, baselines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,9 +572,32 @@ def train_propensity(config: PropensityConfig, events: pd.DataFrame) -> Any:
     The validation profiles are split in half (stratified, seeded): one half early-stops and
     calibrates, the other is the evaluation (metrics and the champion comparison).
     """
-    from sklearn.model_selection import train_test_split
-
     from features.profiles import FEATURE_COLUMNS
+
+    events = _check_events(events)
+    train, stop, ev, (t_train, t_val, note) = event_splits(events, config)
+    val = pd.concat([stop, ev])
+    y_col = config.target
+    cols = list(FEATURE_COLUMNS)
+    fit = fit_propensity(train[cols], train[y_col], stop[cols], stop[y_col], ev[cols], ev[y_col], config)
+    if note:
+        fit = replace(fit, notes=[*fit.notes, note])
+    # the cutoffs as params: a notebook rebuilds exactly this evaluation from the run (and its data source)
+    fit = replace(fit, params={**fit.params, "train_cutoff": str(t_train), "validation_cutoff": str(t_val)})
+    summary = {"events": len(events), "profiles_train": len(train), "profiles_validation": len(val),
+               "train_cutoff": str(t_train), "validation_cutoff": str(t_val), "horizon_days": config.horizon,
+               "ts_min": str(events[TS].min()), "ts_max": str(events[TS].max())}
+    tags = {"mirror.pipeline": "propensity", "mirror.target": config.target, "mirror.source": "events"}
+    datasets = {"training": train[[*cols, y_col]], "validation": stop[[*cols, y_col]], "test": ev[[*cols, y_col]]}
+    return _log_and_register(fit, config, SERVED_MODELS[config.target], summary, tags, datasets)
+
+
+def event_splits(events: pd.DataFrame, config: PropensityConfig
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, tuple[pd.Timestamp, pd.Timestamp, str]]:
+    """(training table, validation half, test half, cutoffs): what `train_propensity` fits, early-stops and
+    calibrates on, and evaluates; a notebook given the run's config (`config_from_params`) and its data
+    rebuilds exactly the same tables."""
+    from sklearn.model_selection import train_test_split
 
     events = _check_events(events)
     t_train, t_val, note = cutoffs(events, config)
@@ -531,16 +607,28 @@ def train_propensity(config: PropensityConfig, events: pd.DataFrame) -> Any:
     if val[y_col].nunique() < 2 or val[y_col].value_counts().min() < 4:
         raise ValueError(f"validation labels at {t_val} are too one-sided: {val[y_col].value_counts().to_dict()}")
     stop, ev = train_test_split(val, test_size=0.5, stratify=val[y_col], random_state=config.seed)
-    cols = list(FEATURE_COLUMNS)
-    fit = fit_propensity(train[cols], train[y_col], stop[cols], stop[y_col], ev[cols], ev[y_col], config)
-    if note:
-        fit = replace(fit, notes=[*fit.notes, note])
-    name = CHURN_MODEL if config.target == "churn" else PURCHASE_MODEL
-    summary = {"events": len(events), "profiles_train": len(train), "profiles_validation": len(val),
-               "train_cutoff": str(t_train), "validation_cutoff": str(t_val), "horizon_days": config.horizon,
-               "ts_min": str(events[TS].min()), "ts_max": str(events[TS].max())}
-    tags = {"mirror.pipeline": "propensity", "mirror.target": config.target, "mirror.source": "events"}
-    return _log_and_register(fit, config, name, summary, tags)
+    return train, stop, ev, (t_train, t_val, note)
+
+
+def config_from_params(params: dict[str, str]) -> PropensityConfig:
+    """The PropensityConfig a run logged (`config.<field>` params), for re-evaluating its model."""
+    from dataclasses import fields
+
+    values: dict[str, Any] = {}
+    for f in fields(PropensityConfig):
+        raw = params.get(f"config.{f.name}")
+        if raw is None:
+            continue
+        default = f.default
+        if isinstance(default, bool):
+            values[f.name] = raw.lower() == "true"
+        elif isinstance(default, int) or (default is None and raw.lstrip("-").isdigit()):
+            values[f.name] = int(float(raw))
+        elif isinstance(default, float):
+            values[f.name] = float(raw)
+        else:
+            values[f.name] = raw
+    return PropensityConfig(**values)
 
 
 def split_table(X: pd.DataFrame, y: pd.Series, config: PropensityConfig) -> tuple[pd.DataFrame, ...]:
@@ -554,23 +642,111 @@ def split_table(X: pd.DataFrame, y: pd.Series, config: PropensityConfig) -> tupl
     return X_fit, y_fit, X_stop, y_stop, X_ev, y_ev
 
 
+def table_model_name(label: str) -> str:
+    """The registered name of a table model that is not served: `mirror-propensity-<label>`."""
+    return f"mirror-propensity-{_slug(label)}"
+
+
+def check_servable(X: pd.DataFrame, target: str) -> None:
+    """Raise ValueError unless the service can feed this model: it computes FEATURE_COLUMNS (numbers)
+    for each profile and nothing else, and its canary refuses a model that needs another column."""
+    from features.profiles import FEATURE_COLUMNS
+
+    if target not in SERVED_MODELS:
+        raise ValueError(f"serve as one of {sorted(SERVED_MODELS)}; got {target!r}")
+    unknown = [str(c) for c in X.columns if c not in FEATURE_COLUMNS]
+    if unknown:
+        raise ValueError(f"the service computes only its profile features (features.profiles.FEATURE_COLUMNS, "
+                         f"the columns `mirror features` writes), so it cannot serve a {target} model that needs "
+                         f"{', '.join(map(repr, unknown[:8]))}{' ...' if len(unknown) > 8 else ''}; drop those "
+                         "columns or build the table with `mirror features`")
+    text = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    if text:
+        raise ValueError(f"profile feature column(s) {', '.join(map(repr, text))} hold text, not numbers")
+
+
 def train_propensity_table(config: PropensityConfig, table: pd.DataFrame, label: str,
-                           model_name: str | None = None) -> Any:
+                           model_name: str | None = None, *, serve_as: Target | None = None) -> Any:
     """Table path: a data scientist's own features (one row per customer) and a binary label column.
 
-    Registered as `mirror-propensity-<label>` unless `model_name` is given.
+    Registered as `mirror-propensity-<label>` unless `model_name` is given; `serve_as` ("churn" or
+    "purchase") registers it under the name the service loads for that target (`SERVED_MODELS`), after
+    checking that its columns are the service's profile features (`check_servable`).
     """
     X, y, notes = prepare_table(table, label)
+    if serve_as is not None:
+        if model_name is not None:
+            raise ValueError("give either model_name or serve_as, not both")
+        check_servable(X, serve_as)
+        model_name = SERVED_MODELS[serve_as]
     if y.value_counts().min() < 10:
         raise ValueError(f"label {label!r} needs at least 10 rows of each class; got {y.value_counts().to_dict()}")
     X_fit, y_fit, X_stop, y_stop, X_ev, y_ev = split_table(X, y, config)
     fit = fit_propensity(X_fit, y_fit, X_stop, y_stop, X_ev, y_ev, config)
     fit = replace(fit, notes=[*fit.notes, *notes])
-    name = model_name or f"mirror-propensity-{_slug(label)}"
+    name = model_name or table_model_name(label)
     summary = {"rows": len(table), "columns_used": list(X.columns), "label": label,
                "positive_rate": round(float(y.mean()), 4), "notes": notes}
-    tags = {"mirror.pipeline": "propensity", "mirror.target": label, "mirror.source": "table"}
-    return _log_and_register(fit, config, name, summary, tags)
+    tags = {"mirror.pipeline": "propensity", "mirror.target": serve_as or label, "mirror.source": "table"}
+    datasets = {split: Xs.assign(**{label: ys.to_numpy()}) for split, Xs, ys in
+                (("training", X_fit, y_fit), ("validation", X_stop, y_stop), ("test", X_ev, y_ev))}
+    return _log_and_register(fit, config, name, summary, tags, datasets, label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch scoring (`mirror predict propensity`)
+# ---------------------------------------------------------------------------------------------
+_NUMERIC_SPECS = ("double", "float", "long", "integer", "boolean")
+
+
+def _input_columns(model_uri: str, model: Any) -> dict[str, str]:
+    """{column: MLflow type} the model was fitted on (its signature; else the fitted names, as numbers)."""
+    from mlflow.models import get_model_info
+
+    sig = get_model_info(model_uri).signature
+    if sig is not None and sig.inputs is not None and getattr(sig.inputs, "has_input_names", lambda: False)():
+        return {str(c.name): str(getattr(c.type, "name", c.type)) for c in sig.inputs.inputs}
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        raise ValueError(f"{model_uri} records no input columns (no signature, no fitted names)")
+    return {str(c): "double" for c in names}
+
+
+def features_for_model(table: pd.DataFrame, columns: dict[str, str], what: str = "table") -> pd.DataFrame:
+    """The model's input columns of `table`, typed as at training (`prepare_table`): numbers as float64
+    (numeric-looking text parsed), the rest as text with NaN for missing.  Never modifies `table`."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) the model needs: {', '.join(map(repr, missing))} "
+                         f"(its columns: {', '.join(map(str, table.columns))})")
+    out = pd.DataFrame(index=table.index)
+    for col, kind in columns.items():
+        s = table[col]
+        if kind in _NUMERIC_SPECS:
+            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+                s = pd.to_numeric(s.astype("string").str.strip().replace("", pd.NA), errors="coerce")
+            out[col] = s.astype("float64")
+        else:
+            out[col] = s.astype("string").astype(object).where(s.notna(), np.nan)
+    return out
+
+
+def score_table(model_uri: str, table: pd.DataFrame, *, prefix: str = SCORE_PREFIX, label: str | None = None,
+                what: str = "table") -> pd.DataFrame:
+    """`table` with `<prefix>score` (probability of the positive class) and `<prefix>model` (which model)
+    added; the input's own columns are kept as they are, and one that would be overwritten is an error."""
+    import mlflow
+
+    added = [f"{prefix}{c}" for c in SCORE_COLUMNS]
+    clash = [c for c in added if c in table.columns]
+    if clash:
+        raise ValueError(f"{what} already has column(s) {', '.join(map(repr, clash))}; choose another prefix "
+                         "for the scores")
+    model = mlflow.sklearn.load_model(model_uri)
+    X = features_for_model(table, _input_columns(model_uri, model), what)
+    p = model.predict_proba(X)[:, 1] if len(X) else np.zeros(0)
+    return table.assign(**{added[0]: p.astype("float64"), added[1]: label or model_uri})
+
 
 
 def _slug(s: str) -> str:
@@ -585,5 +761,6 @@ def with_overrides(config: PropensityConfig, **kw: Any) -> PropensityConfig:
 __all__ = [
     "PropensityConfig", "make_labels", "build_training_table", "cutoffs", "prepare_table", "fit_propensity",
     "train_propensity", "train_propensity_table", "binary_metrics", "lift_at", "feature_importance",
-    "split_table", "with_overrides", "FittedPropensity", "TUNE_GRID",
+    "split_table", "with_overrides", "FittedPropensity", "TUNE_GRID", "SERVED_MODELS", "check_servable",
+    "score_table", "features_for_model", "table_model_name", "event_splits", "config_from_params",
 ]

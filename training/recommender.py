@@ -976,15 +976,17 @@ class RecommenderTrainConfig:
     seed: int = 0
     num_threads: int = 0
     progress: bool = True
+    source: str | None = None  # the events file (logged with the run's datasets)
+
+
+#: The promotion metric (`training.evaluation` name), and the baselines the model must not lose to.
+PROMOTION_METRIC = "ndcg@10"
+PROMOTION_BASELINES: tuple[str, ...] = ("popularity", "random")
 
 
 def _truth(events: pd.DataFrame, types: Iterable[str], user_col: str) -> pd.DataFrame:
     ev = events.loc[events[EVENT_TYPE].isin(list(types)) & events[ITEM_ID].notna() & events[user_col].notna()]
     return ev[[user_col, ITEM_ID]].astype(str).drop_duplicates().reset_index(drop=True)
-
-
-def _mlflow_key(name: str) -> str:
-    return name.replace("@", "_at_")
 
 
 def _summary(events: pd.DataFrame, user_col: str) -> dict[str, Any]:
@@ -1017,7 +1019,7 @@ def _bar_chart(metrics: dict[str, dict[str, float]], keys: list[str]) -> Any:
 def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> Any:
     """Tune, fit, evaluate (beside popularity and random), log to MLflow and register.
 
-    Returns a `training.registry.TrainResult`; metric names are MLflow's ('ndcg_at_10', ...).
+    Returns a `training.registry.TrainResult`; metric names are `<split>_<metric>` ('test_ndcg_at_10', ...).
     """
     import tempfile
 
@@ -1026,7 +1028,17 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
 
     from training.evaluation import evaluate_recommender, time_split
     from training.mlflow_models import recommender_model
-    from training.registry import TrainResult, configure_tracking, register_and_promote, use_experiment
+    from training.registry import (
+        TrainResult,
+        configure_tracking,
+        log_dataset,
+        log_metrics,
+        metric_name,
+        register_and_promote,
+        run_name,
+        split_metrics,
+        use_experiment,
+    )
 
     ucol = config.user_col
     if ucol not in events:
@@ -1087,7 +1099,8 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
 
     def evaluate_champion(uri: str) -> float:
         champion = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return evaluate_recommender(champion, excl, test_truth, ks=(10,), user_col=ucol, segments=False)["ndcg@10"]
+        return evaluate_recommender(champion, excl, test_truth, ks=(10,), user_col=ucol,
+                                    segments=False)[PROMOTION_METRIC]
 
     final = model
     if config.refit_all:
@@ -1096,15 +1109,17 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
     # 3. log and register
     configure_tracking(config.tracking_uri)
     use_experiment(config.experiment)
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    metrics = split_metrics(results["model"])
+    baselines = {lab: split_metrics(results[lab]) for lab in PROMOTION_BASELINES}
+    with mlflow.start_run(run_name=run_name("recommender")) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({"as_of": str(as_of), "test_days": config.test_days, "val_days": config.val_days,
                            "refit_all": config.refit_all, "seed": config.seed, "grid_size": len(grid)})
         mlflow.log_params({f"weights.{k}": v for k, v in asdict(weights).items()})
         mlflow.log_params({f"als.{k}": v for k, v in asdict(als).items() if k not in ("show_progress",)})
         mlflow.log_params({f"complements.{k}": v for k, v in asdict(config.complements).items()})
-        mlflow.log_metrics({_mlflow_key(k): float(v) for k, v in results["model"].items()})
-        for label in ("popularity", "random"):
-            mlflow.log_metrics({f"baseline_{label}_{_mlflow_key(k)}": float(v) for k, v in results[label].items()})
+        log_metrics(metrics, baselines)
+        for split, frame in (("training", train_ev), ("validation", val_ev), ("test", test_ev)):
+            log_dataset(frame, split, name=f"events-{split}", source=config.source)
         mlflow.log_dict({"train": _summary(train_ev, ucol), "test": _summary(test_ev, ucol)}, "data_summary.json")
         mlflow.log_dict({"candidates": tuning}, "tuning.json")
         keys = [f"{n}@{k}" for k in ks for n in ("precision", "recall", "ndcg", "map", "hit_rate")]
@@ -1122,9 +1137,10 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
         )
         run_id = run.info.run_id
-    score = float(results["model"]["ndcg@10"])
-    decision = register_and_promote(run_id, info.model_uri, config.model_name, "ndcg_at_10", score,
-                                    evaluate_champion=evaluate_champion)
+    score = float(results["model"][PROMOTION_METRIC])
+    decision = register_and_promote(run_id, info.model_uri, config.model_name, metric_name(PROMOTION_METRIC), score,
+                                    evaluate_champion=evaluate_champion,
+                                    baselines={b: results[b][PROMOTION_METRIC] for b in PROMOTION_BASELINES})
     return TrainResult(
         run_id=run_id,
         model_uri=info.model_uri,
@@ -1132,6 +1148,6 @@ def train_recommender(config: RecommenderTrainConfig, events: pd.DataFrame) -> A
         version=decision.version,
         promoted=decision.promoted,
         reason=decision.reason,
-        metrics={_mlflow_key(k): float(v) for k, v in results["model"].items()},
-        baselines={lab: {_mlflow_key(k): float(v) for k, v in results[lab].items()} for lab in ("popularity", "random")},
+        metrics=metrics,
+        baselines=baselines,
     )

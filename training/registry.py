@@ -18,10 +18,14 @@ children.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-from collections.abc import Callable
+import re
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlparse
@@ -43,6 +47,141 @@ TAG_SCORE: Final = "mirror.score"
 TAG_HIGHER_IS_BETTER: Final = "mirror.higher_is_better"
 TAG_MODEL_NAME: Final = "mirror.model_name"
 TAG_VERSION: Final = "mirror.model_version"
+TAG_LOST_TO_BASELINE: Final = "mirror.lost_to_baseline"   # the baseline that beat the model, when one did
+TAG_PIPELINE: Final = "mirror.pipeline"
+
+# ---------------------------------------------------------------------------------------------
+# One naming scheme for every pipeline's metrics, datasets and runs (MLflow shows these names)
+# ---------------------------------------------------------------------------------------------
+#: Splits, also the `context` of the datasets a run logs (`mlflow.log_input`): what a model was fitted
+#: on, what tuned it (early stopping, calibration, weights), and the held-out data its metrics come from.
+TRAINING: Final = "training"
+VALIDATION: Final = "validation"
+TEST: Final = "test"
+SPLITS: Final[tuple[str, ...]] = (TRAINING, VALIDATION, TEST)
+BASELINE_PREFIX: Final = "baseline_"
+_METRIC_KEY = re.compile(rf"^(?:{BASELINE_PREFIX}(?P<who>.+?)_)?(?P<split>{'|'.join(SPLITS)})_(?P<metric>.+)$")
+
+
+def metric_name(metric: str, split: str = TEST) -> str:
+    """`<split>_<metric>` with MLflow-safe characters: ("ndcg@10", "test") -> "test_ndcg_at_10"."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    return f"{split}_{metric.replace('@', '_at_')}"
+
+
+def baseline_metric_name(baseline: str, metric: str, split: str = TEST) -> str:
+    """`baseline_<baseline>_<split>_<metric>`: a baseline fitted and scored in the same run."""
+    return f"{BASELINE_PREFIX}{baseline}_{metric_name(metric, split)}"
+
+
+def split_metrics(metrics: Mapping[str, float], split: str = TEST) -> dict[str, float]:
+    """Every metric of one evaluation named by `metric_name` (numbers as floats)."""
+    return {metric_name(k, split): float(v) for k, v in metrics.items()}
+
+
+def parse_metric_name(key: str) -> tuple[str, str, str] | None:
+    """("model" or the baseline's name, split, metric) of a logged metric key; None for other keys
+    (timings such as `fit_seconds`).  The split token makes baseline names with underscores unambiguous."""
+    m = _METRIC_KEY.match(key)
+    if m is None:
+        return None
+    return m["who"] or "model", m["split"], m["metric"]
+
+
+def log_metrics(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> None:
+    """Log a TrainResult's metrics (already `<split>_<metric>`) and its baselines' under their prefix;
+    non-finite values are left out (MLflow stores NaN, but no chart or comparison can use it)."""
+    import mlflow
+
+    def finite(m: Mapping[str, float]) -> dict[str, float]:
+        return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(float(v))}
+
+    mlflow.log_metrics(finite(metrics))
+    for base, m in baselines.items():
+        mlflow.log_metrics({f"{BASELINE_PREFIX}{base}_{k}": v for k, v in finite(m).items()})
+
+
+def run_name(pipeline: str, now: datetime | None = None) -> str:
+    """A readable run name, `<pipeline>-YYYY-MM-DD-HHMM` (UTC), e.g. `recommender-2026-12-02-1530`."""
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{pipeline}-{when:%Y-%m-%d-%H%M}"
+
+
+#: Rows the logged dataset's schema is inferred from (MLflow inspects every value: minutes on 1M rows).
+SCHEMA_SAMPLE_ROWS: Final = 1000
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A content hash of every row and column (MLflow's own digest maps every cell to its type in Python)."""
+    h = hashlib.md5(usedforsecurity=False)
+    h.update(repr((list(map(str, frame.columns)), frame.shape)).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def log_dataset(frame: pd.DataFrame, context: str, *, name: str, source: str | os.PathLike[str] | None = None,
+                targets: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+    """`mlflow.log_input` of `frame` (metadata only: name, digest, schema, row count, source; no rows).
+
+    `source`: the file the frame was read from, so that a notebook reads the champion's own data back
+    (`dataset_source`); without one MLflow records the code that ran.  `context` is one of SPLITS.
+    """
+    import mlflow
+
+    if context not in SPLITS:
+        raise ValueError(f"context must be one of {SPLITS}; got {context!r}")
+    from mlflow.types.utils import _infer_schema
+
+    if not len(frame):
+        return  # an empty window (no validation data, say): nothing to describe
+    uri = None if source is None else Path(source).resolve().as_uri()
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways", pandas deprecations
+        warnings.simplefilter("ignore")
+        ds = mlflow.data.from_pandas(frame, source=uri, name=name, targets=targets, digest=frame_digest(frame))
+        ds.__dict__["schema"] = _infer_schema(frame.head(SCHEMA_SAMPLE_ROWS))  # the cached property, sampled
+        mlflow.log_input(ds, context=context, tags=dict(tags or {}))
+
+
+@dataclass(frozen=True)
+class LoggedDataset:
+    """A dataset as a run logged it: enough to read the same data back and check it is the same."""
+
+    name: str
+    context: str
+    digest: str
+    rows: int | None
+    source: str | None       # local path of the file it was read from; None when not from a file
+
+
+def logged_dataset(run_id: str, context: str = TEST) -> LoggedDataset | None:
+    """The `context` dataset a run logged (None when it logged none)."""
+    import json
+
+    import mlflow
+
+    for di in mlflow.get_run(run_id).inputs.dataset_inputs:
+        if not any(t.key == "mlflow.data.context" and t.value == context for t in di.tags):
+            continue
+        ds = di.dataset
+        try:
+            uri = json.loads(ds.source or "{}").get("uri")
+        except (ValueError, AttributeError):
+            uri = None
+        try:
+            rows = json.loads(ds.profile or "{}").get("num_rows")
+        except (ValueError, AttributeError):
+            rows = None
+        path = unquote(urlparse(uri).path) if uri and uri.startswith("file:") else None
+        return LoggedDataset(ds.name, context, ds.digest, rows, path)
+    return None
+
+
+def dataset_source(run_id: str, context: str = TEST) -> str | None:
+    """The local path of the file a run's `context` dataset was read from (None: not from a file)."""
+    found = logged_dataset(run_id, context)
+    return found.source if found is not None else None
+
 
 LIST_COLUMNS: Final[tuple[str, ...]] = (
     "name",
@@ -129,6 +268,50 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def model_uri(ref: str) -> str:
+    """A `models:/` URI for `NAME` (its champion), `NAME@alias` or `NAME/version`; URIs pass unchanged."""
+    ref = ref.strip()
+    if not ref:
+        raise ValueError("model reference must not be empty")
+    if "://" in ref or ref.startswith(("models:/", "runs:/")):
+        return ref
+    if "@" in ref:
+        name, _, alias = ref.rpartition("@")
+        if not name or not alias:
+            raise ValueError(f"model reference {ref!r}: expected NAME@ALIAS")
+        return f"models:/{name}@{alias}"
+    name, sep, version = ref.rpartition("/")
+    if sep and name and version.isdigit():
+        return f"models:/{name}/{version}"
+    return f"models:/{ref}@{CHAMPION_ALIAS}"
+
+
+def resolve_model(ref: str) -> tuple[str, str]:
+    """(`models:/NAME/VERSION` URI, "NAME/VERSION") of a reference as `model_uri` reads it, the alias
+    resolved now so that a run's output names the exact version; ValueError naming what is registered
+    when the name, alias or version does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = model_uri(ref)
+    if not uri.startswith("models:/"):
+        return uri, uri
+    body = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in body:
+            name, _, alias = body.rpartition("@")
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            name, _, version = body.rpartition("/")
+            client.get_model_version(name, version)
+    except MlflowException as exc:
+        known = sorted(rm.name for rm in client.search_registered_models())
+        raise ValueError(f"no registered model version for {ref!r} ({uri}); registered models: "
+                         f"{', '.join(known) or 'none'}") from exc
+    return f"models:/{name}/{version}", f"{name}/{version}"
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     """What happened to a newly registered version, and why."""
@@ -139,6 +322,7 @@ class PromotionDecision:
     champion_version: str | None
     champion_score: float | None
     new_score: float
+    lost_to_baseline: str | None = None   # the baseline that beat it on the same evaluation, if one did
 
 
 @dataclass(frozen=True)
@@ -167,6 +351,15 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _winning_baseline(new: float, baselines: Mapping[str, float], higher_is_better: bool) -> str | None:
+    """The baseline that beats `new` by the most (ties are not losses; NaN baselines are ignored)."""
+    scores = {k: float(v) for k, v in baselines.items() if v is not None and not math.isnan(float(v))}
+    winners = [k for k, v in scores.items() if _better(v, new, higher_is_better)]
+    if not winners or math.isnan(new):
+        return None
+    return max(winners, key=lambda k: scores[k] if higher_is_better else -scores[k])
+
+
 def _current_champion(client: Any, name: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
@@ -179,7 +372,9 @@ def _current_champion(client: Any, name: str) -> Any | None:
 def _recorded_score(client: Any, mv: Any, metric: str) -> float | None:
     """The score recorded when `mv` was registered, else its run's metric of that name."""
     tags = getattr(mv, "tags", None) or {}
-    if tags.get(TAG_METRIC) == metric and TAG_SCORE in tags:
+    # versions registered before the `<split>_<metric>` scheme recorded the bare name ("roc_auc")
+    legacy = metric.removeprefix(f"{TEST}_")
+    if tags.get(TAG_METRIC) in (metric, legacy) and TAG_SCORE in tags:
         try:
             return float(tags[TAG_SCORE])
         except ValueError:
@@ -202,9 +397,15 @@ def register_and_promote(
     *,
     higher_is_better: bool = True,
     evaluate_champion: Callable[[str], float] | None = None,
+    baselines: Mapping[str, float] | None = None,
 ) -> PromotionDecision:
-    """Register `model_uri` under `name`; alias it `champion` only if it beats the current one.
+    """Register `model_uri` under `name`; alias it `champion` only if it beats its baselines and the
+    current champion.
 
+    `baselines`: the same `metric` of the baselines fitted and scored in the same run on the same
+    evaluation (logistic regression, popularity, TF-IDF, ...).  A model worse than any of them is
+    registered without the alias whatever the champion is (a model that cannot beat a simple baseline
+    must not serve), and the run and version are tagged with that baseline (`TAG_LOST_TO_BASELINE`).
     `evaluate_champion(uri)` re-scores the current champion (`models:/<name>/<version>`) on the
     caller's evaluation, so both numbers come from the same data.  If it raises (an incompatible
     artifact, say) the champion is treated as beatable and the reason says so.  Without the
@@ -234,10 +435,16 @@ def register_and_promote(
 
     champion_version: str | None = None
     champion_score: float | None = None
+    lost_to = _winning_baseline(new_score, baselines or {}, higher_is_better)
     if math.isnan(new_score):
         promoted = False
         reason = f"not promoted: new {metric} is NaN (evaluation failed)"
         champion_version = str(champion.version) if champion is not None else None
+    elif lost_to is not None:
+        promoted = False
+        champion_version = str(champion.version) if champion is not None else None
+        reason = (f"not promoted: {metric} {_fmt(new_score)} loses to its baseline {lost_to} "
+                  f"{_fmt(float(baselines[lost_to]))} on the same evaluation ({direction} is better)")
     elif champion is None:
         promoted = True
         reason = f"promoted: first champion for {name} ({metric}={_fmt(new_score)})"
@@ -274,15 +481,13 @@ def register_and_promote(
 
     if promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    for key, value in ((TAG_PROMOTED, str(promoted).lower()), (TAG_REASON, reason)):
+    decision_tags = [(TAG_PROMOTED, str(promoted).lower()), (TAG_REASON, reason)]
+    if lost_to is not None:
+        decision_tags.append((TAG_LOST_TO_BASELINE, lost_to))
+    for key, value in decision_tags:
         client.set_model_version_tag(name, version, key, value)
     if run_id:
-        for key, value in (
-            (TAG_PROMOTED, str(promoted).lower()),
-            (TAG_REASON, reason),
-            (TAG_MODEL_NAME, name),
-            (TAG_VERSION, version),
-        ):
+        for key, value in (*decision_tags, (TAG_MODEL_NAME, name), (TAG_VERSION, version)):
             client.set_tag(run_id, key, value)
     return PromotionDecision(
         promoted=promoted,
@@ -291,6 +496,7 @@ def register_and_promote(
         champion_version=champion_version,
         champion_score=champion_score,
         new_score=new_score,
+        lost_to_baseline=lost_to,
     )
 
 
@@ -308,8 +514,8 @@ def list_models() -> pd.DataFrame:
         for mv in client.search_model_versions(f"name = '{rm.name}'"):
             aliases = sorted(set(by_version.get(str(mv.version), [])) | set(getattr(mv, "aliases", None) or []))
             tags = getattr(mv, "tags", None) or {}
-            metric_name = tags.get(TAG_METRIC)
-            score = _recorded_score(client, mv, metric_name) if metric_name else None
+            promoted_on = tags.get(TAG_METRIC)
+            score = _recorded_score(client, mv, promoted_on) if promoted_on else None
             rows.append(
                 {
                     "name": rm.name,
@@ -317,7 +523,7 @@ def list_models() -> pd.DataFrame:
                     "aliases": ",".join(aliases),
                     "champion": CHAMPION_ALIAS in aliases,
                     "run_id": mv.run_id or "",
-                    "metric_name": metric_name or "",
+                    "metric_name": promoted_on or "",
                     "metric": float("nan") if score is None else score,
                     "created": pd.Timestamp(mv.creation_timestamp or 0, unit="ms", tz="UTC"),
                 }

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,11 +36,17 @@ from features.schema import (
     champion_uri,
     rating_to_sentiment,
     read_csv_strict,
+    read_table,
 )
 from training.mlflow_models import sentiment_model as sm
 from training.mlflow_models.sentiment_model import finetuned_log_proba
 
 LABEL: str = "label"
+#: The promotion metric, and the baselines (fitted and scored in the same run) the model must not lose to.
+PROMOTION_METRIC = "macro_f1"
+PROMOTION_BASELINES: tuple[str, ...] = ("tfidf_logreg", "minilm_frozen_logreg")
+#: `predict_sentiment_csv` names its columns `<prefix><label|p_*|score>` beside the input's own.
+OUTPUT_PREFIX = "sentiment_"
 MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "sentiment_model.py"
 #: The logged model's input example: fixed texts, never a customer's own words (a logged example
 #: outlives any erasure of the person who wrote it).
@@ -76,6 +82,7 @@ class SentimentConfig:
     model_name: str = SENTIMENT_MODEL
     register: bool = True
     progress: bool = True
+    source: str | None = None        # the file the texts were read from (logged with the datasets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +424,8 @@ class FittedSentiment:
     test_labels: list[str]
     predictions: dict[str, list[str]]
     params: dict[str, Any]
+    train_texts: list[str] = field(default_factory=list)
+    train_labels: list[str] = field(default_factory=list)
 
 
 def tune_ensemble(lp_lr: np.ndarray, lp_ft: np.ndarray, y: np.ndarray,
@@ -583,7 +592,8 @@ def fit_sentiment(texts: pd.DataFrame, config: SentimentConfig, work_dir: Path) 
         baselines={"tfidf_logreg": classification_metrics(te_y, base_pred),
                    "minilm_frozen_logreg": classification_metrics(te_y, emb_pred), **baselines},
         test_texts=te_t, test_labels=te_y,
-        predictions={"model": pred, "tfidf_logreg": base_pred}, params=params)
+        predictions={"model": pred, "tfidf_logreg": base_pred}, params=params,
+        train_texts=tr_t, train_labels=list(tr_y))
 
 
 def _requirements() -> list[str]:
@@ -615,7 +625,16 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
     import joblib
     import mlflow
 
-    from training.registry import TrainResult, register_and_promote, use_experiment
+    from training.registry import (
+        TrainResult,
+        log_dataset,
+        log_metrics,
+        metric_name,
+        register_and_promote,
+        run_name,
+        split_metrics,
+        use_experiment,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -623,12 +642,16 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
         fit = fit_sentiment(texts, config, work)
         fit_s = time.perf_counter() - t0
         use_experiment(config.experiment)
-        with mlflow.start_run(run_name="sentiment") as run:
+        metrics = split_metrics(fit.metrics)
+        baselines = {b: split_metrics(m) for b, m in fit.baselines.items()}
+        with mlflow.start_run(run_name=run_name("sentiment")) as run:
             mlflow.log_params({f"config.{k}": v for k, v in asdict(config).items() if v is not None})
             mlflow.log_params(fit.params)
-            mlflow.log_metrics({**fit.metrics, "fit_seconds": fit_s})
-            for base, m in fit.baselines.items():
-                mlflow.log_metrics({f"{base}.{k}": v for k, v in m.items()})
+            log_metrics({**metrics, "fit_seconds": fit_s}, baselines)
+            for split, (t, y) in (("training", (fit.train_texts, fit.train_labels)),
+                                  ("test", (fit.test_texts, fit.test_labels))):
+                log_dataset(pd.DataFrame({TEXT: t, LABEL: y}), split, name=f"sentiment-{split}",
+                            source=config.source, targets=LABEL)
             mlflow.log_dict({"texts": len(texts), "labels": pd.Series(fit.test_labels).value_counts().to_dict()},
                             "data_summary.json")
             mlflow.set_tags({"mirror.pipeline": "sentiment"})
@@ -644,17 +667,19 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
             run_id = run.info.run_id
     if not config.register:
         return TrainResult(run_id, info.model_uri, config.model_name, "", False, "not registered (register=False)",
-                           fit.metrics, fit.baselines)
+                           metrics, baselines)
     test_texts, test_labels = fit.test_texts, fit.test_labels
 
     def evaluate_champion(uri: str) -> float:
         pred = score_texts(uri, test_texts)["label"].tolist()
-        return classification_metrics(test_labels, pred)["macro_f1"]
+        return classification_metrics(test_labels, pred)[PROMOTION_METRIC]
 
-    decision = register_and_promote(run_id, info.model_uri, config.model_name, "macro_f1", fit.metrics["macro_f1"],
-                                    evaluate_champion=evaluate_champion)
+    decision = register_and_promote(
+        run_id, info.model_uri, config.model_name, metric_name(PROMOTION_METRIC), fit.metrics[PROMOTION_METRIC],
+        evaluate_champion=evaluate_champion,
+        baselines={b: fit.baselines[b][PROMOTION_METRIC] for b in PROMOTION_BASELINES if b in fit.baselines})
     return TrainResult(run_id, info.model_uri, config.model_name, decision.version, decision.promoted,
-                       decision.reason, fit.metrics, fit.baselines)
+                       decision.reason, metrics, baselines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,16 +725,32 @@ def sentiment_scores_for_events(events: pd.DataFrame, model: Any) -> pd.Series:
                      name="sentiment")
 
 
+def output_columns(prefix: str = OUTPUT_PREFIX) -> list[str]:
+    """The columns `predict_sentiment_csv` adds: `<prefix>label`, `<prefix>p_negative`, ... `<prefix>score`."""
+    return [f"{prefix}{c}" for c in sm.OUTPUT_COLUMNS]
+
+
 def predict_sentiment_csv(input_csv: str | os.PathLike[str], text_column: str, out_csv: str | os.PathLike[str],
-                          model_uri: str | None = None) -> pd.DataFrame:
-    """Score a CSV's text column with the (champion) model; writes the input plus label/p_*/score columns."""
-    df = read_csv_strict(input_csv)
+                          model_uri: str | None = None, *, prefix: str = OUTPUT_PREFIX) -> pd.DataFrame:
+    """Score a table's text column with the (champion) model; writes the input's columns unchanged plus
+    `<prefix>label`, `<prefix>p_negative|neutral|positive` and `<prefix>score`.
+
+    An input that already has one of those columns is refused (ValueError naming them) rather than
+    overwritten: the caller picks another `prefix`.  CSV or parquet, in and out, by suffix.
+    """
+    name = os.fspath(input_csv)
+    df = read_table(input_csv) if name.lower().endswith((".parquet", ".pq")) else read_csv_strict(input_csv)
     if text_column not in df.columns:
-        raise ValueError(f"text column {text_column!r} not found in {os.fspath(input_csv)}; "
-                         f"columns: {list(df.columns)}")
-    scored = score_texts(load_sentiment_model(model_uri), df[text_column])
-    clash = [c for c in scored.columns if c in df.columns]
-    out = pd.concat([df.reset_index(drop=True),
-                     scored.rename(columns={c: f"sentiment_{c}" for c in clash})], axis=1)
-    out.to_csv(out_csv, index=False)
+        raise ValueError(f"text column {text_column!r} not found in {name}; columns: {list(df.columns)}")
+    added = output_columns(prefix)
+    clash = [c for c in added if c in df.columns]
+    if clash:
+        raise ValueError(f"{name} already has column(s) {', '.join(map(repr, clash))}; choose another prefix "
+                         "for the scores (--prefix)")
+    scored = score_texts(load_sentiment_model(model_uri), df[text_column])[list(sm.OUTPUT_COLUMNS)]
+    out = pd.concat([df.reset_index(drop=True), scored.set_axis(added, axis=1)], axis=1)
+    if os.fspath(out_csv).lower().endswith((".parquet", ".pq")):
+        out.to_parquet(out_csv, index=False)
+    else:
+        out.to_csv(out_csv, index=False)
     return out

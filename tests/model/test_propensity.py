@@ -73,9 +73,9 @@ def test_planted_churner_scores_above_loyal_customer(synthetic, tracking) -> Non
     cfg = pr.PropensityConfig(progress=False, horizon_days=30, experiment="test-propensity")
     res = pr.train_propensity(cfg, events)
     assert res.model_name == CHURN_MODEL and res.promoted and res.version == "1"
-    assert {"roc_auc", "pr_auc", "brier", "lift_top_decile"} <= set(res.metrics)
+    assert {"test_roc_auc", "test_pr_auc", "test_brier", "test_lift_top_decile"} <= set(res.metrics)
     assert set(res.baselines) == {"logistic_regression", "base_rate"}
-    assert res.metrics["roc_auc"] > 0.65 > res.baselines["base_rate"]["roc_auc"]
+    assert res.metrics["test_roc_auc"] > 0.65 > res.baselines["base_rate"]["test_roc_auc"]
 
     # score the validation population as serving would: from the registry, FEATURE_COLUMNS only
     _, t_val, _ = pr.cutoffs(events, cfg)
@@ -108,14 +108,47 @@ def test_table_path_registers_and_keeps_champion_on_worse_model(tracking) -> Non
     cfg = pr.PropensityConfig(progress=False, seed=1, experiment="test-propensity")
     good = pr.train_propensity_table(cfg, table, "Churned")
     assert good.model_name == "mirror-propensity-churned" and good.promoted
-    assert good.metrics["roc_auc"] > 0.75
+    assert good.metrics["test_roc_auc"] > 0.75
     model = mlflow.sklearn.load_model(good.model_uri)
     proba = model.predict_proba(table.drop(columns=["cust_id", "Churned"]).head(3))
     assert proba.shape == (3, 2) and np.allclose(proba.sum(1), 1)
     # same columns, signal destroyed: the champion is re-scored on the same evaluation and kept
     shuffled = table.assign(tenure=rng.permutation(tenure), plan=rng.permutation(plan))
     worse = pr.train_propensity_table(cfg, shuffled, "Churned")
-    assert not worse.promoted and "does not beat" in worse.reason
+    # not champion: it does not beat the champion (or is already below its own baselines)
+    assert not worse.promoted and ("does not beat" in worse.reason or "loses to its baseline" in worse.reason)
+
+
+def test_a_lightgbm_that_loses_to_its_logistic_baseline_is_not_champion(tracking) -> None:
+    """A purely linear signal over many weak features, few rows: logistic regression wins on the same test
+    split, so the LightGBM model is registered without the alias and the run says why; the logistic
+    regression itself is then registered as a candidate (and, with no champion yet, becomes it)."""
+    import mlflow
+
+    from training.registry import TAG_LOST_TO_BASELINE
+
+    rng = np.random.default_rng(4)
+    n, k = 300, 12
+    X = rng.normal(size=(n, k))
+    y = rng.random(n) < 1 / (1 + np.exp(-(X @ np.full(k, 0.45))))
+    table = pd.DataFrame(X, columns=[f"f{i}" for i in range(k)]).assign(bought=y.astype(int))
+    client = mlflow.MlflowClient()
+    cfg = pr.PropensityConfig(progress=False, seed=0, experiment="test-propensity", fallback_to_baseline=False)
+    res = pr.train_propensity_table(cfg, table, "bought", model_name="test-loses-to-lr")
+    lr = res.baselines["logistic_regression"]["test_roc_auc"]
+    assert res.metrics["test_roc_auc"] < lr
+    assert not res.promoted and res.version == "1"
+    assert res.reason.startswith("not promoted: test_roc_auc") and "loses to its baseline logistic_regression" in res.reason
+    assert client.get_run(res.run_id).data.tags[TAG_LOST_TO_BASELINE] == "logistic_regression"
+    assert not client.get_registered_model("test-loses-to-lr").aliases
+
+    again = pr.train_propensity_table(pr.with_overrides(cfg, fallback_to_baseline=True), table, "bought",
+                                      model_name="test-loses-to-lr")
+    assert not again.promoted and again.version == "2"  # LightGBM: never champion
+    assert "logistic_regression registered instead as v3: promoted" in again.reason
+    assert {k: str(v) for k, v in client.get_registered_model("test-loses-to-lr").aliases.items()} == {"champion": "3"}
+    served = mlflow.sklearn.load_model("models:/test-loses-to-lr@champion")
+    assert type(served.named_steps["model"]).__name__ == "LogisticRegression"
 
 
 def test_logged_input_example_is_no_customers_own_row() -> None:

@@ -66,8 +66,9 @@ def test_pipeline_logs_loads_and_promotes_only_on_improvement(data) -> None:  # 
     first = train_recommender(cfg, small)
     assert first.promoted and first.version == "1"
     m, pop, rnd = first.metrics, first.baselines["popularity"], first.baselines["random"]
-    assert m["ndcg_at_10"] > pop["ndcg_at_10"] > rnd["ndcg_at_10"]
-    assert {"ndcg_at_20", "map_at_10", "hit_rate_at_20", "coverage_at_10", "ndcg_at_10_returning"} <= set(m)
+    assert m["test_ndcg_at_10"] > pop["test_ndcg_at_10"] > rnd["test_ndcg_at_10"]
+    assert {"test_ndcg_at_20", "test_map_at_10", "test_hit_rate_at_20", "test_coverage_at_10",
+            "test_ndcg_at_10_returning"} <= set(m)
 
     served = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion").unwrap_python_model()
     user = next(u for u in pd.unique(small[CUSTOMER_ID].dropna()) if served.has_user(u))
@@ -90,7 +91,7 @@ def test_pipeline_logs_loads_and_promotes_only_on_improvement(data) -> None:  # 
     assert two["item_id"].tolist() == [i for i, _ in recs[:2]]
 
     again = train_recommender(cfg, small)  # same seed and data: same score, so no promotion
-    assert again.metrics["ndcg_at_10"] == pytest.approx(first.metrics["ndcg_at_10"])
+    assert again.metrics["test_ndcg_at_10"] == pytest.approx(first.metrics["test_ndcg_at_10"])
     assert not again.promoted and again.version == "2"
 
 
@@ -119,4 +120,4 @@ def test_default_user_column_resolves_events_to_profiles() -> None:
     assert linked
     recs = served.recommend(linked[0], 10)
     assert len(recs) == 10 and all(served.has_item(i) for i, _ in recs)
-    assert result.metrics["ndcg_at_10"] > result.baselines["random"]["ndcg_at_10"]
+    assert result.metrics["test_ndcg_at_10"] > result.baselines["random"]["test_ndcg_at_10"]

@@ -71,7 +71,7 @@ def test_tune_bias_recovers_a_shifted_prior() -> None:
 
 def test_train_sentiment_known_answers(trained) -> None:
     assert trained.promoted and trained.version == "1"
-    assert trained.metrics["macro_f1"] > 0.9
+    assert trained.metrics["test_macro_f1"] > 0.9
     assert set(trained.baselines) == {"tfidf_logreg", "minilm_frozen_logreg"}
     model = s.load_sentiment_model(trained.model_uri)
     out = s.score_texts(model, ["I hate this dress, it is terrible and ripped.",
@@ -88,7 +88,8 @@ def test_champion_kept_when_not_beaten(trained) -> None:
     cfg = s.SentimentConfig(seed=1, progress=False, experiment="test-sentiment", head="embedding", C=0.001,
                             tune_bias=False)
     weak = s.train_sentiment(cfg, make_texts(240, seed=0))
-    assert not weak.promoted and "does not beat" in weak.reason
+    # not champion: below its own TF-IDF baseline already (the gate checked first), or below the champion
+    assert not weak.promoted and ("loses to its baseline" in weak.reason or "does not beat" in weak.reason)
 
 
 def test_scores_for_events_and_csv(trained, tmp_path) -> None:
@@ -105,8 +106,17 @@ def test_scores_for_events_and_csv(trained, tmp_path) -> None:
     src = tmp_path / "in.csv"
     pd.DataFrame({"id": [1, 2], "comment": ["terrible, broken", "excellent, beautiful"]}).to_csv(src, index=False)
     out = s.predict_sentiment_csv(src, "comment", tmp_path / "out.csv", model_uri=trained.model_uri)
-    assert out["label"].tolist() == [NEGATIVE, POSITIVE]
-    assert pd.read_csv(tmp_path / "out.csv").shape == (2, 7)
+    assert out["sentiment_label"].tolist() == [NEGATIVE, POSITIVE]
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert list(written.columns) == ["id", "comment", "sentiment_label", "sentiment_p_negative",
+                                     "sentiment_p_neutral", "sentiment_p_positive", "sentiment_score"]
+    # the input's own columns stay apart: one named like an output is refused, another prefix is taken
+    mine = tmp_path / "mine.csv"
+    pd.read_csv(src).assign(sentiment_label="kept").to_csv(mine, index=False)
+    with pytest.raises(ValueError, match="'sentiment_label'"):
+        s.predict_sentiment_csv(mine, "comment", tmp_path / "y.csv", model_uri=trained.model_uri)
+    again = s.predict_sentiment_csv(mine, "comment", tmp_path / "y.csv", model_uri=trained.model_uri, prefix="m_")
+    assert again["sentiment_label"].tolist() == ["kept", "kept"] and again["m_label"].tolist() == [NEGATIVE, POSITIVE]
     with pytest.raises(ValueError, match="'review'"):
         s.predict_sentiment_csv(src, "review", tmp_path / "x.csv", model_uri=trained.model_uri)
 

@@ -375,6 +375,9 @@ def test_after_erasure_no_byte_of_the_person_is_left_in_any_file(srv, tmp_path):
     send(srv, evs)
     consent(srv, c, "email_marketing", True)
     assert nba(srv, c, "email", campaign="gone")["actions"][0]["action"] == "cart_reminder"
+    # lists served to the person are recorded with their profile id (attribution): those go too
+    assert srv.post("/recommend", {"customer_id": c, "k": 3}, key="read-key").json()["identified"] is True
+    assert srv.post("/similar_items", {"customer_id": c, "item_id": iid(0)}, key="read-key").status_code == 200
     task = srv.post("/score_segment/submit", {"format": "csv"}, key="read-key")  # the whole store
     assert task.status_code == 200, task.text
     for _ in range(100):  # the export holds the person until erasure

@@ -84,7 +84,15 @@ def test_keyring_scopes_are_ordered(tmp_path):
     assert ring.check("ops-key", Access.WRITE) == 200  # admin implies write
     assert ring.check(None, Access.WRITE) == 401 and ring.check("nope", Access.READ) == 401
     assert ring.check(None, Access.OPEN) == 200
-    assert "r" not in str(ring.grants)  # only digests are kept
+    assert not {"r", "w", "ops-key"} & set(ring.grants)  # only digests are kept
+
+
+def test_browser_scope_fetches_recommendations_and_posts_events_only():
+    ring = KeyRing.parse("b=browser; r=read; w=write")
+    assert ring.check("b", Access.FRONT_END) == 200 and ring.check("b", Access.EVENTS) == 200
+    assert all(ring.check("b", need) == 403 for need in (Access.READ, Access.WRITE, Access.ADMIN))
+    assert ring.check("r", Access.FRONT_END) == 200 and ring.check("r", Access.EVENTS) == 403
+    assert ring.check("w", Access.EVENTS) == 200 and ring.check("w", Access.READ) == 200
 
 
 def test_keyring_rejects_bad_config():
@@ -102,18 +110,24 @@ def test_demo_mode_allows_everything():
 @pytest.mark.parametrize(
     ("method", "path", "read_flag", "expected"),
     [
-        ("POST", "/events", False, Access.WRITE),
+        ("POST", "/events", False, Access.EVENTS),  # a browser or a write key
         ("PUT", "/consent", False, Access.WRITE),
         ("PUT", "/stock", False, Access.WRITE),
         ("GET", "/profiles/p_1", False, Access.ADMIN),
         ("DELETE", "/profiles/p_1", False, Access.ADMIN),
         ("POST", "/admin/reload", False, Access.ADMIN),
         ("POST", "/recommend", False, Access.OPEN),
-        ("POST", "/recommend", True, Access.READ),
+        ("POST", "/recommend", True, Access.FRONT_END),  # a browser or a read key
         ("POST", "/score_segment/submit", True, Access.READ),
+        ("POST", "/scores", False, Access.READ),  # customer scores: a read key whatever the flag
+        ("POST", "/next_best_action", False, Access.READ),
+        ("PUT", "/items", False, Access.WRITE),
+        ("GET", "/score_segment/status", False, Access.OPEN),  # the task id is the capability
+        ("GET", "/docs", True, Access.OPEN),
         ("GET", "/readyz", True, Access.OPEN),
         ("GET", "/metrics", True, Access.OPEN),
-        ("POST", "/eventsX", False, Access.OPEN),
+        ("POST", "/eventsX", False, Access.WRITE),  # not /events: a change in no table needs write
+        ("PUT", "/somewhere-new", False, Access.WRITE),
     ],
 )
 def test_required_access(method, path, read_flag, expected):

@@ -31,12 +31,14 @@ from serving.nba import (
     LOYALTY_REWARD,
     NEGATIVE_SENTIMENT_RECENT,
     ORDER_COUNT,
+    POST_PURCHASE_CARE,
     PURCHASE_PROPENSITY,
     REPLENISHMENT_DUE,
     REPLENISHMENT_REMINDER,
     RETURNED_RECENTLY,
     SERVICE_RECOVERY,
     TOP_ACTION,
+    TRIED_ON_OFFER,
     WINBACK_OFFER,
     CandidateItem,
     ItemValue,
@@ -76,6 +78,8 @@ def test_registry_names_every_action_once() -> None:
             WINBACK_OFFER,
             SERVICE_RECOVERY,
             LOYALTY_REWARD,
+            TRIED_ON_OFFER,
+            POST_PURCHASE_CARE,
             DO_NOTHING,
         }
     )

@@ -95,6 +95,7 @@ FIELDS: dict[str, st.SearchStrategy[object]] = {
     "size": _text(["M"]),
     "brand": _text(["acme"]),
     "duration_s": _num,
+    "position": _num,
     "timezone": _text(["Europe/Paris", "UTC", "America/Argentina/Buenos_Aires", "Mars/Olympus", "localtime",
                        "europe/paris", "../etc/passwd", "America", "Factory"]),
     "mystery": _text(["?"]),

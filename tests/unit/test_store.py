@@ -572,7 +572,7 @@ def test_an_old_file_is_migrated_on_open(tmp_path: Path) -> None:
     reader = SQLiteProfileStore(path, cache=False)
     assert reader.get_profile(c1) == expected[c1] and reader.get_profiles([c1]) == [expected[c1]]
     reader.append_events(pd.DataFrame([ev("o2", "2025-01-03T00:00:00Z", "view", customer_id="c1", item_id="z")]))
-    assert json.loads(con.execute("SELECT doc FROM state WHERE profile_id=?", (c1,)).fetchone()[0])["v"] == 2
+    assert json.loads(con.execute("SELECT doc FROM state WHERE profile_id=?", (c1,)).fetchone()[0])["v"] == store_module._STATE_VERSION
     assert reader.get_profile(c1).recent_views[0].item_id == "z"
     con.close()
 

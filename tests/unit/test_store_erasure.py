@@ -26,7 +26,7 @@ from features.schema import (
     IdentifierHasher,
     normalise_email,
 )
-from features.store import SQLiteProfileStore, StoreConfig
+from features.store import ServedList, SQLiteProfileStore, StoreConfig
 from features.synthetic import SyntheticConfig, generate
 
 KEY = "test-key-for-erasure"
@@ -198,6 +198,11 @@ def test_no_byte_of_an_erased_person_is_left_in_the_db_wal_or_shm_file(tmp_path:
     # a raw email (stored hashed), a loyalty card, a cookie, and a review text
     email = "erase.me.please@example.org"
     store.append_events(frame(ev("evt-dev-only-1", "2025-01-03T00:00:00Z", device_id="dev-erase-4411")))
+    device_pid = store.resolve({DEVICE_ID: "dev-erase-4411"})
+    store.record_decision("dec-erase-before-merge", device_pid, "camp-erase-8812", "winback_offer", "email", True,
+                          "2025-01-03T12:00:00Z", {"mirror-churn": "1"})
+    store.record_recommendation(ServedList("rec-erase-before-merge", pd.Timestamp("2025-01-03T12:00:00Z"), device_pid,
+                                           "home", "web", "mirror-recommender", "1", ("sku-erase-seen-1",)))
     store.append_events(frame(ev("evt-cookie-1", "2025-01-03T01:00:00Z", cookie_id="ck-erase-9230")))
     store.append_events(frame(
         ev("evt-link-1", "2025-01-04T00:00:00Z", "add_to_cart", customer_id="cust-erase-7731",
@@ -209,6 +214,12 @@ def test_no_byte_of_an_erased_person_is_left_in_the_db_wal_or_shm_file(tmp_path:
     pid = store.resolve({CUSTOMER_ID: "cust-erase-7731"})
     store.set_consent(pid, "email_marketing", True)
     store.reserve_contact(pid, "email", "2025-01-07T00:00:00Z", {"24h": 1}, key="camp-1")
+    store.record_decision("dec-erase-after-merge", pid, "camp-erase-8812", "cart_reminder", "email", False,
+                          "2025-01-07T00:00:00Z")
+    assert set(store.decisions()[PROFILE_ID]) == {pid}  # the merge re-keyed the device's decision
+    store.record_recommendation(ServedList("rec-erase-after-merge", pd.Timestamp("2025-01-07T00:00:00Z"), pid,
+                                           "product", "app", "mirror-recommender", "1", ("sku-erase-seen-2",)))
+    assert set(store.recommendations()[PROFILE_ID]) == {pid}  # and its served list
     # and someone from the bulk-loaded data: every value only they had
     events = store.export_events()
     others = events[events[PROFILE_ID] != pid]
@@ -220,7 +231,8 @@ def test_no_byte_of_an_erased_person_is_left_in_the_db_wal_or_shm_file(tmp_path:
     victim_needles = {v for v in theirs - rest if not any(v in o for o in rest)}
     needles = {"dev-erase-4411", "ck-erase-9230", "cust-erase-7731", "loy-erase-5150", store.hasher.hash(
         normalise_email(email) or ""), "evt-dev-only-1", "evt-cookie-1", "evt-link-1", "evt-loyal-1",
-        "evt-review-1", "my unusual review text qwzx"}
+        "evt-review-1", "my unusual review text qwzx", "dec-erase-before-merge", "dec-erase-after-merge",
+        "rec-erase-before-merge", "rec-erase-after-merge", "sku-erase-seen-1", "sku-erase-seen-2", device_pid, pid}
     assert len(victim_needles) > 10 and store.export_profile(pid)["identifiers"]
     assert set(_found(needles | victim_needles, _file_bytes(db))) & {".db", "-wal"}  # there before
 
@@ -230,6 +242,64 @@ def test_no_byte_of_an_erased_person_is_left_in_the_db_wal_or_shm_file(tmp_path:
     assert _found(needles | victim_needles | {email}, files) == {}
     assert files["-wal"] == b""  # checkpointed and truncated
     assert store.get_profile(pid) is None and store.resolve({EMAIL: email}) is None
+    assert store.decisions().empty
+    assert store.recommendations().empty
+
+
+def test_the_decision_log_is_durable_idempotent_and_erased_with_the_person_only(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SQLiteProfileStore(db, IdentifierHasher(KEY))
+    store.append_events(frame(ev("a1", "2025-01-01T00:00:00Z", customer_id="ann"),
+                              ev("b1", "2025-01-01T00:00:00Z", customer_id="bob")))
+    ann, bob = store.resolve({CUSTOMER_ID: "ann"}), store.resolve({CUSTOMER_ID: "bob"})
+    assert store.record_decision("d-1", ann, "spring", "winback_offer", "email", False, "2025-01-02T00:00:00Z",
+                                 {"mirror-churn": "3", "mirror-purchase": None})
+    assert not store.record_decision("d-1", ann, "spring", "cross_sell", "sms", True, "2025-01-05T00:00:00Z")
+    store.record_decision("d-2", bob, "spring", "winback_offer", "email", True, "2025-01-03T00:00:00Z")
+    with pytest.raises(ValueError, match="action"):
+        store.record_decision("d-3", bob, "spring", "", "email", True, "2025-01-03T00:00:00Z")
+    log = SQLiteProfileStore(db, IdentifierHasher(KEY)).decisions()  # another connection: durable
+    assert tuple(log.columns) == store_module.DECISION_COLUMNS
+    assert log["decision_id"].tolist() == ["d-1", "d-2"] and log["holdout"].tolist() == [False, True]
+    assert log["action"].tolist() == ["winback_offer", "winback_offer"]  # the first row of a decision stays
+    assert json.loads(log["model_versions"].iloc[0]) == {"mirror-churn": "3", "mirror-purchase": None}
+    assert str(log["ts"].dtype) == "datetime64[ns, UTC]"
+    assert store.decisions(since="2025-01-03T00:00:00Z")["decision_id"].tolist() == ["d-2"]
+    assert [d["decision_id"] for d in store.export_profile(ann)["decisions"]] == ["d-1"]
+    store.erase_profile(ann)
+    assert store.decisions()["decision_id"].tolist() == ["d-2"]
+
+
+def test_served_lists_are_durable_idempotent_and_go_with_the_person_only(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SQLiteProfileStore(db, IdentifierHasher(KEY))
+    store.append_events(frame(ev("a1", "2025-01-01T00:00:00Z", customer_id="ann"),
+                              ev("b1", "2025-01-01T00:00:00Z", customer_id="bob")))
+    ann, bob = store.resolve({CUSTOMER_ID: "ann"}), store.resolve({CUSTOMER_ID: "bob"})
+
+    def served(rid: str, pid: str | None, ts: str, items: tuple[str, ...] = ("sku1", "sku2")) -> ServedList:
+        return ServedList(rid, pd.Timestamp(ts), pid, "home", "web", "mirror-recommender", "7", items)
+
+    assert store.record_recommendations([served("r-ann", ann, "2025-01-02T00:00:00Z"),
+                                         served("r-anon", None, "2025-01-02T01:00:00Z", ()),
+                                         served("r-bob", bob, "2025-01-03T00:00:00Z")]) == 3
+    assert not store.record_recommendation(served("r-ann", bob, "2025-01-09T00:00:00Z"))  # first row stays
+    log = SQLiteProfileStore(db, IdentifierHasher(KEY)).recommendations()  # another connection: durable
+    assert tuple(log.columns) == store_module.RECOMMENDATION_COLUMNS
+    assert log["recommendation_id"].tolist() == ["r-ann", "r-anon", "r-bob"]
+    assert log["item_ids"].tolist() == [("sku1", "sku2"), (), ("sku1", "sku2")]
+    assert log[PROFILE_ID].iloc[0] == ann and pd.isna(log[PROFILE_ID].iloc[1])  # anonymous: no profile
+    assert str(log["ts"].dtype) == "datetime64[ns, UTC]"
+    assert store.recommendations(since="2025-01-02T00:30:00Z")["recommendation_id"].tolist() == ["r-anon", "r-bob"]
+    assert [r["recommendation_id"] for r in store.export_profile(ann)["recommendations"]] == ["r-ann"]
+    store.erase_profile(ann)
+    assert store.recommendations()["recommendation_id"].tolist() == ["r-anon", "r-bob"]
+    # a list served before the erasure and written after it (serving writes in the background) stays out;
+    # one served to the person after they came back is theirs again
+    assert not store.record_recommendation(served("r-late", ann, "2025-01-02T02:00:00Z"))
+    assert store.record_recommendation(served("r-back", ann, (pd.Timestamp.now(tz="UTC")
+                                                              + pd.Timedelta(seconds=1)).isoformat()))
+    assert "r-late" not in set(store.recommendations()["recommendation_id"])
 
 
 def test_every_connection_overwrites_what_it_deletes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

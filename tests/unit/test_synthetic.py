@@ -21,6 +21,7 @@ from features.schema import (
     ITEM_ID,
     NEGATIVE,
     PHONE,
+    PROFILE_ID,
     PURCHASE,
     RATING,
     RETURN,
@@ -282,3 +283,91 @@ def test_web_and_app_events_carry_the_persons_time_zone(data: SyntheticData, wit
     planted = data.truth[PERSONS].set_index(PERSON_ID)["timezone"]
     assert (ev.loc[has, tz_col] == ev.loc[has, "person"].map(planted)).all()
     assert validate_events(data.events).errors.empty
+
+
+# ---------------------------------------------------------------------------------------------
+# journeys: return reasons, declared preferences, past decisions with planted effects
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def journeys() -> SyntheticData:
+    return generate(SyntheticConfig(customers=1200, days=60, seed=7, journeys=True))
+
+
+def test_journeys_are_off_by_default_and_add_only_their_own_events() -> None:
+    from features.synthetic import JOURNEY_TABLES
+
+    base = SyntheticConfig(customers=150, days=30, seed=4)
+    a = generate(base)
+    b = generate(SyntheticConfig(customers=150, days=30, seed=4, journeys=True))
+    assert not set(JOURNEY_TABLES) & set(a.truth) and set(JOURNEY_TABLES) <= set(b.truth)
+    old = b.events.loc[~b.events[EVENT_ID].str.contains("-j")].reset_index(drop=True)
+    cols = list(a.events.columns)
+    pd.testing.assert_frame_equal(old[cols], a.events)  # the history is the same; the journeys come on top
+    for name in a.truth:
+        pd.testing.assert_frame_equal(a.truth[name], b.truth[name])
+
+
+def test_journey_events_are_canonical_and_declared_preferences_are_true(journeys: SyntheticData) -> None:
+    from features.synthetic import DECLARED_PREFERENCES, RETURN_REASON_TRUTH
+
+    ev = journeys.events
+    assert validate_events(ev).errors.empty and ev[EVENT_ID].is_unique and ev[TS].is_monotonic_increasing
+    person = event_person_ids(journeys)
+    persons = journeys.truth[PERSONS].set_index(PERSON_ID)
+    prefs = ev.loc[ev[EVENT_TYPE] == schema.PREFERENCE].assign(person=person)
+    declared = journeys.truth[DECLARED_PREFERENCES]
+    assert len(prefs) == len(declared) > 100
+    for key, truth_col in ((schema.PREFERRED_CHANNEL, "preferred_channel"), (schema.DECLARED_TIMEZONE, "timezone")):
+        rows = prefs.loc[prefs[schema.PREFERENCE_KEY] == key]
+        assert len(rows) and (rows[schema.PREFERENCE_VALUE] == rows["person"].map(persons[truth_col])).all()
+    interests = prefs.loc[prefs[schema.PREFERENCE_KEY] == schema.INTEREST]
+    assert all(c in persons.at[p, "preferred_categories"] for p, c in zip(interests["person"],
+                                                                           interests[schema.PREFERENCE_VALUE],
+                                                                           strict=True))
+    # every return has a reason, fit reasons follow the person's planted fit
+    rets = ev.loc[ev[EVENT_TYPE] == RETURN]
+    assert rets[schema.RETURN_REASON].notna().all() and ev.loc[ev[EVENT_TYPE] != RETURN, schema.RETURN_REASON].isna().all()
+    reasons = journeys.truth[RETURN_REASON_TRUTH]
+    small = reasons.loc[reasons["size_fit"] == "runs_small", schema.RETURN_REASON]
+    assert (small == "too_small").mean() > 0.5 and (reasons.loc[reasons["size_fit"] == "runs_large",
+                                                                 schema.RETURN_REASON] == "too_small").mean() == 0
+
+
+def test_planted_decisions_have_a_holdout_and_effects_that_differ_by_customer(journeys: SyntheticData) -> None:
+    from features.identity import resolve_identities
+    from features.store import DECISION_COLUMNS
+    from features.synthetic import (
+        CONVERSION_EFFECT,
+        DECISIONS,
+        EFFECT,
+        PLANTED_ACTIONS,
+        RESPONDED,
+        TRIED_ON_OFFER,
+        UPLIFT,
+    )
+    from serving import nba
+
+    log, effects = journeys.truth[DECISIONS], journeys.truth[UPLIFT]
+    assert tuple(log.columns) == DECISION_COLUMNS and log["decision_id"].is_unique and len(log) > 300
+    assert set(PLANTED_ACTIONS) == set(log["action"]) and set(PLANTED_ACTIONS) <= set(nba.ACTION_CHANNELS) | {
+        TRIED_ON_OFFER}
+    assert 0.2 < log["holdout"].mean() < 0.4
+    assert (effects[EFFECT] < 0).mean() > 0.1 and (effects[EFFECT] > 0.1).mean() > 0.2  # some harmed, some helped
+    assert (effects[CONVERSION_EFFECT].abs() <= effects[EFFECT].abs() + 1e-12).all()
+    # the decisions' profile ids are the ones identity resolution gives the events
+    ev = resolve_identities(journeys.events).assign(person=event_person_ids(journeys))
+    pid_of = ev.drop_duplicates(PROFILE_ID).set_index(PROFILE_ID)["person"]
+    assert (log[PROFILE_ID].map(pid_of) == effects[PERSON_ID]).all()
+    # treated responses happen at the planted rate (base + effect), held-out ones at the base rate
+    treated = ~effects["holdout"]
+    from features.synthetic import BASE_RATE
+
+    gap = effects.loc[treated, RESPONDED].mean() - (effects.loc[treated, BASE_RATE] + effects.loc[treated, EFFECT]).mean()
+    assert abs(gap) < 0.03
+    # some responses echo their decision id, never a held-out one
+    echoed = set(journeys.events[schema.DECISION_ID].dropna())
+    assert echoed and echoed <= set(log.loc[~log["holdout"], "decision_id"])
+    # planted responses fall inside the window
+    buys = ev.loc[ev[schema.DECISION_ID].notna()].set_index(schema.DECISION_ID)[TS]
+    lag = (buys - log.set_index("decision_id")[TS].reindex(buys.index)).dt.total_seconds() / 86400
+    assert lag.between(0, 7).all()
