@@ -59,7 +59,7 @@ test-slow: $(STAMP) ## Slow and real-data tests (needs ../shared/data)
 	$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests selected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check features training serving tests benchmarks
+	$(VENV)/bin/ruff check features training serving tests benchmarks research
 
 bench: $(STAMP) ## All benchmarks; figures go to benchmarks/RESULTS.md
 	$(PY) benchmarks/features.py

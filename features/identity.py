@@ -15,7 +15,7 @@ profile of its smallest token on its own.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -310,3 +310,149 @@ class IdentityGraph:
     def __len__(self) -> int:
         """Number of profiles (components) currently known."""
         return len(self._min)
+
+
+# ---------------------------------------------------------------------------------------------
+# one batch against stored links (the online store's rule, every backend and batch size)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenBatch:
+    """The identifier tokens of a batch of events: `tokens` (distinct, in first-seen column order) and per
+    row and identifier column the index of its token (-1: missing)."""
+
+    tokens: tuple[str, ...]
+    codes: np.ndarray  # (rows, len(columns)) int64
+    columns: tuple[str, ...]  # the identifier columns present in the batch, IDENTIFIER_COLUMNS order
+
+    def device_customer_pairs(self, shared_token_columns: Iterable[str]) -> list[tuple[str, str]]:
+        """Distinct (device or cookie token, customer token) pairs seen on one event: the shared-device
+        guard counts the customers per device from these."""
+        if CUSTOMER_ID not in self.columns:
+            return []
+        n_tok = len(self.tokens)
+        cust = self.codes[:, self.columns.index(CUSTOMER_ID)]
+        guard = set(shared_token_columns)
+        both = [dev[(dev >= 0) & (cust >= 0)] * n_tok + cust[(dev >= 0) & (cust >= 0)]
+                for j, c in enumerate(self.columns) if c in guard for dev in (self.codes[:, j],)]
+        if not both:
+            return []
+        key = np.unique(np.concatenate(both))
+        tok = np.array(self.tokens, dtype=object)
+        return list(zip(tok[key // n_tok].tolist(), tok[key % n_tok].tolist(), strict=True))
+
+
+def token_batch(columns: Mapping[str, np.ndarray], identifier_columns: Iterable[str] = IDENTIFIER_COLUMNS
+                ) -> TokenBatch:
+    """Tokens of a batch given as identifier column -> object array (None / NaN where missing); ValueError
+    when a row has no identifier at all."""
+    code_cols: list[np.ndarray] = []
+    vocab: list[str] = []
+    present: list[str] = []
+    n = len(next(iter(columns.values()))) if columns else 0
+    for c in identifier_columns:
+        if c not in columns:
+            continue
+        values = np.asarray(columns[c], dtype=object)
+        has = ~pd.isna(values)
+        if not has.any():
+            continue
+        k, uniq = pd.factorize(values[has])
+        codes = np.full(n, -1, dtype=np.int64)
+        codes[has] = k + len(vocab)
+        vocab += [token(c, u) for u in uniq.tolist()]
+        code_cols.append(codes)
+        present.append(c)
+    mat = np.stack(code_cols, axis=1) if code_cols else np.full((n, 0), -1, dtype=np.int64)
+    if n and (not code_cols or not (mat >= 0).any(axis=1).all()):
+        raise ValueError("every event needs an identifier (validate events first)")
+    return TokenBatch(tuple(vocab), mat, tuple(present))
+
+
+@dataclass(frozen=True)
+class BatchLinks:
+    """How a batch links: its components, each `(smallest linking token, stored profile ids in it)`; per row
+    the index of its component; per linking token the index of its component."""
+
+    components: tuple[tuple[str, frozenset[str]], ...]
+    row_component: tuple[int, ...]
+    token_component: Mapping[str, int]
+
+
+def link_batch(batch: TokenBatch, known: Mapping[str, str], shared: Container[str]) -> BatchLinks:
+    """The linking rule, once: the tokens of one event are linked, except shared devices/cookies (`shared`,
+    already counting this batch); an event with only shared tokens links its smallest token on its own.
+    A token already linked to a stored profile (`known`: token -> profile id) joins that profile, so one
+    event can merge profiles. Pure; the component's id is `profile_id_for` of its smallest token, counting
+    the stored profiles' own smallest tokens (the caller knows those).
+
+    One code path for an API event and a bulk load of millions, so the two cannot drift (only the graph
+    primitive, `_component_labels`, picks its algorithm by size).
+    """
+    mat = batch.codes
+    n, n_tok = mat.shape[0], len(batch.tokens)
+    if n == 0:
+        return BatchLinks((), (), {})
+    vocab = batch.tokens
+    tok = np.array(vocab, dtype=object)
+    by_rank = np.argsort(tok, kind="stable")  # token order = string order (min token of a component)
+    rank = np.empty(n_tok, dtype=np.int64)
+    rank[by_rank] = np.arange(n_tok)
+    has = mat >= 0
+    is_shared = np.fromiter((t in shared for t in vocab), dtype=bool, count=n_tok)
+    # linking tokens of each row: the non-shared ones, else its smallest token alone
+    safe = np.where(has, mat, 0)
+    active = has & ~is_shared[safe]
+    lone = ~active.any(axis=1)
+    if lone.any():
+        smallest = np.where(has, rank[safe], np.iinfo(np.int64).max).argmin(axis=1)
+        active[np.flatnonzero(lone), smallest[lone]] = True
+    anchor = mat[np.arange(n), active.argmax(axis=1)]
+    src = np.broadcast_to(anchor[:, None], mat.shape)[active]
+    dst = mat[active]
+    act = np.unique(dst)
+    old_ids = sorted({known[vocab[t]] for t in act.tolist() if vocab[t] in known})
+    old_node = {p: n_tok + j for j, p in enumerate(old_ids)}
+    kt = [(t, old_node[known[vocab[t]]]) for t in act.tolist() if vocab[t] in known]
+    if kt:
+        ka = np.array(kt, dtype=np.int64)
+        src, dst = np.concatenate([src, ka[:, 0]]), np.concatenate([dst, ka[:, 1]])
+    size = n_tok + len(old_ids)
+    labels = _component_labels(src, dst, size)
+    comps = np.unique(labels[act])
+    best = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, labels[act], rank[act])
+    comp_olds: dict[int, set[str]] = {}
+    for p, node in old_node.items():
+        comp_olds.setdefault(int(labels[node]), set()).add(p)
+    lows = tok[by_rank[best[comps]]].tolist()
+    index = np.full(labels.max() + 1, -1, dtype=np.int64)
+    index[comps] = np.arange(len(comps))
+    return BatchLinks(
+        components=tuple((low, frozenset(comp_olds.get(c, ()))) for low, c in zip(lows, comps.tolist(), strict=True)),
+        row_component=tuple(index[labels[anchor]].tolist()),
+        token_component=dict(zip((vocab[t] for t in act.tolist()), index[labels[act]].tolist(), strict=True)),
+    )
+
+
+_SMALL_GRAPH = 64  # nodes: below this plain union-find beats building a sparse matrix (~10x for one event)
+
+
+def _component_labels(src: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
+    """Connected-component label of each of `size` nodes of the undirected graph with edges src-dst.
+    Labels are arbitrary ints (callers only compare them)."""
+    if size > _SMALL_GRAPH:
+        graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(size, size))
+        return connected_components(graph, directed=False)[1]
+    parent = list(range(size))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(src.tolist(), dst.tolist(), strict=True):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(x) for x in range(size)], dtype=np.int64)

@@ -222,6 +222,7 @@ class NBAResponse(_Out):
     personalized: bool
     holdout: bool
     actions: list[ActionOut]
+    #: start of the decision window (ISO 8601, UTC): asking again within it returns the same decision
     decided_at: str | None = None
     #: the decision's tone: every channel asking within the decision window gets the same
     tone: str | None = None
@@ -290,6 +291,9 @@ class CustomerScore(_Out):
     top_channel: str | None = None
     #: the top channel is in the customer's quiet hours (their own time zone): send at this time (ISO-8601, UTC)
     send_at: str | None = None
+    #: the decision's tone (apologetic, neutral or warm, from recent sentiment across channels): the one every
+    #: channel's message uses in the decision window (as /next_best_action's `tone`)
+    tone: str | None = None
     #: the guarded message text of the top action (as /next_best_action's `reason`); null for do_nothing
     #: and unless asked (`messages: true`; export files always have it)
     message: str | None = None

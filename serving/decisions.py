@@ -29,6 +29,7 @@ from serving.contact import StoreContactLedger, customer_timezone, decision_id, 
 from serving.guard import (
     ITEMS,
     NBA_MESSAGE,
+    SUGGESTIONS,
     ConsentState,
     ContactCheck,
     ContactContext,
@@ -65,8 +66,10 @@ SEND_AT: str = "send_at"
 #: the guarded message text of the top action (`/next_best_action`'s `reason`), and its parameters
 MESSAGE: str = "message"
 MESSAGE_PARAMS: str = "params"
+#: the decision's tone (`nba.tone_of`: apologetic, neutral, warm), the one every channel's message uses
+TONE: str = "tone"
 SCORE_COLUMNS: tuple[str, ...] = (SCORE_ID, CUSTOMER_ID, PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY,
-                                  HOLDOUT, nba.TOP_ACTION, TOP_CHANNEL, SEND_AT, MESSAGE, MESSAGE_PARAMS)
+                                  HOLDOUT, nba.TOP_ACTION, TOP_CHANNEL, SEND_AT, TONE, MESSAGE, MESSAGE_PARAMS)
 #: Identifiers a batch may name customers by (raw email and phone are hashed by the store).
 BATCH_ID_KINDS: tuple[str, ...] = (PROFILE_ID, CUSTOMER_ID, EMAIL, PHONE)
 
@@ -295,7 +298,7 @@ class DecisionEngine:
         for the same request `/next_best_action` makes (never a raw signal); cross-sell items are the
         customer's personal picks when `recommender` is given."""
         cols = [PROFILE_ID, nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY, HOLDOUT, nba.TOP_ACTION, TOP_CHANNEL,
-                SEND_AT, MESSAGE, MESSAGE_PARAMS]
+                SEND_AT, TONE, MESSAGE, MESSAGE_PARAMS]
         if not len(pids):
             return pd.DataFrame({c: pd.Series([], dtype=float if c in (nba.CHURN_PROBABILITY, nba.PURCHASE_PROPENSITY)
                                               else bool if c == HOLDOUT else object) for c in cols})
@@ -315,6 +318,7 @@ class DecisionEngine:
         send_at: list[str | None] = [None] * n
         message: list[str | None] = [None] * n
         params: list[dict[str, Any] | None] = [None] * n
+        tone = [nba.tone_of(ctx, self.config) for ctx in x.contexts]  # one per decision, as /next_best_action's
         for j in np.flatnonzero(top != nba.DO_NOTHING):
             a, ctx, pid = nba.ACTION_BY_NAME[top[j]], x.contexts[j], rows[j]
             ch = channel[j] = nba.choose_channel(a, ctx, self.config)
@@ -326,13 +330,18 @@ class DecisionEngine:
             if a.name == nba.CROSS_SELL and recommender is not None:
                 ctx = dataclasses.replace(ctx, candidate_items=self._candidates(recommender, catalog, x.stored[pid],
                                                                                 consent, ch, now))
-            d = self._guard_message(a.name, a.params(ctx, self.config), ch, consent, tuple(signals(own, catalog)),
-                                    catalog, now, contact_context(ctx, own))
+            elif a.name == nba.POST_PURCHASE_CARE and recommender is not None:
+                ctx = dataclasses.replace(ctx, complement_items=self._complements(ctx, own, catalog, recommender))
+            sa = nba.ScoredAction(a.name, 0.0, ch, a.params(ctx, self.config))
+            d = self._guard_message(a.name, sa.params, ch, consent, action_signals(sa, own, catalog,
+                                                                                  tuple(signals(own, catalog))),
+                                    catalog, now, contact_context(ctx, own), tone=tone[j])
             if d.allowed:  # the contact rule above already let it through: the guard agrees but for edge cases
                 message[j], params[j] = d.text, dict(d.params)
         return pd.DataFrame({PROFILE_ID: rows, nba.CHURN_PROBABILITY: x.churn, nba.PURCHASE_PROPENSITY: x.propensity,
                              HOLDOUT: hold, nba.TOP_ACTION: top, TOP_CHANNEL: pd.Series(channel, dtype=object),
-                             SEND_AT: pd.Series(send_at, dtype=object), MESSAGE: pd.Series(message, dtype=object),
+                             SEND_AT: pd.Series(send_at, dtype=object), TONE: pd.Series(tone, dtype=object),
+                             MESSAGE: pd.Series(message, dtype=object),
                              MESSAGE_PARAMS: pd.Series(params, dtype=object)})
 
     def score_asked(self, churn_model: Any, purchase_model: Any, asked: Sequence[tuple[str, str]],
@@ -469,20 +478,25 @@ class DecisionEngine:
                        tone: str = nba.NEUTRAL) -> GuardDecision:
         """The guard's decision on one action's message (text in the decision's `tone`, parameters with
         catalog item records, send time): the same request for `/next_best_action` and the batch path."""
-        full = {**params, ITEMS: self._item_records(params, catalog)}
+        full = {**params, ITEMS: self._item_records(params.get("item_ids") or (), catalog)}
+        if nba.SUGGESTED_ITEM_IDS in params:
+            full[SUGGESTIONS] = self._item_records(params[nba.SUGGESTED_ITEM_IDS] or (), catalog, judged=True)
         return guard(GuardRequest(NBA_MESSAGE, channel, consent, sigs, action=action, params=full, now=now,
                                   logged_in=True, context=contact, tone=tone, template=message_template(action, params)),
                      self.policy)
 
     @staticmethod
-    def _item_records(params: Mapping[str, Any], catalog: Catalog) -> list[dict[str, Any]]:
-        """The action's items as catalog records (the guard keeps those it may show)."""
+    def _item_records(ids: Sequence[str], catalog: Catalog, *, judged: bool = False) -> list[dict[str, Any]]:
+        """Items as catalog records (the guard keeps those it may show). `judged`: suggestions also carry what
+        the guard judges them by (category, brand, the catalog's sensitive flag); it never passes those on."""
         out = []
-        for i in params.get("item_ids") or ():
+        for i in ids:
             item = catalog.get(i)
             rec: dict[str, Any] = {"item_id": i}
             if item is not None:
                 rec.update({k: v for k, v in (("name", item.name), ("price", item.price), ("currency", item.currency),
                                               ("url", item.url), ("image_url", item.image_url)) if v is not None})
+                if judged:
+                    rec.update(category=item.category, brand=item.brand, sensitive=bool(item.sensitive))
             out.append(rec)
         return out

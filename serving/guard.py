@@ -179,6 +179,14 @@ ITEM_FIELDS: Final[frozenset[str]] = frozenset({ITEM_ID, "name", "price", "curre
 ITEM_PARAMS: Final[frozenset[str]] = frozenset({ITEM_ID, "item_ids", ITEM_NAME, ITEMS})
 CATEGORY_PARAMS: Final[frozenset[str]] = frozenset({CATEGORY, "categories"})
 OFFER_PARAMS: Final[frozenset[str]] = frozenset({"discount_pct", "points", "offer_code"})
+#: Products Mirror suggests (complementary products, cross-sell picks): `suggested_item_ids` as the action
+#: chose them and `suggestions` as catalog records (`ITEM_FIELDS`, plus the input-only `SUGGESTION_INPUT_FIELDS`
+#: the guard judges them by). A suggestion makes no claim about the customer, so it is not backed by a signal
+#: as `item_ids`/`items` are (those are the customer's own: what they did, named at that signal's level); see
+#: `_suggestion_records` for when one may be named.
+SUGGESTED_ITEM_IDS: Final = "suggested_item_ids"
+SUGGESTIONS: Final = "suggestions"
+SUGGESTION_INPUT_FIELDS: Final[frozenset[str]] = frozenset({CATEGORY, "brand", "sensitive"})
 #: What kind of content a message carries (post-purchase care: how-to and care, then complementary products).
 CONTENT: Final = "content"
 CONTENT_KINDS: Final[frozenset[str]] = frozenset({"care", "complements"})
@@ -1047,19 +1055,63 @@ def _item_records(v: Any, ok_items: Mapping[str, Signal], policy: GuardPolicy) -
     return out or None
 
 
+def _suggestion_records(v: Any, level: Specificity, used: Sequence[Signal], claimed: set[str],
+                        policy: GuardPolicy) -> list[dict[str, Any]] | None:
+    """The `suggestions` param: products named from the catalog as suggestions, never as something the
+    customer did. Unlike `items` no signal backs them (the customer never interacted with them: that is what
+    makes them suggestions), so the rule is about the product and the message instead:
+
+    - only when the output may be personal at all (`level` >= category: a suggestion is chosen from the
+      customer's data, and a customer who declared `none` gets generic messages);
+    - never when anything the message rests on (`used`) is sensitive or life-event: what goes with such an
+      item points at it;
+    - never an item of the customer's own signals (`claimed`, kept or not): naming it would be a claim about
+      them in disguise ("the jacket you looked at"), which only `items` may make, at that signal's level;
+    - the product itself is never sensitive or life-event (the record's catalog `sensitive` flag must be
+      given and false; its name, category and brand are read by the configured terms), and its name is clean.
+    Output records carry `ITEM_FIELDS` only."""
+    if level < Specificity.CATEGORY or not isinstance(v, (list, tuple)):
+        return None
+    if any(signal_tier(s, policy) != Sensitivity.NONE for s in used):
+        return None
+    out = []
+    for rec in v:
+        if not isinstance(rec, Mapping) or not isinstance(rec.get(ITEM_ID), str) or rec[ITEM_ID] in claimed:
+            continue
+        name = rec.get("name")
+        if rec.get("sensitive") is not False or not isinstance(name, str) or _safe_name(name) is None:
+            continue
+        if max(policy.sensitivity(name), policy.sensitivity(_opt_str(rec.get(CATEGORY))),
+               policy.sensitivity(_opt_str(rec.get("brand")))) != Sensitivity.NONE or scrub_problems(name, (), policy):
+            continue
+        kept = {k: x for k, x in rec.items() if k in ITEM_FIELDS and x is not None}
+        for k in ("url", "image_url"):
+            if k in kept and not (isinstance(kept[k], str) and re.match(r"https?://", kept[k])):
+                del kept[k]
+        out.append(kept)
+    return out or None
+
+
 def _sanitise_params(raw: Mapping[str, Any], level: Specificity, used: Sequence[Signal], channel: str,
                      policy: GuardPolicy, audit: list[AuditEntry], *, logged_in: bool = False,
-                     own_items: bool = False) -> dict[str, Any]:
+                     own_items: bool = False, claimed: set[str] | None = None) -> dict[str, Any]:
     """Whitelisted keys only; items and categories only at their level and only when a kept,
-    non-sensitive signal backs them (so nothing unconsented or sensitive can leak through params)."""
+    non-sensitive signal backs them (so nothing unconsented or sensitive can leak through params);
+    suggestions by `_suggestion_records` (`suggested_item_ids` keeps the ids of the records kept)."""
     def lvl(s: Signal) -> Specificity:
         return _signal_level(s, level, channel, policy, logged_in=logged_in, own_items=own_items)
 
     ok_items = {s.item_id: s for s in used if s.item_id and lvl(s) >= Specificity.ITEM}
     ok_cats = {s.category for s in used if s.category and lvl(s) >= Specificity.CATEGORY}
+    suggested = _suggestion_records(raw.get(SUGGESTIONS), level, used, claimed or set(), policy)
+    named = {rec[ITEM_ID] for rec in suggested or ()}
     out: dict[str, Any] = {}
     for key, v in raw.items():
-        if key in OFFER_PARAMS:
+        if key == SUGGESTIONS:
+            val = suggested
+        elif key == SUGGESTED_ITEM_IDS:
+            val = ([i for i in v if i in named] or None) if isinstance(v, (list, tuple)) else None
+        elif key in OFFER_PARAMS:
             val = _offer_value(key, v)
         elif key == CONTENT:
             val = v if v in CONTENT_KINDS else None
@@ -1094,7 +1146,7 @@ def _flat(v: Any) -> str:
 def _param_text(key: str, v: Any) -> str:
     """What the scrubber reads of a param: for `items`, only the names (ids, prices and urls are data
     the message tool needs, not text shown as a sentence)."""
-    if key == ITEMS:
+    if key in (ITEMS, SUGGESTIONS):
         return " | ".join(str(rec.get("name", "")) for rec in v)
     return _flat(v)
 
@@ -1143,11 +1195,15 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
             text, used_params = _render(level, None, r.kind, wording, policy, r.tone)
     if r.kind == NBA_MESSAGE:
         params = _sanitise_params(r.params, max(ceiling, level), kept, r.channel, policy, audit,
-                                  logged_in=r.logged_in, own_items=own)
+                                  logged_in=r.logged_in, own_items=own,
+                                  claimed={s.item_id for s in r.signals if s.item_id})
         for key in [k for k in params if k not in OFFER_PARAMS and k != CONTENT
                     and scrub_problems(_param_text(k, params[k]), r.signals, policy)]:
             audit.append(AuditEntry(f"param {key}", "removed by the scrubber"))
             del params[key]
+        if SUGGESTIONS not in params:
+            params.pop(SUGGESTED_ITEM_IDS, None)  # ids of suggestions the guard does not name stay unsaid
+        params = dict(sorted(params.items()))  # one order whatever the action's: answers and files agree
     else:
         params = used_params
     signals_used = tuple(kept)

@@ -48,6 +48,10 @@ DO_NOTHING: Final = "do_nothing"
 #: `content` param of post_purchase_care: its two phases (care first, complementary products later), and the
 #: guard's template name of the second phase.
 CARE_CONTENT: Final = "care"
+#: Param of the products an action suggests (cross-sell picks, a purchase's complements): the guard's
+#: `SUGGESTED_ITEM_IDS`, named as suggestions, never as something the customer did (`item_ids` are the
+#: customer's own: their cart, their order, what they tried on).
+SUGGESTED_ITEM_IDS: Final = "suggested_item_ids"
 COMPLEMENTS_CONTENT: Final = "complements"
 COMPLEMENTS_TEMPLATE: Final = "post_purchase_complements"
 
@@ -159,12 +163,15 @@ class NBAConfig:
     tried_on_offer_cost: float = 0.50
     # after a purchase: care and how-to content for `care_days` (EV: goodwill - contact cost), then
     # complementary products from max(complements_min_days, complements_cadence_share * the customer's
-    # own purchase cadence) for `complements_window_days` (EV as cross-sell)
+    # own purchase cadence) for `complements_window_days` (EV as cross-sell, with `complements_acceptance`)
     care_days: float = 7.0
     care_goodwill: float = 0.30
     complements_min_days: float = 7.0
     complements_cadence_share: float = 0.5
     complements_window_days: float = 14.0
+    # EV of the complements phase as cross-sell's, with this acceptance: a product that completes a fresh
+    # purchase, at the customer's own pace, is taken up more often than a generic pick (so it leads)
+    complements_acceptance: float = 0.08
     # tone: sentiment this recent sets it (the latest of negative and positive wins)
     tone_days: float = 14.0
     #: Channel preference when the customer's own preferred channel is not reachable for an action.
@@ -323,14 +330,21 @@ def _replenish_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
     return _item_params(tuple(sorted(ctx.replenishment_due, key=lambda i: (-i.value, i.item_id))), c)
 
 
+def _suggestion_params(items: tuple[CandidateItem, ...], c: NBAConfig) -> dict[str, object]:
+    """The top products an action suggests, best first, and their categories."""
+    top = items[: c.max_message_items]
+    return {SUGGESTED_ITEM_IDS: [i.item_id for i in top], "categories": sorted({i.category for i in top if i.category})}
+
+
 def _cross_sell_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
+    """The recommender's picks (not in the cart) as suggestions."""
     cart_ids = {i.item_id for i in ctx.cart}
     cands = tuple(
         i
         for i in sorted(ctx.candidate_items, key=lambda i: (-i.score, i.item_id))
         if i.item_id not in cart_ids
     )
-    return _item_params(cands, c)
+    return _suggestion_params(cands, c)
 
 
 def _recovery_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
@@ -352,14 +366,15 @@ def _tried_on_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
 
 
 def _care_params(ctx: NBAContext, c: NBAConfig) -> dict[str, object]:
-    """Care content for the purchase in its care window, else the complements of the one in its window."""
+    """Care content for the purchase in its care window (`item_ids`: the customer's own order), else the
+    complements of the one in its window (`suggested_item_ids`: products to go with it, not something the
+    customer did; `categories` holds the purchase's, which the message's wording may name)."""
     if ctx.care_item is not None:
         return {**_item_params((ctx.care_item,), c), "content": CARE_CONTENT}
     bought = ctx.complements_item
-    cands = tuple(sorted(ctx.complement_items, key=lambda i: (-i.score, i.item_id)))
-    cats = sorted({i.category for i in (bought, *cands[: c.max_message_items]) if i is not None and i.category})
-    return {"item_ids": [i.item_id for i in cands[: c.max_message_items]], "categories": cats,
-            "content": COMPLEMENTS_CONTENT}
+    cands = tuple(sorted(ctx.complement_items, key=lambda i: (-i.score, i.item_id)))[: c.max_message_items]
+    cats = sorted({i.category for i in (bought, *cands) if i is not None and i.category})
+    return {SUGGESTED_ITEM_IDS: [i.item_id for i in cands], "categories": cats, "content": COMPLEMENTS_CONTENT}
 
 
 def _zero(f: Features, c: NBAConfig) -> np.ndarray:
@@ -446,7 +461,7 @@ ACTIONS: Final[tuple[Action, ...]] = (
         eligible=lambda f, c: (f["care_due"] > 0) | ((f["complements_due"] > 0) & (f["recovery"] <= 0)),
         value=lambda f, c: np.where(
             f["care_due"] > 0, c.care_goodwill - c.contact_cost,
-            c.cross_sell_acceptance * f["propensity"] * _order_value(f, c) * c.margin - c.contact_cost),
+            c.complements_acceptance * f["propensity"] * _order_value(f, c) * c.margin - c.contact_cost),
         channels=("email", "app", "web"),
         params=_care_params,
     ),

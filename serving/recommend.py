@@ -15,7 +15,13 @@ HTTP:
   `max_sensitive_share` of a list is either.
 - Each item carries its own reason from the signal that produced it: a personal item names the
   category of a consented signal in *that item's* category (or the viewed item a look-alike came from),
-  else says "Picked for you"; context and popular items describe the page or the shop, never the person.
+  or the declared interest it lies in ("Because you told us you like running": the guard's declared
+  register, `serving.guard.declared_signals`), else says "Picked for you"; context and popular items
+  describe the page or the shop, never the person.
+- Declared interests (zero-party, with `personalization` only) count as interest for sensitive items, and
+  for a newcomer (fewer than `DECLARED_LEAD_BELOW` consented items the model knows, no learned profile) on a
+  list without a page context, the popular items of their declared categories lead the list
+  (`DECLARED_LEAD_SHARE` of it): a customer who said "Running" and did little else sees running first.
 - What a request held that the policy could not use (an unknown identifier, item or category, a miscased
   category) is named in `InputWarning`s and left out of the query, never silently turned into something
   else; `similar` answers a product page, falling back to the item's catalog category (then the levels
@@ -46,6 +52,7 @@ from serving.guard import (
     GuardRequest,
     Sensitivity,
     Signal,
+    declared_signals,
     guard,
     may_show,
     signal_tier,
@@ -70,6 +77,11 @@ class Recommender(Protocol):
 SESSION_WINDOW = timedelta(minutes=30)
 #: 0-based ranks that look-alikes of the session's newest view take (the rest stay the model's order).
 SESSION_SLOTS = (1, 4)
+#: A customer with fewer consented items the model knows than this (and no learned profile) is a newcomer:
+#: their declared interests lead their list (the behaviour is too thin to say more than they told us).
+DECLARED_LEAD_BELOW = 3
+#: Share of a newcomer's list (at least one slot) that the popular items of their declared interests take, first.
+DECLARED_LEAD_SHARE = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +136,24 @@ def personal_query(profile: Any, now: datetime) -> tuple[list[str], list[str]]:
         return [], []
     suppressed = blocked_purchases(profile, now) | {e.item_id for e in profile.returns or () if e.item_id}
     return recent_interest(profile), sorted(suppressed)
+
+
+def declared_category(category: str | None, declared: Sequence[str]) -> str | None:
+    """The most specific declared interest `category` lies in (itself or a level above it), if any."""
+    if not category:
+        return None
+    inside = [d for d in declared if category == d or category.startswith(d + CATEGORY_SEPARATOR)]
+    return max(inside, key=len, default=None)
+
+
+def lead_with(head: Sequence[tuple[str, float]], rest: Sequence[tuple[str, float]], k: int
+              ) -> list[tuple[str, float]]:
+    """`head` first, then `rest` without them, k in all; each item takes the score of the slot it fills
+    (the k scores sorted), so scores stay non-increasing as in `blend_session`."""
+    ids = list(dict.fromkeys([i for i, _ in head] + [i for i, _ in rest]))[:k]
+    score = dict(rest)
+    score.update(dict(head))
+    return list(zip(ids, sorted((score[i] for i in ids), reverse=True), strict=True))
 
 
 def rank_candidates(candidates: Iterable[tuple[str, float]], k: int, exclude: set[str],
@@ -325,7 +355,10 @@ class RecommendationPolicy:
         cands: list[_Candidate] = []
         session: list[_Candidate] = []
         if personal:
-            got = model.recommend(pid if use_vector else None, want, exclude=sorted(exclude), recent_items=fold)
+            # personal candidates may be sensitive or life-event ones the cap leaves out (up to two thirds of
+            # a list's worth): a deeper pool keeps the list k long
+            got = model.recommend(pid if use_vector else None, want + 2 * q.k, exclude=sorted(exclude),
+                                  recent_items=fold)
             cands = [_Candidate(i, s, PERSONAL) for i, s in got]
             fresh: list[tuple[str, ProfileEntry | None]] = ([(ctx, None)] if ctx else [])
             fresh += [(e.item_id, e) for e in session_views(own, q.now)]
@@ -343,11 +376,21 @@ class RecommendationPolicy:
             cands += [_Candidate(i, s, POPULAR) for i, s in model.popular(want)]
         interests = set(own.category_counts) if own is not None else set()
         interested_items = set(recent) | {e.item_id for e in (own.purchases if own else ())}
-        ok = self._admissible(cands + session, catalog, model, q, exclude, interests, interested_items, audit)
+        declared = [str(s.category) for s in declared_signals(own, q.channel) if s.category]  # [] without consent
+        known = {i for i in interested_items if model.has_item(i)}
+        lead: list[_Candidate] = []
+        if declared and not use_vector and len(known) < DECLARED_LEAD_BELOW and not (ctx or q.context_category):
+            lead = self._declared_candidates(declared, catalog, model, want)
+        ok = self._admissible(cands + session, catalog, model, q, exclude, interests, interested_items, audit,
+                              declared=declared)
         by_id: dict[str, _Candidate] = {}
         for c in cands + session:
             by_id.setdefault(c.item_id, c)
-        chosen = rank_candidates(((c.item_id, c.score) for c in cands if c.item_id in ok), q.k, set(), {})
+        # the cap is applied to every admissible candidate, so what it leaves out is refilled from the
+        # candidates below it (capping the top k alone made a list shorter than k)
+        ranked = self._cap_sensitive(rank_candidates(((c.item_id, c.score) for c in cands if c.item_id in ok),
+                                                     len(cands), set(), {}), catalog, model, len(cands), q.k, audit)
+        chosen = ranked[:q.k]
         if session:
             skip = {session[0].backing.item_id} if session[0].backing is not None else set()
             closest = rank_candidates(((c.item_id, c.score) for c in session if c.item_id in ok),
@@ -356,9 +399,41 @@ class RecommendationPolicy:
             chosen = [(i, s) for i, s, _ in blended]
             sess = {c.item_id: c for c in session}
             by_id.update({i: sess[i] for i, _, moved in blended if moved})
-        chosen = self._cap_sensitive(chosen, catalog, model, q.k, audit)
+            taken = {i for i, _ in chosen}
+            chosen = self._cap_sensitive(chosen + [x for x in ranked if x[0] not in taken], catalog, model,
+                                         q.k, q.k, audit)
+        if lead:  # a newcomer: what they told us leads (its own admissibility: these are personal picks)
+            ok_lead = self._admissible(lead, catalog, model, q, exclude, interests, interested_items, audit,
+                                       declared=declared)
+            head = rank_candidates(((c.item_id, c.score) for c in lead if c.item_id in ok_lead),
+                                   max(1, math.ceil(DECLARED_LEAD_SHARE * q.k)), set(), {})
+            merged = lead_with(head, chosen, q.k)
+            taken = {i for i, _ in merged}
+            chosen = self._cap_sensitive(merged + [x for x in ranked if x[0] not in taken], catalog, model,
+                                         q.k, q.k, audit)
+            by_id.update({c.item_id: c for c in lead if c.item_id in dict(head)})
+            personal = personal or bool(head)
+            audit.append(f"newcomer: {len(head)} item(s) from declared interests lead")
         picks = self._with_reasons(chosen, by_id, own, catalog, model, consent, q)
         return Recommendation(tuple(picks), personalized=personal, audit=tuple(audit))
+
+    def _declared_candidates(self, declared: Sequence[str], catalog: Catalog, model: Recommender,
+                             want: int) -> list[_Candidate]:
+        """Popular items of each declared interest (the category and every catalog category under it),
+        taken in turn across interests so that one does not crowd out the others; basis PERSONAL (they
+        rest on what the customer told us)."""
+        index = self._category_index(catalog)
+        per: list[list[tuple[str, float]]] = []
+        for d in declared:
+            got: list[tuple[str, float]] = []
+            for cat in dict.fromkeys((d, *index.under.get(d, ())[:MAX_FALLBACK_CATEGORIES])):
+                got += model.popular(want, category=cat)
+            got.sort(key=lambda x: -x[1])  # stable: ties keep the model's order
+            per.append(got)
+        out: list[_Candidate] = []
+        for row in range(max((len(g) for g in per), default=0)):
+            out += [_Candidate(g[row][0], g[row][1], PERSONAL) for g in per if row < len(g)]
+        return out
 
     def similar(self, model: Recommender, catalog: Catalog, profile: OnlineProfile | None, consent: ConsentState,
                 q: Query) -> Similar:
@@ -487,8 +562,9 @@ class RecommendationPolicy:
 
     def _admissible(self, cands: Sequence[_Candidate], catalog: Catalog, model: Recommender, q: Query,
                     exclude: set[str], interests: set[str], interested_items: set[str],
-                    audit: list[str]) -> set[str]:
-        """Candidate ids that may be shown: not excluded, in stock, and allowed by their sensitivity."""
+                    audit: list[str], *, declared: Sequence[str] = ()) -> set[str]:
+        """Candidate ids that may be shown: not excluded, in stock, and allowed by their sensitivity (interest
+        shown, or declared: an item inside a declared interest)."""
         ok: set[str] = set()
         refused = 0
         for c in cands:
@@ -499,8 +575,9 @@ class RecommendationPolicy:
             if item is not None and item.in_stock is False:
                 continue
             tier = self.tier(i, catalog, model)
-            interested = c.basis == PERSONAL and (i in interested_items or self._category(i, catalog, model)
-                                                  in interests)
+            interested = c.basis == PERSONAL and (
+                i in interested_items or (cat := self._category(i, catalog, model)) in interests
+                or declared_category(cat, declared) is not None)
             # a non-personal list (popular, the page's look-alikes) is the same for whoever asks on the
             # channel: it holds no sensitive or life-event item at all
             if tier != Sensitivity.NONE and (c.basis != PERSONAL or not may_show(
@@ -512,19 +589,24 @@ class RecommendationPolicy:
             audit.append(f"{refused} sensitive or life-event candidate(s) left out on {q.channel}")
         return ok
 
-    def _cap_sensitive(self, chosen: list[tuple[str, float]], catalog: Catalog, model: Recommender, k: int,
-                       audit: list[str]) -> list[tuple[str, float]]:
-        """At most `max_sensitive_share` of a list (at least one) is sensitive or life-event: a list made
-        only of such items says more about the person than any one of them."""
+    def _cap_sensitive(self, ranked: list[tuple[str, float]], catalog: Catalog, model: Recommender, n: int,
+                       k: int, audit: list[str]) -> list[tuple[str, float]]:
+        """The first `n` of `ranked` with at most `max_sensitive_share` of a k-item list (at least one)
+        sensitive or life-event: a list made only of such items says more about the person than any one of
+        them. Candidates past the cap move up, so a list is short only when the candidates run out."""
         most = max(1, math.floor(self.max_sensitive_share * k))
-        out, n = [], 0
-        for i, s in chosen:
+        out, tiered, capped = [], 0, 0
+        for i, s in ranked:
+            if len(out) >= n:
+                break
             if self.tier(i, catalog, model) != Sensitivity.NONE:
-                if n >= most:
-                    audit.append("sensitive share capped")
+                if tiered >= most:
+                    capped += 1
                     continue
-                n += 1
+                tiered += 1
             out.append((i, s))
+        if capped:
+            audit.append(f"sensitive share capped: {capped} candidate(s) left out")
         return out
 
     # -- reasons ----------------------------------------------------------------------------------
@@ -537,6 +619,7 @@ class RecommendationPolicy:
             for e in _newest_first([*own.cart_items, *own.recent_views, *own.purchases]):
                 if e.category:
                     latest.setdefault(self._category(e.item_id, catalog, model) or e.category, e)
+        declared = {str(s.category): s for s in declared_signals(own, q.channel) if s.category}  # needs consent
         ctx_signal = item_signal(VIEW, q.channel, q.context_item, catalog) if q.context_item else None
         cat_signal = Signal(VIEW, q.channel, category=q.context_category or (ctx_signal.category if ctx_signal else None))
         cache: dict[tuple[Any, ...], str] = {}
@@ -549,12 +632,14 @@ class RecommendationPolicy:
                     entry, level_item = c.backing, True  # a look-alike of what was just viewed
                 else:
                     entry, level_item = latest.get(item_cat) if item_cat else None, False
+                told = declared_category(item_cat, tuple(declared))  # the guard weighs it with the behaviour
                 key: tuple[Any, ...] = (PERSONAL, entry.item_id if entry and level_item else None,
-                                        item_cat if entry else None)
+                                        item_cat if entry else None, told)
                 if key not in cache:
                     sig = () if entry is None else (item_signal(
                         entry.event_type, entry.channel, entry.item_id if level_item else None, catalog,
                         category=entry.category, ts=entry.ts),)
+                    sig += (declared[told],) if told is not None else ()
                     cache[key] = guard(GuardRequest(RECOMMENDATION_REASON, q.channel, consent, sig,
                                                     logged_in=q.logged_in), self.policy).text
             else:

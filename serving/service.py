@@ -610,7 +610,8 @@ class Mirror:
             actions = [api.ActionOut(action=nba.DO_NOTHING, score=0.0, expected_value=0.0, channel=req.channel,
                                      reason=out.reason)]
         return api.NBAResponse(profile_id=pid, channel=req.channel, personalized=out.personalized,
-                               holdout=out.holdout, actions=actions, decided_at=str(out.decided_at),
+                               holdout=out.holdout, actions=actions,
+                               decided_at=_window_start(out.decided_at, self.decisions.config.window_s),
                                tone=out.tone if out.personalized else None)
 
     # -- events ---------------------------------------------------------------------------------
@@ -936,6 +937,12 @@ def _scored_item(item_id: str, score: float, item: CatalogItem | None, model: An
     if not meta.get("category") and model is not None:
         meta["category"] = model.item_category(item_id)
     return api.ScoredItem(item_id=item_id, score=float(score), **meta, **extra)
+
+
+def _window_start(bucket: int, window_s: float) -> str:
+    """The decision window a decision belongs to, as its start (ISO 8601, UTC): a caller compares it, or
+    shows it, where the bare window number meant nothing."""
+    return datetime.fromtimestamp(bucket * window_s, UTC).isoformat()
 
 
 def _logged_in(pid: str | None, identifiers: Mapping[str, str]) -> bool:

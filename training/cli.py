@@ -270,6 +270,10 @@ def generate(
              "service started now scores fresh data.")] = None,
     start: Annotated[str | None, typer.Option(
         help="Pin the first day instead of --end (same seed and start: the same data on any day).")] = None,
+    journeys: Annotated[bool, typer.Option(
+        "--journeys", help="Also plant the journeys: return reasons, declared preferences and past decisions "
+                           "with a holdout and planted effects (truth/decisions.parquet: the decision log "
+                           "`mirror report lift` and `mirror train uplift` read with --decisions).")] = False,
 ) -> None:
     """Generate synthetic omnichannel events and a catalog (items.parquet) with planted, known structure."""
     if start is not None and end is not None:
@@ -279,11 +283,20 @@ def generate(
     synthetic = _module("features.synthetic", "generate")
     t0 = time.perf_counter()
     with _user_errors():
-        synthetic.generate_to_dir(customers=customers, days=days, seed=seed, out=out, start=start, end=end)
+        if journeys:  # `generate_to_dir` has no journeys switch: the same config, written the same way
+            config = synthetic.SyntheticConfig(customers=customers, days=days, seed=seed, start=start, end=end,
+                                               journeys=True)
+            synthetic.write(synthetic.generate(config), out)
+        else:
+            synthetic.generate_to_dir(customers=customers, days=days, seed=seed, out=out, start=start, end=end)
     events = out / "events.parquet"
     n = _count_rows(events)
     typer.echo(f"wrote {n} events for {customers} customers over {days} days to {out} "
                f"in {time.perf_counter() - t0:.1f}s")
+    if journeys:
+        log = out / "truth" / f"{synthetic.DECISIONS}.parquet"
+        typer.echo(f"journeys: {_count_rows(log)} past decisions in {log} (mirror report lift --decisions {log} "
+                   f"--events {events})")
 
 
 def _count_rows(path: Path) -> int:
@@ -646,8 +659,8 @@ def train_uplift_cmd(
                                                                    "share contacted.")] = 0.2,
     experiment: ExperimentOpt = None,
 ) -> None:
-    """Uplift T-learner (LightGBM) on decisions with a holdout; registered as mirror-uplift only when it
-    beats propensity ranking on Qini and uplift@budget on held-out customers (training.uplift)."""
+    """Uplift T-learner (LightGBM) on decisions with a holdout; registered as mirror-uplift, champion only
+    when its Qini beats propensity ranking and random order on held-out customers (training.uplift)."""
     mod = _module("training.uplift", "train uplift")
     with _user_errors():
         log, ev, _ = _decisions_and_events(store, decisions, events, "train uplift")

@@ -18,9 +18,13 @@ heavy dependencies, and the learner is a few lines on LightGBM.
 Evaluation on held-out customers (split by profile, so no customer is on both sides): Qini coefficient and
 uplift@k (incremental conversions per contact in the top k of the ranking, the contact budget), against
 propensity ranking (a LightGBM P(convert) on the same rows, both arms pooled: what targeting by purchase
-propensity does) and a random order.  The model is registered as `mirror-uplift` (and the champion alias
-moved by `training.registry.register_and_promote`, which re-scores the current champion on the same data)
-only when it beats propensity ranking on both, on held-out data; the run's tag `mirror.winner` says which won.
+propensity does) and a random order.  Every run follows `training.registry`'s conventions: metrics named
+`<split>_<metric>` (`test_qini`, `test_uplift_at_budget`; the baselines' `baseline_propensity_test_qini`, ...),
+a `run_name("uplift")`, its training and test decision tables logged as datasets, and one gate: the model
+is registered as `mirror-uplift` through `register_and_promote` with its baselines (`PROMOTION_BASELINES`:
+propensity ranking and random, on `PROMOTION_METRIC` = Qini, the same held-out decisions), which never makes
+a version that loses to one of them champion and re-scores the current champion on the same data; the
+run's tag `mirror.winner` names the winner (uplift, or the baseline it lost to).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ QINI: Final = "qini"
 UPLIFT_AT_BUDGET: Final = "uplift_at_budget"
 PROPENSITY: Final = "propensity"
 RANDOM: Final = "random"
+#: What the registry's gate compares (`register_and_promote(..., baselines=...)`): the whole ranking's Qini
+#: against propensity ranking and random order on the same held-out decisions.
+PROMOTION_METRIC: Final = QINI
+PROMOTION_BASELINES: Final[tuple[str, ...]] = (PROPENSITY, RANDOM)
+#: Value of the run tag `mirror.winner` when the uplift model beats every baseline.
+UPLIFT: Final = "uplift"
+TAG_WINNER: Final = "mirror.winner"
 assert ACTION == ACTION_COLUMN  # the logged model reads the decision log's column name
 
 
@@ -65,6 +76,7 @@ class UpliftConfig:
     reg_lambda: float = 5.0
     experiment: str = "mirror-uplift"
     register: bool = True
+    source: str | None = None  # the events file the decisions were joined with (logged with the datasets)
 
     def __post_init__(self) -> None:
         if not 0 < self.test_size < 1 or not 0 < self.budget <= 1:
@@ -195,7 +207,8 @@ def split_by_profile(table: pd.DataFrame, config: UpliftConfig) -> tuple[pd.Data
 
 @dataclass(frozen=True)
 class UpliftEvaluation:
-    """Held-out figures of the uplift model and its baselines, and whether it won."""
+    """Held-out figures (bare metric names: `QINI`, `UPLIFT_AT_BUDGET`) of the uplift model and its baselines,
+    and whether it beats propensity ranking on `PROMOTION_METRIC` (the comparison the registry's gate makes)."""
 
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]]
@@ -212,11 +225,12 @@ def evaluate(core: UpliftCore, ranker: Any, test: pd.DataFrame, config: UpliftCo
     ours = ranking_metrics(y, t, core.predict(test)["uplift"].to_numpy(), config.budget)
     prop = ranking_metrics(y, t, np.asarray(ranker.predict(x), dtype=float), config.budget)
     rand = ranking_metrics(y, t, np.random.default_rng(config.seed).random(len(y)), config.budget)
-    wins = all(np.isfinite(ours[m]) and (not np.isfinite(prop[m]) or ours[m] > prop[m]) for m in ours)
-    detail = ", ".join(f"{m} {ours[m]:.4g} vs {prop[m]:.4g}" for m in ours)
-    reason = (f"uplift ranking beats propensity ranking on held-out data ({detail})" if wins else
-              f"not adopted: uplift ranking does not beat propensity ranking on both held-out metrics ({detail})")
-    return UpliftEvaluation(ours, {PROPENSITY: prop, RANDOM: rand}, wins, "uplift" if wins else PROPENSITY, reason)
+    m = PROMOTION_METRIC
+    wins = bool(np.isfinite(ours[m]) and (not np.isfinite(prop[m]) or ours[m] >= prop[m]))  # ties: the gate's rule
+    detail = ", ".join(f"{k} {ours[k]:.4g} vs {prop[k]:.4g}" for k in ours)
+    reason = (f"uplift ranking beats propensity ranking on held-out {m} ({detail})" if wins else
+              f"uplift ranking does not beat propensity ranking on held-out {m} ({detail})")
+    return UpliftEvaluation(ours, {PROPENSITY: prop, RANDOM: rand}, wins, UPLIFT if wins else PROPENSITY, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,12 +255,24 @@ def _qini_plot(core: UpliftCore, ranker: Any, test: pd.DataFrame) -> Any:
 
 
 def train_uplift(config: UpliftConfig, decisions: pd.DataFrame, events: pd.DataFrame) -> Any:
-    """Fit, evaluate against propensity ranking on held-out profiles, log to MLflow, and register
-    `mirror-uplift` only when it wins (then the registry's champion rule decides the alias)."""
+    """Fit, evaluate against its baselines on held-out profiles, log to MLflow as every pipeline does, and
+    register `mirror-uplift` through the registry's one gate (`register_and_promote` with the baselines:
+    a version that loses to propensity ranking or random is registered without the champion alias)."""
     import mlflow
 
     from training.mlflow_models import uplift_model
-    from training.registry import TrainResult, register_and_promote, use_experiment
+    from training.registry import (
+        TEST,
+        TRAINING,
+        TrainResult,
+        log_dataset,
+        log_metrics,
+        metric_name,
+        register_and_promote,
+        run_name,
+        split_metrics,
+        use_experiment,
+    )
 
     missing = [c for c in DECISION_COLUMNS if c not in decisions.columns and c in (PROFILE_ID, ACTION, HOLDOUT, TS)]
     if missing:
@@ -261,36 +287,41 @@ def train_uplift(config: UpliftConfig, decisions: pd.DataFrame, events: pd.DataF
     core = fit_t_learner(train, config, actions)
     ranker = fit_propensity_ranker(train, core, config)
     ev = evaluate(core, ranker, test, config)
+    metrics = split_metrics(ev.metrics)
+    baselines = {b: split_metrics(m) for b, m in ev.baselines.items()}
 
     use_experiment(config.experiment)
-    with mlflow.start_run(run_name="uplift-t-learner") as run, tempfile.TemporaryDirectory() as tmp:
+    with mlflow.start_run(run_name=run_name("uplift")) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({f"config.{k}": v for k, v in asdict(config).items()})
         mlflow.log_params({"decisions": len(table), "decisions_train": len(train), "decisions_test": len(test),
                            "actions": ",".join(actions), "learner": "T-learner (LightGBM)"})
-        mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
-        for base, m in ev.baselines.items():
-            mlflow.log_metrics({f"{base}.{k}": v for k, v in m.items() if np.isfinite(v)})
+        log_metrics(metrics, baselines)
+        for frame, split in ((train, TRAINING), (test, TEST)):
+            log_dataset(frame, split, name=f"uplift-decisions-{split}", source=config.source, targets=CONVERTED)
         mlflow.log_figure(_qini_plot(core, ranker, test), "qini.png")
-        mlflow.set_tags({"mirror.pipeline": "uplift", "mirror.winner": ev.winner, "mirror.evaluation": ev.reason})
+        mlflow.set_tags({"mirror.pipeline": "uplift", TAG_WINNER: ev.winner, "mirror.evaluation": ev.reason})
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(uplift_model.__file__)),
             artifacts={uplift_model.ARTIFACT_KEY: str(core.save(Path(tmp) / "uplift"))},
             pip_requirements=_requirements())
         run_id = run.info.run_id
-    if not ev.beats_propensity or not config.register:
-        why = ev.reason if not ev.beats_propensity else "not registered (register=False)"
+    if not config.register:
         mlflow.MlflowClient().set_tag(run_id, "mirror.promoted", "false")
-        return TrainResult(run_id, info.model_uri, UPLIFT_MODEL, "", False, why, ev.metrics, ev.baselines)
+        return TrainResult(run_id, info.model_uri, UPLIFT_MODEL, "", False,
+                           f"{ev.reason}; not registered (register=False)", metrics, baselines)
     y, t = test[CONVERTED].to_numpy(dtype=float), ~test[HOLDOUT].to_numpy(dtype=bool)
 
     def evaluate_champion(uri: str) -> float:
         champ = mlflow.pyfunc.load_model(uri).unwrap_python_model().core
-        return qini_coefficient(y, t, champ.predict(test)["uplift"].to_numpy())
+        return ranking_metrics(y, t, champ.predict(test)["uplift"].to_numpy(), config.budget)[PROMOTION_METRIC]
 
-    decision = register_and_promote(run_id, info.model_uri, UPLIFT_MODEL, QINI, ev.metrics[QINI],
-                                    evaluate_champion=evaluate_champion)
+    decision = register_and_promote(
+        run_id, info.model_uri, UPLIFT_MODEL, metric_name(PROMOTION_METRIC), ev.metrics[PROMOTION_METRIC],
+        evaluate_champion=evaluate_champion,
+        baselines={b: ev.baselines[b][PROMOTION_METRIC] for b in PROMOTION_BASELINES})
+    mlflow.MlflowClient().set_tag(run_id, TAG_WINNER, decision.lost_to_baseline or UPLIFT)  # the gate's verdict
     return TrainResult(run_id, info.model_uri, UPLIFT_MODEL, decision.version, decision.promoted,
-                       f"{ev.reason}; {decision.reason}", ev.metrics, ev.baselines)
+                       f"{ev.reason}; {decision.reason}", metrics, baselines)
 
 
 def _requirements() -> list[str]:
@@ -306,7 +337,8 @@ def _requirements() -> list[str]:
 
 
 __all__ = [
-    "PROPENSITY", "QINI", "RANDOM", "UPLIFT_AT_BUDGET", "UPLIFT_MODEL", "UpliftConfig", "UpliftEvaluation",
+    "PROMOTION_BASELINES", "PROMOTION_METRIC", "PROPENSITY", "QINI", "RANDOM", "TAG_WINNER", "UPLIFT",
+    "UPLIFT_AT_BUDGET", "UPLIFT_MODEL", "UpliftConfig", "UpliftEvaluation",
     "decision_table", "evaluate", "fit_propensity_ranker", "fit_t_learner", "qini_coefficient", "qini_curve",
     "ranking_metrics", "split_by_profile", "train_uplift", "uplift_at_k",
 ]

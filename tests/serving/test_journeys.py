@@ -162,3 +162,78 @@ def test_preferences_round_trip_and_bad_fields_are_named(server: Server) -> None
                                           "channel": "web", "event_type": "preference", "customer_id": c,
                                           "preference_key": "colour", "preference_value": "red"}}, key=WRITE)
     assert r.status_code == 422 and [e["field"] for e in r.json()["rejected"]] == ["preference_key"], r.text
+
+
+def _recommend(server: Server, customer: str, k: int = 6) -> list[dict]:
+    r = server.post("/recommend", {"customer_id": customer, "k": k})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def _category_of(item: str) -> str:
+    return item_category(int(item.removeprefix("i")))
+
+
+def test_a_declared_interest_leads_a_newcomers_list_in_the_declared_register(server: Server) -> None:
+    c = _customer("jn")
+    declared = item_category(2)
+    _send(server, event(f"{c}-v", c, "view", 1, days_ago=1))  # one look at something else: a newcomer
+    before = _recommend(server, c)
+    assert not all(_category_of(x["item_id"]) == declared for x in before[:3]), before  # not so by chance
+    assert not any("told us" in x["reason"] for x in before)
+    r = server.client.put("/preferences", json={"customer_id": c, "interests": [declared]},
+                          headers=server.headers(WRITE))
+    assert r.status_code == 200, r.text
+    items = _recommend(server, c)
+    lead = items[:3]  # half the list: what they told us comes first
+    assert [_category_of(x["item_id"]) for x in lead] == [declared] * 3, items
+    assert {x["reason"] for x in lead} == {f"Because you told us you like {declared}"}, items
+    scores = [x["score"] for x in items]
+    assert scores == sorted(scores, reverse=True) and len(items) == 6
+    # a declaration is personal data too: without personalization it is no input at all
+    r = server.client.put("/consent", json={"customer_id": c, "purpose": "personalization", "granted": False},
+                          headers=server.headers(WRITE))
+    assert r.status_code == 200, r.text
+    off = _recommend(server, c)
+    assert not any(x["reason"].lower().startswith("because you") for x in off), off
+
+
+def test_complements_come_a_week_after_the_purchase_named_as_suggestions(server: Server) -> None:
+    """Running shoes, then what goes with them a week later: the complement by its catalog name, never the
+    purchase's time or store; on email (category ceiling) the wording stays at the category."""
+    c = _customer("jm")
+    bought, goes_with = 4, 5  # the test recommender's complements: i04 -> i05
+    r = server.client.put("/items", json={"items": [
+        {"item_id": item_id(bought), "name": "Kestrel road shoes", "category": item_category(bought)},
+        {"item_id": item_id(goes_with), "name": "Merino run shirt", "category": item_category(goes_with)}]},
+        headers=server.headers(WRITE))
+    assert r.status_code == 200, r.text
+    _send(server, event(f"{c}-buy", c, "purchase", bought, days_ago=8, channel="store", store_id="Lyon Part-Dieu",
+                        price=120.0, quantity=1))
+    _grant(server, c, "store_visits", "email_marketing")
+    for channel in ("app", "email"):
+        answer = _nba(server, c, channel)
+        care = [a for a in answer["actions"] if a["action"] == nba.POST_PURCHASE_CARE]
+        assert care, (channel, answer)
+        params = care[0]["params"]
+        assert params["content"] == nba.COMPLEMENTS_CONTENT
+        assert params[nba.SUGGESTED_ITEM_IDS] == [item_id(goes_with)], (channel, care)
+        assert [x["name"] for x in params["suggestions"]] == ["Merino run shirt"], (channel, care)
+        assert set(params["suggestions"][0]) <= {"item_id", "name", "price", "currency", "url", "image_url"}
+        shown = f"{care[0]['reason']} {params}".lower()
+        for leak in ("lyon", "part-dieu", "store", "8 days", "week", "ago", "yesterday"):
+            assert leak not in shown, (channel, leak, care)
+
+
+def test_scores_rows_carry_the_decisions_tone(server: Server) -> None:
+    """/scores (and so segment exports) carry the tone /next_best_action decides, and word the message in it."""
+    c = _customer("jt2")
+    _send(server, event(f"{c}-v", c, "view", 2, days_ago=6), event(f"{c}-buy", c, "purchase", 2, days_ago=5),
+          event(f"{c}-rev", c, "review", 2, days_ago=0.2, rating=1, text="Arrived broken and nobody answers"))
+    _grant(server, c, "feedback")
+    r = server.post("/scores", {"customer_ids": [c], "messages": True}, key="read-key")
+    assert r.status_code == 200, r.text
+    row = r.json()["scores"][0]
+    answer = _nba(server, c, row["top_channel"] or "email")
+    assert row["tone"] == answer["tone"] == nba.APOLOGETIC, (row, answer)
+    assert row["top_action"] == nba.SERVICE_RECOVERY and "sorry" in row["message"].lower(), row

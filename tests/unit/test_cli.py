@@ -834,3 +834,26 @@ def test_training_stderr_has_no_library_warnings(tmp_path: Path) -> None:
     noisy = [ln for ln in lines if any(w in ln for w in ("Warning", "OpenBLAS", " INFO ", "check_blas_config"))]
     assert not noisy, noisy
     assert any(ln.startswith("mirror-recommender v1: ") for ln in lines)
+
+
+@pytest.mark.skipif(not _has("features.synthetic"), reason="features.synthetic not available")
+def test_generate_journeys_writes_a_decision_log_that_report_lift_reads(tmp_path: Path) -> None:
+    """`--journeys` plants past decisions (with a holdout) beside the events: data for `mirror report lift`
+    and `mirror train uplift`; without it the same seed's files hold none."""
+    out = tmp_path / "j"
+    result = runner.invoke(app, ["generate", "--customers", "60", "--days", "30", "--seed", "2", "--start",
+                                 "2025-01-01", "--journeys", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    log = pd.read_parquet(out / "truth" / "decisions.parquet")
+    assert len(log) and log["holdout"].any() and (~log["holdout"]).any()
+    assert f"journeys: {len(log)} past decisions" in result.stdout
+    events = pd.read_parquet(out / "events.parquet")
+    assert (events["event_type"] == "preference").any()
+    report = runner.invoke(app, ["report", "lift", "--decisions", str(out / "truth" / "decisions.parquet"),
+                                 "--events", str(out / "events.parquet"), "--no-mlflow",
+                                 "--out", str(tmp_path / "lift.csv")])
+    assert report.exit_code == 0, report.output
+    assert len(pd.read_csv(tmp_path / "lift.csv"))
+    plain = runner.invoke(app, ["generate", "--customers", "60", "--days", "30", "--seed", "2", "--start",
+                                "2025-01-01", "--out", str(tmp_path / "p")])
+    assert plain.exit_code == 0 and not (tmp_path / "p" / "truth" / "decisions.parquet").exists()

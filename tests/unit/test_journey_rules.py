@@ -250,3 +250,38 @@ def test_profile_view_returns_declarations_and_withholds_sensitive_interests() -
     view = g.profile_view(p, g.ConsentState(), POLICY)
     assert view["declared"] == {"interests": ["Running shoes"], "interests_withheld": 1, "channels": ["email"],
                                 "timezone": None, "personalization_level": "category"}
+
+
+def test_suggestions_are_named_as_suggestions_and_never_as_the_customers_own() -> None:
+    """`items` are the customer's own (backed by their signal); `suggestions` are products Mirror suggests:
+    named from the catalog without a signal, never sensitive, never one of the customer's own items, never
+    when the message rests on something sensitive, never for a customer who wants nothing personal."""
+    assert nba.SUGGESTED_ITEM_IDS == g.SUGGESTED_ITEM_IDS  # one name on both sides
+    bought = g.Signal(g.PURCHASE, "web", item_id="shoe", item_name="Trail Runner", category="running shoes")
+    viewed = g.Signal(g.VIEW, "web", item_id="jacket", item_name="Rain jacket", category="jackets")
+
+    def rec(i: str, name: str, **kw: object) -> dict[str, object]:
+        return {"item_id": i, "name": name, "category": "socks", "brand": "Kestrel", "sensitive": False,
+                "price": 9.0, "url": "https://x.test/" + i, **kw}
+
+    recs = [rec("sock", "Merino socks"), rec("tube", "Tube socks", sensitive=True), rec("lace", "Laces", url="js:x"),
+            rec("bra", "Sports bra", category="Lingerie"), rec("jacket", "Rain jacket"), rec("anon", "Plain socks",
+            sensitive=None), {"item_id": "noname", "sensitive": False}]
+    params = {g.SUGGESTED_ITEM_IDS: [r["item_id"] for r in recs], g.SUGGESTIONS: recs, "content": "complements"}
+
+    def care(level: g.Specificity, sigs: tuple[g.Signal, ...] = (bought, viewed), channel: str = "email"
+             ) -> g.GuardDecision:
+        consent = g.ConsentState(level, frozenset({*g.DEFAULT_PURPOSES, "email_marketing"}))
+        return g.guard(g.GuardRequest(g.NBA_MESSAGE, channel, consent, sigs, action=g.POST_PURCHASE_CARE,
+                                      params=params, now=NOW, template=nba.COMPLEMENTS_TEMPLATE), POLICY)
+
+    d = care(g.Specificity.CATEGORY)
+    assert d.params[g.SUGGESTED_ITEM_IDS] == ["sock", "lace"]  # not sensitive, not theirs, named, flagged
+    assert d.params[g.SUGGESTIONS] == [{"item_id": "sock", "name": "Merino socks", "price": 9.0,
+                                        "url": "https://x.test/sock"}, {"item_id": "lace", "name": "Laces",
+                                                                        "price": 9.0}]
+    assert "Merino" not in d.text  # the wording is about their order; the suggestions are the message's products
+    assert g.SUGGESTIONS not in care(g.Specificity.NONE).params  # "nothing personal": no picks from their data
+    assert g.SUGGESTED_ITEM_IDS not in care(g.Specificity.NONE).params
+    tiered = dataclasses.replace(bought, item_name="Maternity leggings")
+    assert g.SUGGESTIONS not in care(g.Specificity.ITEM, (tiered,), "app").params  # would point at it

@@ -174,7 +174,7 @@ def test_cross_sell_params_skip_cart_items_and_follow_scores() -> None:
         NO_HOLDOUT,
     )
     cs = next(a for a in d.actions if a.name == CROSS_SELL)
-    assert cs.params == {"item_ids": ["x", "y"], "categories": ["c1", "c2"]}
+    assert cs.params == {"suggested_item_ids": ["x", "y"], "categories": ["c1", "c2"]}  # picks are suggestions
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,6 +147,17 @@ def test_tiered_items_never_in_popular_or_outbound_lists_and_capped_on_their_own
     assert all("pregnan" not in p.reason.lower() and "diaper" not in p.reason.lower() for p in own.items)
 
 
+def test_the_sensitive_cap_refills_the_list_from_lower_candidates(world):
+    """A person whose signals are all tiered: the model's top k are all sensitive or life-event; the cap
+    keeps a third of them and the rest of the list comes from the candidates below (it was k/3 long)."""
+    store, catalog, policy, rec = world
+    pid = add(store, "d", [("view", "web", i, 30 - n) for n, i in enumerate(sorted(SENSITIVE | LIFE_EVENT))])
+    out = policy.recommend(rec, catalog, store.get_profile(pid), consent_from_flags({}),
+                           Query(channel="web", k=6, now=NOW, logged_in=True))
+    ids = [p.item_id for p in out.items]
+    assert len(ids) == 6 and len(set(ids) & (SENSITIVE | LIFE_EVENT)) == 2, ids
+
+
 def test_each_personal_reason_names_that_items_own_category(world):
     store, catalog, policy, rec = world
     pid = add(store, "d", [("view", "web", "i00", 300), ("view", "web", "i18", 200), ("add_to_cart", "web", "i06", 100)])

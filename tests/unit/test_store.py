@@ -1,4 +1,5 @@
-"""Online store: idempotence, crash durability, merges, erasure, caps, agreement with the offline build,
+"""SQLite online store specifics (the backend-independent answers are in store_contract.py, run by
+test_store_sqlite.py): idempotence, crash durability, merges, erasure, caps, agreement with the offline build,
 the bulk (vectorised) paths giving exactly what the per-event paths give, typed profile entries, consent
 on the inputs of feature rows, idempotent contact reservations, the catalog and stock, and old files."""
 
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 import features.store as store_module
+import features.store.sqlite as sqlite_backend
 from features.catalog import Catalog
 from features.consent import granted_purposes, source_of, usable_sources
 from features.identity import IdentityConfig, resolve_identities
@@ -26,7 +28,6 @@ from features.profiles import FEATURE_COLUMNS, NEVER_DAYS, TOP_CATEGORY, build_p
 from features.schema import (
     CHANNEL,
     CUSTOMER_ID,
-    DEVICE_ID,
     EMAIL,
     EVENT_ID,
     EVENT_TYPE,
@@ -86,52 +87,8 @@ def store(tmp_path: Path) -> SQLiteProfileStore:
     return SQLiteProfileStore(tmp_path / "s.db")
 
 
-def test_resend_is_idempotent(store: SQLiteProfileStore) -> None:
-    batch = pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1"),
-                          ev("e2", "2025-01-02T00:00:00Z", "purchase", customer_id="c1", price=5.0)])
-    first = store.append_events(batch)
-    assert (first.accepted, first.duplicates) == (2, 0)
-    pid = first.profile_ids[0]
-    before = store.get_profile(pid)
-    again = store.append_events(batch)
-    assert (again.accepted, again.duplicates) == (0, 2)
-    assert len(store.export_events()) == 2
-    assert store.get_profile(pid) == before
 
 
-def test_bad_rows_reported_good_rows_kept(store: SQLiteProfileStore) -> None:
-    batch = pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1"),
-                          ev("e2", "2025-01-01T00:00:00Z", channel="fax", customer_id="c1")])
-    r = store.append_events(batch)
-    assert (r.accepted, r.rejected) == (1, 1)
-    assert r.errors[0]["field"] == "channel"
-
-
-def test_profile_id_rule_and_raw_email_resolves(store: SQLiteProfileStore) -> None:
-    r = store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1",
-                                             email="Ann@Example.com")]))
-    # component id = sha1 of the smallest token; email is stored hashed, so the customer token is smaller
-    assert r.profile_ids == (profile_id_for("customer_id:c1"),)
-    assert store.resolve({EMAIL: " ann@example.COM "}) == r.profile_ids[0]
-    assert store.resolve({CUSTOMER_ID: "nobody"}) is None
-    assert "Ann@Example.com" not in store.export_events().to_string()
-
-
-def test_merge_keeps_both_histories_and_state(store: SQLiteProfileStore) -> None:
-    a = store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", device_id="d9", item_id="x")]))
-    b = store.append_events(pd.DataFrame([ev("e2", "2025-01-02T00:00:00Z", "purchase", customer_id="c1",
-                                             item_id="y")]))
-    assert a.profile_ids != b.profile_ids
-    link = store.append_events(pd.DataFrame([ev("e3", "2025-01-03T00:00:00Z", customer_id="c1", device_id="d9",
-                                                item_id="z")]))
-    pid = profile_id_for("customer_id:c1")
-    assert link.profile_ids == (pid,) and set(link.merged) == {a.profile_ids[0]}
-    assert set(store.events_for([pid])[EVENT_ID]) == {"e1", "e2", "e3"}
-    prof = store.get_profile(pid)
-    assert [v.item_id for v in prof.recent_views] == ["z", "x"]
-    assert [p.item_id for p in prof.purchases] == ["y"]
-    # the old id still finds the merged profile
-    assert store.get_profile(a.profile_ids[0]).profile_id == pid
 
 
 def test_get_profiles_equals_get_profile_one_by_one(tmp_path: Path) -> None:
@@ -154,95 +111,22 @@ def test_get_profiles_equals_get_profile_one_by_one(tmp_path: Path) -> None:
     assert {p.item_id for p in fresh.get_profiles(ids)[3].purchases} == {"w", "v"}
 
 
-def test_shared_device_stops_linking(tmp_path: Path) -> None:
-    store = SQLiteProfileStore(tmp_path / "s.db", config=StoreConfig(max_profiles_per_device=1))
-    store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1", device_id="kiosk")]))
-    r = store.append_events(pd.DataFrame([ev("e2", "2025-01-02T00:00:00Z", customer_id="c2", device_id="kiosk")]))
-    assert r.profile_ids == (profile_id_for("customer_id:c2"),)
-    assert store.resolve({CUSTOMER_ID: "c1"}) != store.resolve({CUSTOMER_ID: "c2"})
 
 
-def test_online_state_cart_and_negative(store: SQLiteProfileStore) -> None:
-    store.append_events(pd.DataFrame([
-        ev("e1", "2025-01-01T00:00:00Z", "add_to_cart", customer_id="c1", item_id="a"),
-        ev("e2", "2025-01-01T01:00:00Z", "add_to_cart", customer_id="c1", item_id="b"),
-        ev("e3", "2025-01-01T02:00:00Z", "purchase", customer_id="c1", item_id="a"),
-        ev("e4", "2025-01-05T00:00:00Z", "review", "email", customer_id="c1", rating=1.0, text="broke"),
-    ]))
-    prof = store.get_profile(store.resolve({CUSTOMER_ID: "c1"}))
-    assert [c.item_id for c in prof.cart_items] == ["b"]
-    assert prof.last_negative_ts == pd.Timestamp("2025-01-05T00:00:00Z").to_pydatetime()
-    assert prof.channel_last_seen["email"] > prof.channel_last_seen["web"]
-    assert prof.identifiers == (CUSTOMER_ID,)
 
-
-def test_features_for_equals_offline_build_and_cache_invalidates(store: SQLiteProfileStore) -> None:
-    rows = [ev(f"e{i}", f"2025-01-{1 + i:02d}T00:00:00Z", "purchase" if i % 3 == 0 else "view",
-               customer_id=f"c{i % 4}", item_id=f"i{i % 5}", category=f"k{i % 2}", price=float(i))
-            for i in range(20)]
-    store.append_events(pd.DataFrame(rows))
-    pids = sorted({store.resolve({CUSTOMER_ID: f"c{i}"}) for i in range(4)})
-    as_of = "2025-02-01T00:00:00Z"
-    online = store.features_for(pids[:3], as_of)
-    offline = build_profiles(store.events_for(pids[:3]), as_of)
-    pd.testing.assert_frame_equal(online, offline)
-    # a new event must change the (cached) row
-    store.append_events(pd.DataFrame([ev("new", "2025-01-30T00:00:00Z", "purchase", customer_id="c0",
-                                         price=100.0)]))
-    after = store.features_for(pids[:3], as_of).set_index(PROFILE_ID)
-    c0 = store.resolve({CUSTOMER_ID: "c0"})
-    assert after.loc[c0, "spend_total"] == online.set_index(PROFILE_ID).loc[c0, "spend_total"] + 100.0
-
-
-def test_erase_is_complete_and_resent_events_do_not_resurrect(store: SQLiteProfileStore) -> None:
-    batch = pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1", device_id="d1"),
-                          ev("e2", "2025-01-02T00:00:00Z", customer_id="c2")])
-    store.append_events(batch)
+def test_erasure_leaves_no_row_in_any_sqlite_table(store: SQLiteProfileStore) -> None:
+    """The backend-independent answers are in store_contract; here, no row of the profile in the file."""
+    store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1", device_id="d1"),
+                                      ev("e2", "2025-01-02T00:00:00Z", customer_id="c2")]))
     pid = store.resolve({CUSTOMER_ID: "c1"})
     store.set_consent(pid, "personalization", True)
     store.reserve_contact(pid, "email", "2025-01-03T00:00:00Z", {"24h": 1})
     assert store.erase_profile(pid) == 1
-    assert store.get_profile(pid) is None
-    assert store.resolve({CUSTOMER_ID: "c1"}) is None and store.resolve({DEVICE_ID: "d1"}) is None
-    assert store.get_consent(pid) == {}
-    assert list(store.export_events()[EVENT_ID]) == ["e2"]
-    # the same event re-sent, and an old event with another id carrying the erased identifier
-    late = pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1", device_id="d1"),
-                         ev("e9", "2025-01-01T12:00:00Z", device_id="d1")])
-    r = store.append_events(late)
-    assert (r.accepted, r.suppressed) == (0, 2)
-    assert list(store.export_events()[EVENT_ID]) == ["e2"]
     con = store._conn()
-    for table in ("events", "tokens", "state", "consent", "contacts"):
+    for table in ("events", "tokens", "state", "consent", "contacts", "profiles"):
         assert con.execute(f"SELECT COUNT(*) FROM {table} WHERE profile_id=?", (pid,)).fetchone()[0] == 0
 
 
-def test_contact_cap_never_exceeded_under_threads(tmp_path: Path) -> None:
-    store = SQLiteProfileStore(tmp_path / "s.db")
-    granted: list[bool] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(10):
-            ok = store.reserve_contact("p1", "email", "2025-01-01T12:00:00Z", {"24h": 3, "7D": 5})
-            with lock:
-                granted.append(ok)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(granted) == 3
-    # outside the 24h window (but inside 7 days) two more fit, then the weekly cap holds
-    later = [store.reserve_contact("p1", "email", "2025-01-03T12:00:00Z", {"24h": 3, "7D": 5}) for _ in range(4)]
-    assert later == [True, True, False, False]
-    assert store.reserve_contact("p1", "sms", "2025-01-03T12:00:00Z", {"24h": 1})
-
-
-def test_stock_defaults_to_in_stock(store: SQLiteProfileStore) -> None:
-    store.set_stock("a", False)
-    assert store.in_stock(["a", "b"]) == {"a": False, "b": True}
 
 
 # -- bulk paths: same answers as the per-event paths --------------------------------------------
@@ -347,7 +231,7 @@ def test_validated_append_skips_validation_and_stays_idempotent(store: SQLitePro
     def boom(*_: object, **__: object) -> None:
         raise AssertionError("validated frames must not be validated again")
 
-    monkeypatch.setattr(store_module, "validate_events", boom)
+    monkeypatch.setattr(sqlite_backend, "validate_events", boom)
     first = store.append_events(batch.valid, validated=True)
     assert (first.accepted, first.accepted_ids) == (2, ("e1", "e2"))
     again = store.append_events(batch.valid, validated=True)
@@ -706,14 +590,6 @@ def test_one_key_from_many_threads_is_one_contact(tmp_path: Path) -> None:
     assert answers == [True] * 8 and len(stores[1].contacts_for("p1")) == 1
 
 
-def test_erasure_removes_contacts(store: SQLiteProfileStore) -> None:
-    store.append_events(pd.DataFrame([ev("e1", "2025-01-01T00:00:00Z", customer_id="c1")]))
-    pid = store.resolve({CUSTOMER_ID: "c1"})
-    store.reserve_contact(pid, "email", "2025-01-02T00:00:00Z", {"24h": 1}, key="k")
-    assert len(store.contacts_for(pid)) == 1
-    store.erase_profile(pid)
-    assert store.contacts_for(pid) == []
-
 
 # -- the catalog and stock in the store ---------------------------------------------------------
 def test_upserts_replace_given_fields_keep_the_rest_and_are_durable(tmp_path: Path) -> None:
@@ -756,50 +632,7 @@ def test_catalog_version_changes_on_every_write_and_across_store_objects(tmp_pat
     assert len(set(seen[:4])) == 4 and seen[4] == seen[3]
 
 
-def test_stock_overall_and_per_store(store: SQLiteProfileStore) -> None:
-    store.upsert_items(pd.DataFrame({"item_id": ["a", "b", "c"], "in_stock": [True, False, None]}))
-    store.set_stock("d", False)  # an item the catalog does not know yet gets a row
-    assert store.in_stock(["a", "b", "c", "d", "zz"]) == {"a": True, "b": False, "c": True, "d": False, "zz": True}
-    store.set_stock("a", False, store_id="paris")
-    store.set_stock("b", True, store_id="paris")
-    assert store.in_stock(["a", "b", "c", "d"], store_id="paris") == {"a": False, "b": True, "c": True,
-                                                                       "d": False}
-    assert store.in_stock(["a", "b"], store_id="lyon") == {"a": True, "b": False}  # unknown there: overall
-    assert store.in_stock(["a", "b"]) == {"a": True, "b": False}
-    assert store.catalog().get("d") == store_module.CatalogItem("d", in_stock=False)
-    with pytest.raises(ValueError):
-        store.set_stock("a", "yes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        store.set_stock("", True)
-    with pytest.raises(ValueError):
-        store.set_stock("a", True, store_id=" ")
-    with pytest.raises(ValueError):
-        store.set_stock("a", True, store_id="paris\x00")
 
-
-def test_caps_count_contacts_on_both_sides_of_now(tmp_path):
-    """A request that started a moment earlier may commit after a later one, and a message deferred past
-    quiet hours is recorded ahead: both must still count against the cap (once a day here)."""
-    import datetime as dt
-
-    store = SQLiteProfileStore(tmp_path / "s.db")
-    t = dt.datetime(2025, 3, 1, 12, tzinfo=dt.UTC)
-    caps = {86_400.0: 1}
-    assert store.reserve_contact("p", "email", t, caps)
-    assert not store.reserve_contact("p", "email", t - dt.timedelta(seconds=1), caps)
-    assert store.reserve_contact("q", "email", t + dt.timedelta(hours=10), caps)  # deferred to the morning
-    assert not store.reserve_contact("q", "email", t, caps)
-    assert store.reserve_contact("p", "email", t + dt.timedelta(days=1, seconds=1), caps)
-
-
-def test_get_consents_reads_many_profiles_in_one_query(tmp_path):
-    store = SQLiteProfileStore(tmp_path / "s.db")
-    store.set_consent("a", "email_marketing", True)
-    store.set_consent("a", "social", False)
-    store.set_consent("b", "personalization", False)
-    assert store.get_consents(["a", "b", "c"]) == {"a": {"email_marketing": True, "social": False},
-                                                  "b": {"personalization": False}}
-    assert store.get_consents([]) == {}
 
 
 # -- a stored event id sent again with other content ---------------------------------------------

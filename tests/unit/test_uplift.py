@@ -102,7 +102,13 @@ def test_train_uplift_adopts_a_winner_and_refuses_a_loser(journeys, tmp_path: Pa
     assert won.promoted and won.version == "1" and "beats propensity" in won.reason, won.reason
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(uplift.UPLIFT_MODEL, "champion").version) == "1"
-    assert client.get_run(won.run_id).data.tags["mirror.winner"] == "uplift"
+    run = client.get_run(won.run_id)
+    assert run.data.tags["mirror.winner"] == "uplift" and run.info.run_name.startswith("uplift-")
+    # the registry's names: `<split>_<metric>`, baselines under their prefix, and both decision tables as datasets
+    assert set(won.metrics) == {"test_qini", "test_uplift_at_budget"}
+    assert won.baselines[PROPENSITY].keys() == won.metrics.keys() and uplift.RANDOM in won.baselines
+    assert {"test_qini", "baseline_propensity_test_qini", "baseline_random_test_qini"} <= set(run.data.metrics)
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"uplift-decisions-training", "uplift-decisions-test"}
 
     real = uplift.evaluate
 
@@ -114,8 +120,10 @@ def test_train_uplift_adopts_a_winner_and_refuses_a_loser(journeys, tmp_path: Pa
 
     monkeypatch.setattr(uplift, "evaluate", losing)
     lost = uplift.train_uplift(FAST, decisions, events)
-    assert not lost.promoted and lost.version == "" and lost.reason.startswith("not adopted")
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{uplift.UPLIFT_MODEL}'")] == ["1"]
+    # the registry's one baseline gate: registered, never champion, tagged with the baseline that beat it
+    assert not lost.promoted and lost.version == "2" and "loses to its baseline propensity" in lost.reason, lost.reason
+    assert str(client.get_model_version_by_alias(uplift.UPLIFT_MODEL, "champion").version) == "1"
+    assert client.get_model_version(uplift.UPLIFT_MODEL, "2").tags["mirror.lost_to_baseline"] == PROPENSITY
     assert client.get_run(lost.run_id).data.tags["mirror.winner"] == PROPENSITY
 
 

@@ -61,16 +61,13 @@ import sqlite3
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from features import schema
 from features.catalog import BOOL_COLUMNS as CATALOG_BOOL_COLUMNS
@@ -85,18 +82,14 @@ from features.catalog import (
     validate_catalog,
 )
 from features.catalog import NUMBER_COLUMNS as CATALOG_NUMBER_COLUMNS
-from features.consent import PERSONALIZATION, SOURCE_PURPOSES, granted_purposes, source_of, usable_sources
-from features.profiles import NEVER_DAYS, ProfileConfig, build_profiles
+from features.consent import PERSONALIZATION, SOURCE_PURPOSES, granted_purposes, usable_sources
+from features.identity import link_batch, profile_id_for, token_batch
+from features.profiles import NEVER_DAYS, build_profiles
 from features.schema import (
-    ADD_TO_CART,
-    CANONICAL_COLUMNS,
     CATEGORY,
     CHANNEL,
-    COOKIE_ID,
     CUSTOMER_ID,
-    DEVICE_ID,
     EMAIL,
-    EMAIL_CLICK,
     ERROR_FIELD,
     ERROR_REASON,
     ERROR_ROW,
@@ -105,271 +98,80 @@ from features.schema import (
     HASHED_IDENTIFIERS,
     IDENTIFIER_COLUMNS,
     ITEM_ID,
-    NO_PREFERENCE,
     NUMERIC_COLUMNS,
-    OPTIONAL_COLUMNS,
     PHONE,
-    PICKUP,
     PREFERENCE,
     PREFERENCE_KEY,
     PREFERENCE_VALUE,
     PRICE,
     PROFILE_ID,
-    PURCHASE,
     QUANTITY,
     RATING,
-    READY_FOR_PICKUP,
-    REMOVE_FROM_CART,
-    RESERVE,
-    RETURN,
-    RETURN_REASON,
-    SET_PREFERENCE_KEYS,
-    SOCIAL_LIKE,
-    STORE_ID,
-    TRY_ON,
     TS,
-    VIEW,
     IdentifierHasher,
     empty_events,
     event_digest,
-    normalise_id,
     validate_events,
-    value_problems,
+)
+from features.store.codec import (
+    _DEVICE_COLUMNS,
+    _EVENT_COLUMNS,
+    _EXPORT_SCHEMA,
+    _STORED,
+    _arrow_rows,
+    _Batch,
+    _batch_from_frame,
+    _batch_from_rows,
+    _by_row,
+    _decision_frame,
+    _dt,
+    _frame,
+    _jsonable,
+    _records,
+    _served_frame,
+    _store_id,
+    _strings,
+    _to_ns,
+    _window_ns,
+)
+from features.store.config import StoreConfig
+from features.store.fold import (
+    _STATE_VERSION,
+    _build_states,
+    _empty_state,
+    _source_codes,
+    apply_events,
+    to_profile,
+)
+from features.store.model import (
+    CONFLICT_REASON,
+    EXPORT_BATCH,
+    AppendResult,
+    CatalogUpsert,
+    OnlineProfile,
+    ServedList,
 )
 
-# TODO(schema): features.schema is adding TIMEZONE ("timezone", an IANA zone name) to OPTIONAL_COLUMNS; until
-# it lands the store keeps the column anyway (filled only by frames that carry it), so profiles know it.
-_TIMEZONE: str = getattr(schema, "TIMEZONE", "timezone")
-_EVENT_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + OPTIONAL_COLUMNS + tuple(
-    c for c in (_TIMEZONE,) if c not in OPTIONAL_COLUMNS)
-_STORED: tuple[str, ...] = tuple(c for c in _EVENT_COLUMNS if c != TS)  # event_id first; ts is ts_ns
-_DEVICE_COLUMNS = (DEVICE_ID, COOKIE_ID)
 #: The events column holding `schema.event_digest` of the stored row. NULL where not computed at insert: on the
 #: vectorised path (a digest is ~15 us of Python per row, +70% on a bulk load) and in files of older releases;
 #: then it is computed from the stored row, and kept, when the id is sent again.
 _DIGEST = "content_digest"
-#: Why a row whose event id is stored with other content is refused (its error's field is EVENT_ID).
-CONFLICT_REASON = "conflicts with a stored event: same event_id, different content"
 # what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
 _FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING, PREFERENCE_KEY,
                   PREFERENCE_VALUE)
 _NS = 10**9
 #: Features that are NEVER_DAYS for an empty history (with every "days_*" one), per features.profiles.
 _NEVER_FEATURES = frozenset({"purchase_cadence_days"})
-_SMALL_FRAME = 64  # rows: below this a frame is converted whole (cheaper per call), above column by column
 _IN_JSON = "SELECT value FROM json_each(?)"  # one bound JSON array instead of thousands of parameters
 _AS_OF_PER_PROFILE = 4  # cached feature rows per profile (distinct as_of); older ones are dropped
 _INVALIDATION_LOG = 4096  # recent writes remembered, so a slow read never caches a row a write replaced
-#: Version of the online state doc; docs of an older version are rebuilt from the stored events.
-_STATE_VERSION = 3
 #: Version of the file layout (PRAGMA user_version): 0 = before the catalog, typed entries and contact keys;
 #: 2 = before keyed tombstones (erased event ids verbatim, erased identifiers as plain SHA-256 digests);
 #: 3 = before state docs v3 (declared preferences, pickups, return reasons: rebuilt from the events on open).
 _FILE_VERSION = 4
 _REBUILD_CHUNK = 20_000  # profiles whose states are rebuilt per query when a file is migrated
-_EXPORT_BATCH = 100_000  # rows per parquet row group written by export_events_to
 logger = logging.getLogger(__name__)
-#: Item events that show interest (the profile's `recent_views`): the customer looked, tried, liked, clicked.
-INTEREST_EVENT_TYPES: tuple[str, ...] = (VIEW, TRY_ON, SOCIAL_LIKE, EMAIL_CLICK)
-#: Buy online, pick up in store: the states of an order line (a return at the till is RETURN on "store").
-PICKUP_EVENT_TYPES: tuple[str, ...] = (RESERVE, READY_FOR_PICKUP, PICKUP)
-#: Order states in which the item waits for the customer at the store (reserved, ready; not yet picked up).
-OPEN_PICKUP_STATES: frozenset[str] = frozenset({RESERVE, READY_FOR_PICKUP})
-
-# -- decision log (`record_decision`, `decisions`): every outbound NBA decision, treated and holdout alike, so
-# that `mirror report lift` can compare what acting earned against not acting. Column names, defined once.
-CAMPAIGN_ID: str = "campaign_id"
-ACTION: str = "action"
-HOLDOUT: str = "holdout"
-#: JSON object of the model versions that served the decision (registered model name -> version).
-MODEL_VERSIONS: str = "model_versions"
-DECISION_COLUMNS: tuple[str, ...] = (schema.DECISION_ID, PROFILE_ID, CAMPAIGN_ID, ACTION, CHANNEL, HOLDOUT, TS,
-                                     MODEL_VERSIONS)
-
-# -- served lists (`record_recommendations`, `recommendations`): every list /recommend and /similar_items
-# answered, so that clicks and purchases echoing its `recommendation_id` are attributed to a list, a model
-# version, a surface and a position (`mirror report attribution`). Column names, defined once.
-SURFACE: str = "surface"
-MODEL: str = "model"
-MODEL_VERSION: str = "model_version"
-#: The list's items in the order shown: an item's position is its index (events echo it as `position`).
-ITEM_IDS: str = "item_ids"
-RECOMMENDATION_COLUMNS: tuple[str, ...] = (schema.RECOMMENDATION_ID, TS, PROFILE_ID, SURFACE, CHANNEL, MODEL,
-                                           MODEL_VERSION, ITEM_IDS)
-
-
-@dataclass(frozen=True, slots=True)
-class ServedList:
-    """One list as it was served. Nothing personal but `profile_id` (None: an anonymous visitor), so the
-    record goes with the profile on erasure; `recommendation_id` is random and opaque."""
-
-    recommendation_id: str
-    ts: dt.datetime
-    profile_id: str | None
-    surface: str
-    channel: str
-    model: str
-    model_version: str | None
-    item_ids: tuple[str, ...]
-
-
-class ProfileEntry(NamedTuple):
-    """One item event of the online state, with where it came from (the guard filters on its source,
-    `features.consent.source_of(event_type, channel)`)."""
-
-    item_id: str
-    category: str | None
-    ts: dt.datetime  # aware, UTC
-    channel: str
-    event_type: str
-
-
-#: The entries of `recent_views` (kept so `ViewEntry` callers keep working; construct ProfileEntry).
-ViewEntry = ProfileEntry
-
-
-class ItemEntry(NamedTuple):
-    """Deprecated: the store returns ProfileEntry everywhere; kept only for callers that build profiles."""
-
-    item_id: str
-    ts: dt.datetime
-
-
-@dataclass(frozen=True)
-class OnlineProfile:
-    """What serving needs about a person right now (no raw contact details, identifier *types* only).
-
-    Every entry keeps its channel and event type, and every category count its sources, so nothing
-    is presented as coming from where it did not (an in-store try-on is not a web view).
-    """
-
-    profile_id: str
-    recent_views: tuple[ProfileEntry, ...]  # interest entries (INTEREST_EVENT_TYPES), newest first
-    cart_items: tuple[ProfileEntry, ...]  # in the cart now (added, not removed or bought): the latest add
-    purchases: tuple[ProfileEntry, ...]  # newest first
-    returns: tuple[ProfileEntry, ...]  # newest first
-    category_counts: Mapping[str, int]  # category -> events with it, every type and source
-    channel_last_seen: Mapping[str, dt.datetime]
-    last_negative_ts: dt.datetime | None
-    identifiers: tuple[str, ...]  # identifier columns seen, e.g. ("customer_id", "email")
-    updated_at: dt.datetime  # time of the latest event
-    replenish_days: Mapping[str, float] = field(default_factory=dict)  # item -> own median re-buy interval
-    # category -> source purpose -> events (the counts of a category sum to its category_counts)
-    category_sources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
-    sources: frozenset[str] = frozenset()  # every source purpose in the stored history
-    timezone: str | None = None  # the latest non-missing `timezone` of the person's events
-    #: time of the latest positive review, rating or message (the model's score, else the rating): tone
-    last_positive_ts: dt.datetime | None = None
-    #: Declared (zero-party) preferences, key (`schema.PREFERENCE_KEYS`) -> values: the set declared last for
-    #: interests and channels, the latest value otherwise; a key declared "none" maps to () (for
-    #: `personalization_level`, ("none",): that is a level). Keys never declared are absent.
-    declared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: Order lines of buy online, pick up in store: per item its latest state (event_type reserve,
-    #: ready_for_pickup or pickup), newest first (`open_pickups`: those still waiting at the store).
-    pickups: tuple[ProfileEntry, ...] = ()
-    #: item -> the reason (`schema.RETURN_REASONS`) of its latest return that gave one.
-    return_reasons: Mapping[str, str] = field(default_factory=dict)
-    # when this profile id was last erased (None: never). The id is derived from the person's identifiers, so
-    # a person who comes back after an erasure has the same id: model state per profile learned before this
-    # time (a recommender's user vector) is about the erased history and must not be used.
-    erased_at: dt.datetime | None = None
-
-    @property
-    def cart(self) -> tuple[ProfileEntry, ...]:
-        return self.cart_items
-
-    @property
-    def open_pickups(self) -> tuple[ProfileEntry, ...]:
-        """Items reserved or ready for pickup, neither picked up nor returned since."""
-        returned: dict[str, dt.datetime] = {}
-        for e in self.returns:
-            returned[e.item_id] = max(e.ts, returned.get(e.item_id, e.ts))
-        return tuple(e for e in self.pickups if e.event_type in OPEN_PICKUP_STATES
-                     and not (e.item_id in returned and returned[e.item_id] >= e.ts))
-
-    def declared_values(self, key: str) -> tuple[str, ...]:
-        """The values the customer declared for `key` (empty when none or never)."""
-        return tuple(self.declared.get(key, ()))
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    accepted: int  # new events stored
-    duplicates: int  # already stored with the same content (idempotent re-send) or repeated in the batch
-    profile_ids: tuple[str, ...]  # profiles the accepted events belong to (after merges)
-    rejected: int = 0  # rows that failed validation or whose id is stored with other content (see errors)
-    suppressed: int = 0  # events of erased profiles (tombstoned), never stored
-    merged: tuple[str, ...] = ()  # profile ids that were merged into another
-    errors: tuple[dict[str, Any], ...] = ()
-    accepted_ids: tuple[str, ...] = ()  # event ids of the accepted events, in time order
-
-
-@dataclass(frozen=True)
-class CatalogUpsert:
-    upserted: int  # rows written (new items and updates)
-    errors: pd.DataFrame  # per-row report of the rows left out (CATALOG_ERROR_COLUMNS)
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    synchronous: str = "NORMAL"  # "FULL" to survive power loss, not only process crashes
-    max_profiles_per_device: int = 3
-    recent_views: int = 50
-    max_purchases: int = 200
-    cache_profiles: int = 100_000  # online states and feature rows kept in memory (LRU)
-    # as_of=None means now floored to this, so cached (and warmed) rows are reused; features are
-    # day-scale (recency in days, 30/90/365-day windows), so an hour of "now" changes little, and a
-    # write to a profile still refreshes its row at once
-    feature_granularity_s: int = 3_600
-    busy_timeout_ms: int = 30_000
-    bulk_rows: int = 1_000  # batches this large are linked and folded vectorised (same result)
-    profile_config: ProfileConfig = ProfileConfig()
-
-    def __post_init__(self) -> None:
-        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
-        if self.max_profiles_per_device < 1 or self.feature_granularity_s < 1 or self.bulk_rows < 1:
-            raise ValueError("max_profiles_per_device, feature_granularity_s and bulk_rows must be positive")
-
-
-class ProfileStore(Protocol):
-    def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
-                      validated: bool = False) -> AppendResult: ...
-    def resolve(self, identifiers: Mapping[str, str]) -> str | None: ...
-    def resolve_many(self, column: str, values: Sequence[str]) -> dict[str, str | None]: ...
-    def identifiers_of(self, profile_ids: Sequence[str], column: str = ...) -> dict[str, list[str]]: ...
-    def get_profile(self, profile_id: str) -> OnlineProfile | None: ...
-    def get_profiles(self, profile_ids: Sequence[str]) -> list[OnlineProfile | None]: ...
-    def events_for(self, profile_ids: Sequence[str]) -> pd.DataFrame: ...
-    def features_for(self, profile_ids: Sequence[str], as_of: Any = None) -> pd.DataFrame: ...
-    def set_consent(self, profile_id: str, purpose: str, granted: bool) -> None: ...
-    def get_consent(self, profile_id: str) -> dict[str, bool]: ...
-    def get_consents(self, profile_ids: Sequence[str]) -> dict[str, dict[str, bool]]: ...
-    def profile_ids(self) -> list[str]: ...
-    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int], *,
-                        key: str | None = None) -> bool: ...
-    def contacts_for(self, profile_id: str) -> list[tuple[str, dt.datetime, str | None]]: ...
-    def erase_profile(self, profile_id: str) -> int: ...
-    def erased_at(self, profile_id: str) -> dt.datetime | None: ...
-    def export_profile(self, profile_id: str) -> dict[str, Any]: ...
-    def export_events(self) -> pd.DataFrame: ...
-    def export_events_to(self, path: str | Path, *, batch_size: int = _EXPORT_BATCH) -> int: ...
-    def upsert_items(self, frame: pd.DataFrame, *, validated: bool = False) -> CatalogUpsert: ...
-    def catalog(self) -> Catalog: ...
-    def catalog_version(self) -> int: ...
-    def set_stock(self, item_id: str, in_stock: bool, store_id: str | None = None) -> None: ...
-    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> dict[str, bool]: ...
-    def record_decision(self, decision_id: str, profile_id: str, campaign_id: str, action: str, channel: str,
-                        holdout: bool, ts: Any, model_versions: Mapping[str, str | None] | None = None) -> bool: ...
-    def decisions(self, since: Any = None) -> pd.DataFrame: ...
-    def record_recommendations(self, served: Sequence[ServedList]) -> int: ...
-    def recommendations(self, since: Any = None) -> pd.DataFrame: ...
-    def attributed_events(self, since: Any = None) -> pd.DataFrame: ...
-
-
-def profile_id_for(min_token: str) -> str:
-    """The component id rule shared with features/identity.py."""
-    return "p_" + hashlib.sha1(min_token.encode()).hexdigest()[:16]
+_DEFAULT_CONFIG = StoreConfig()  # frozen: one shared default
 
 
 #: Domains of the keyed tombstone digests (one key, the store's IdentifierHasher key; one domain per kind, so
@@ -381,40 +183,6 @@ _TOKEN_DOMAIN, _EVENT_DOMAIN, _PROFILE_DOMAIN = b"mirror-erased-token\x00", b"mi
 def _legacy_digest(token: str) -> str:
     """The unkeyed SHA-256 tombstone files before version 3 hold (see `erased_tokens` in _SCHEMA)."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _to_ns(value: Any) -> int:
-    """Seconds since epoch (float), datetime, Timestamp or ISO string -> epoch ns (UTC)."""
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return int(round(float(value) * _NS))
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.as_unit("ns").value)
-
-
-def _window_ns(window: Any) -> int:
-    """A cap window: Timedelta/timedelta, pandas offset string ("24h", "7D") or seconds."""
-    if isinstance(window, (int, float, np.integer, np.floating)) and not isinstance(window, bool):
-        ns = int(float(window) * _NS)
-    else:
-        ns = int(pd.Timedelta(window).value)
-    if ns <= 0:
-        raise ValueError(f"cap window must be positive, got {window!r}")
-    return ns
-
-
-def _store_id(value: Any) -> str:
-    """A store id spelt as events spell it (features.schema's rules for STORE_ID), else ValueError."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{STORE_ID} must be a non-empty string (or None)")
-    problems = value_problems(STORE_ID, value)
-    if problems:
-        raise ValueError(f"{STORE_ID}: {problems[0]}")
-    return normalise_id(value)
-
-
-def _dt(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / _NS, tz=dt.UTC)
 
 
 def _catalog_sql_type(column: str) -> str:
@@ -478,293 +246,11 @@ CREATE INDEX IF NOT EXISTS recommendations_profile ON recommendations({PROFILE_I
 # be converted (the token they hash is gone), so they stay and are checked as well, next to the keyed ones.
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        root = self.parent.setdefault(x, x)
-        while root != self.parent[root]:
-            root = self.parent[root]
-        while x != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _empty_state() -> dict[str, Any]:
-    """The JSON state doc (version _STATE_VERSION). Entries: views [item, cat, t, channel, type] (interest
-    events), cart {item: [t, cat, channel]} (the latest add), purchases/returns [item, cat, t, channel];
-    cats {cat: n}, csrc {cat: {source: n}}, src [sources seen], chan {channel: t}, neg t, ids [columns],
-    last t, tz [t, zone] (the latest; ties broken by the zone name, so the result is order-free); pref {key:
-    [t, [values]]} (`_declare`), pick {item: [t, cat, channel, state]} (the latest order state), rr {item: [t,
-    reason]} (the latest return reason; ties by the reason), neg / pos t (latest negative / positive sentiment:
-    the model's stored score, else the rating)."""
-    return {"v": _STATE_VERSION, "views": [], "cart": {}, "purchases": [], "returns": [], "cats": {}, "csrc": {},
-            "src": [], "chan": {}, "neg": None, "ids": [], "last": 0, "tz": None, "pref": {}, "pick": {}, "rr": {},
-            "pos": None}
-
-
-def _declare(prefs: dict[str, list[Any]], key: str, value: str, t: int) -> None:
-    """Fold one declaration (order-free, so the bulk build and the per-event fold agree): the latest time
-    wins; at the latest time, set-valued keys collect every value, the others keep the largest."""
-    cur = prefs.get(key)
-    if cur is None or t > cur[0]:
-        prefs[key] = [t, [value]]
-    elif t == cur[0]:
-        if key in SET_PREFERENCE_KEYS:
-            cur[1] = sorted({*cur[1], value})
-        else:
-            cur[1] = [max(value, cur[1][0])]
-
-
-def _latest_pair(slot: list[Any] | None, t: int, value: Any) -> bool:
-    """Whether (t, value) is later than what `slot` [t, value, ...] holds (ties by value: order-free)."""
-    return slot is None or (t, value) > (slot[0], slot[-1])
-
-
-def _source_codes(etypes: Any, channels: Any) -> tuple[np.ndarray, list[str]]:
-    """Per event, a code into the returned source purposes (`consent.source_of`), computed once per
-    distinct (event type, channel) pair."""
-    e_codes, e_uniq = pd.factorize(np.asarray(etypes, dtype=object))
-    c_codes, c_uniq = pd.factorize(np.asarray(channels, dtype=object))
-    e_vals, c_vals = [*e_uniq.tolist(), None], [*c_uniq.tolist(), None]  # code -1 (missing) -> None
-    nc = len(c_vals)
-    pair = np.where(e_codes < 0, len(e_uniq), e_codes).astype(np.int64) * nc + np.where(c_codes < 0, nc - 1, c_codes)
-    u, inv = np.unique(pair, return_inverse=True)
-    names = [source_of(e_vals[k // nc], c_vals[k % nc]) for k in u.tolist()]
-    s_codes, s_names = pd.factorize(np.asarray(names, dtype=object))
-    return s_codes[inv].astype(np.int64), list(s_names)
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """Events as plain Python lists (None where missing), time-ordered: cheap for one event, and
-    the same shape for the vectorised bulk path (which makes arrays of the columns it needs)."""
-
-    cols: dict[str, list[Any]]  # every _STORED column
-    ts: list[int]  # epoch ns
-    at: list[int] = field(default_factory=list)  # each row's position in the frame it came from (frames only)
-    _arrays: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # array() memo
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def take(self, idx: Sequence[int]) -> _Batch:
-        """Rows idx (ascending); the batch itself when that is every row."""
-        if len(idx) == len(self.ts):
-            return self
-        return _Batch({c: [v[i] for i in idx] for c, v in self.cols.items()}, [self.ts[i] for i in idx],
-                      [self.at[i] for i in idx] if self.at else [])
-
-    def row(self, i: int) -> dict[str, Any]:
-        """Row i as `schema.event_digest` reads it (ts as epoch ns, None where missing)."""
-        return {TS: self.ts[i], **{c: v[i] for c, v in self.cols.items()}}
-
-    def array(self, col: str) -> np.ndarray:
-        """The column as an object array, made once per batch (read-only: callers share it)."""
-        arr = self._arrays.get(col)
-        if arr is None:
-            arr = self._arrays[col] = np.empty(len(self.ts), dtype=object)
-            arr[:] = self.cols[col]
-        return arr
-
-    def present(self, col: str) -> np.ndarray:
-        return ~pd.isna(self.array(col))
-
-
-def _batch_from_frame(ev: pd.DataFrame) -> _Batch:
-    """A validated frame as a time-ordered _Batch (stable: equal timestamps keep their order)."""
-    if TS not in ev or not isinstance(ev[TS].dtype, pd.DatetimeTZDtype):
-        raise ValueError(f"column {TS!r} must be timezone-aware datetimes (validate events first)")
-    ns = np.asarray(ev[TS].array.as_unit("ns").asi8)  # validated ts is tz-aware, never missing
-    n = len(ns)
-    order = None if n < 2 or bool((ns[1:] >= ns[:-1]).all()) else np.argsort(ns, kind="stable")
-    cols: dict[str, list[Any]] = {}
-    if n <= _SMALL_FRAME:  # one conversion of the whole frame beats one per column (API-sized batches)
-        grid = ev.to_numpy(dtype=object)
-        by_name = dict(zip(ev.columns, (grid if order is None else grid[order]).T.tolist(), strict=True))
-        for c in _STORED:
-            vals = by_name.get(c)
-            cols[c] = [None if v is pd.NA or v != v else v for v in vals] if vals is not None else [None] * n
-    else:
-        for c in _STORED:
-            if c in ev.columns:
-                vals = ev[c].to_numpy(dtype=object, na_value=None)
-                cols[c] = (vals if order is None else vals[order]).tolist()
-            else:
-                cols[c] = [None] * n
-    return _Batch(cols, (ns if order is None else ns[order]).tolist(), list(range(n)) if order is None
-                  else order.tolist())
-
-
-def _batch_from_rows(rows: list[tuple[Any, ...]]) -> tuple[_Batch, list[str]]:
-    """SQL rows (profile_id, ts_ns, *_STORED) -> (_Batch, profile ids)."""
-    if not rows:
-        return _Batch({c: [] for c in _STORED}, []), []
-    cols = list(zip(*rows, strict=True))
-    return _Batch({c: list(cols[j + 2]) for j, c in enumerate(_STORED)}, list(cols[1])), list(cols[0])
 
 
 _INSERT_NAMES = ", ".join(f'"{c}"' for c in (EVENT_ID, PROFILE_ID, "ts_ns", *_STORED[1:], _DIGEST))
 _INSERT_EVENTS = f"INSERT OR IGNORE INTO events ({_INSERT_NAMES}) VALUES ({','.join('?' * (len(_STORED) + 3))})"
 _SELECT_NAMES = ", ".join(f'"{c}"' for c in (PROFILE_ID, "ts_ns", *_STORED))
-
-
-def _tails(codes: np.ndarray, order: np.ndarray, mask: np.ndarray, limit: int, n_groups: int,
-           fields: Sequence[np.ndarray]) -> list[list[tuple[Any, ...]]]:
-    """Per group, the last `limit` masked rows (time order kept) as (field, ...) entries (JSON arrays)."""
-    sel = order[mask[order]]
-    g = codes[sel]
-    counts = np.bincount(g, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sel = sel[np.arange(len(sel)) - starts[g] >= (counts - limit)[g]]
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[sel], minlength=n_groups))]).tolist()
-    entries = list(zip(*(f[sel].tolist() for f in fields), strict=True))
-    return [entries[a:z] for a, z in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _pair_keys(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(group, value) -> one int key; returns keys, value uniques and the key stride."""
-    vcodes, uniques = pd.factorize(values)
-    stride = max(1, len(uniques))
-    return codes.astype(np.int64) * stride + vcodes, np.asarray(uniques, dtype=object), stride
-
-
-def _sentiment(b: _Batch, scores: Mapping[str, float], config: StoreConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(negative, positive) per event from the rating's (rating-3)/2 and the model's stored score (`scores`, by
-    event id), against the profile thresholds. Careful on purpose: either one negative makes the event
-    negative (a one-star review with polite words is still a complaint); positive only when neither is."""
-    rating = (np.array(b.cols[RATING], dtype=float) - 3.0) / 2.0
-    model = np.full(len(b), np.nan)
-    if scores:
-        model = np.array([np.nan if (v := scores.get(e)) is None else v for e in b.cols[EVENT_ID]], dtype=float)
-    pc = config.profile_config
-    with np.errstate(invalid="ignore"):
-        negative = (rating <= pc.negative_threshold) | (model <= pc.negative_threshold)
-        return negative, ~negative & ((rating >= pc.positive_threshold) | (model >= pc.positive_threshold))
-
-
-def _build_states(b: _Batch, pids: Sequence[str], config: StoreConfig,
-                  scores: Mapping[str, float] | None = None) -> list[tuple[str, dict[str, Any], int]]:
-    """Online state of every profile from its whole time-ordered history, with array group-bys.
-
-    The same rules as `SQLiteProfileStore._apply` folding the events one by one (tested equal):
-    last N interest entries/purchases/returns, cart = items whose latest cart event is an add, category
-    counts (per source too), sources seen, latest time per channel, latest negative rating, identifier
-    types, latest event, latest timezone.
-    """
-    n = len(b)
-    codes, uniq = pd.factorize(np.asarray(pids, dtype=object))
-    n_p = len(uniq)
-    ts = np.asarray(b.ts, dtype=np.int64)
-    et, item, cat, chan = b.array(EVENT_TYPE), b.array(ITEM_ID), b.array(CATEGORY), b.array(CHANNEL)
-    et_codes, et_uniq = pd.factorize(et)
-    et_uniq = et_uniq.tolist()
-
-    def of_type(*types: str) -> np.ndarray:
-        return np.isin(et_codes, [k for k, u in enumerate(et_uniq) if u in types])
-
-    has_item = ~pd.isna(item)
-    order = np.argsort(codes, kind="stable")  # by profile, time order kept
-    views = _tails(codes, order, of_type(*INTEREST_EVENT_TYPES) & has_item, config.recent_views, n_p,
-                   (item, cat, ts, chan, et))
-    is_buy, is_add = of_type(PURCHASE), of_type(ADD_TO_CART)
-    buys = _tails(codes, order, is_buy & has_item, config.max_purchases, n_p, (item, cat, ts, chan))
-    rets = _tails(codes, order, of_type(RETURN) & has_item, config.max_purchases, n_p, (item, cat, ts, chan))
-
-    carts: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
-    sel = np.flatnonzero((is_add | of_type(REMOVE_FROM_CART, RESERVE) | is_buy) & has_item)
-    if len(sel):
-        keys, _, _ = _pair_keys(codes[sel], item[sel])
-        _, first_from_end = np.unique(keys[::-1], return_index=True)
-        last = sel[np.sort(len(sel) - 1 - first_from_end)]  # latest cart event per (profile, item)
-        last = last[is_add[last]]
-        for k, it, t, c, ch in zip(codes[last].tolist(), item[last].tolist(), ts[last].tolist(), cat[last].tolist(),
-                                   chan[last].tolist(), strict=True):
-            carts[k][it] = [t, c, ch]
-
-    picks: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
-    rrs: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
-    prefs: list[dict[str, list[Any]]] = [{} for _ in range(n_p)]
-    for i in np.flatnonzero(of_type(*PICKUP_EVENT_TYPES) & has_item).tolist():  # order states are few
-        slot = picks[codes[i]].get(item[i])
-        if _latest_pair(slot, b.ts[i], et[i]):
-            picks[codes[i]][item[i]] = [b.ts[i], cat[i], chan[i], et[i]]
-    reason = b.array(RETURN_REASON)
-    for i in np.flatnonzero(of_type(RETURN) & has_item & ~pd.isna(reason)).tolist():
-        if _latest_pair(rrs[codes[i]].get(item[i]), b.ts[i], reason[i]):
-            rrs[codes[i]][item[i]] = [b.ts[i], reason[i]]
-    keys_, values_ = b.array(PREFERENCE_KEY), b.array(PREFERENCE_VALUE)
-    for i in np.flatnonzero(of_type(PREFERENCE) & ~pd.isna(keys_) & ~pd.isna(values_)).tolist():
-        _declare(prefs[codes[i]], keys_[i], values_[i], b.ts[i])
-
-    src_codes, src_names = _source_codes(et, chan)
-    n_s = max(1, len(src_names))
-    src_bits = np.zeros(n_p, dtype=np.int64)
-    np.bitwise_or.at(src_bits, codes, np.left_shift(1, src_codes))
-    cats: list[dict[str, int]] = [{} for _ in range(n_p)]
-    csrc: list[dict[str, dict[str, int]]] = [{} for _ in range(n_p)]
-    has_cat = ~pd.isna(cat)
-    if has_cat.any():
-        keys, names, stride = _pair_keys(codes[has_cat], cat[has_cat])
-        u, cnt = np.unique(keys * n_s + src_codes[has_cat], return_counts=True)
-        pc = u // n_s
-        for k, c, s, m in zip((pc // stride).tolist(), names[pc % stride].tolist(), (u % n_s).tolist(),
-                              cnt.tolist(), strict=True):
-            cats[k][c] = cats[k].get(c, 0) + m
-            csrc[k].setdefault(c, {})[src_names[s]] = m
-
-    chans: list[dict[str, int]] = [{} for _ in range(n_p)]
-    keys, names, stride = _pair_keys(codes, chan)
-    u, inv = np.unique(keys, return_inverse=True)
-    latest = np.zeros(len(u), dtype=np.int64)
-    np.maximum.at(latest, inv, ts)
-    for k, c, t in zip((u // stride).tolist(), names[u % stride].tolist(), latest.tolist(), strict=True):
-        chans[k][c] = t
-
-    tzs: list[list[Any] | None] = [None] * n_p
-    if _TIMEZONE in b.cols:
-        zone = b.array(_TIMEZONE)
-        at = np.flatnonzero(~pd.isna(zone))
-        if len(at):
-            z_codes, z_uniq = pd.factorize(zone[at], sort=True)
-            z_ts, z_pid = ts[at], codes[at]
-            o = np.lexsort((z_codes, z_ts, z_pid))  # by profile, then time, then zone name
-            p_sorted = z_pid[o]
-            last = o[np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])]  # each profile's latest
-            names = z_uniq[z_codes[last]].tolist()
-            for k, t, z in zip(z_pid[last].tolist(), z_ts[last].tolist(), names, strict=True):
-                tzs[k] = [t, z]
-
-    neg_rows, pos_rows = _sentiment(b, scores or {}, config)
-    neg = np.zeros(n_p, dtype=np.int64)
-    np.maximum.at(neg, codes[neg_rows], ts[neg_rows])
-    pos = np.zeros(n_p, dtype=np.int64)
-    np.maximum.at(pos, codes[pos_rows], ts[pos_rows])
-    last_ts = np.zeros(n_p, dtype=np.int64)
-    np.maximum.at(last_ts, codes, ts)
-    bits = np.zeros(n, dtype=np.int64)
-    for j, c in enumerate(IDENTIFIER_COLUMNS):
-        bits |= b.present(c).astype(np.int64) << j
-    id_bits = np.zeros(n_p, dtype=np.int64)
-    np.bitwise_or.at(id_bits, codes, bits)
-    names_of = {m: sorted(c for j, c in enumerate(IDENTIFIER_COLUMNS) if m >> j & 1) for m in set(id_bits.tolist())}
-    sources_of = {m: sorted(s for j, s in enumerate(src_names) if m >> j & 1) for m in set(src_bits.tolist())}
-
-    out = []
-    for k, (pid, nt, pt, lt, m, sb) in enumerate(zip(uniq.tolist(), neg.tolist(), pos.tolist(), last_ts.tolist(),
-                                                     id_bits.tolist(), src_bits.tolist(), strict=True)):
-        state = {"v": _STATE_VERSION, "views": views[k], "cart": carts[k], "purchases": buys[k], "returns": rets[k],
-                 "cats": cats[k], "csrc": csrc[k], "src": sources_of[sb], "chan": chans[k], "neg": nt or None,
-                 "ids": names_of[m], "last": lt, "tz": tzs[k], "pref": prefs[k], "pick": picks[k], "rr": rrs[k],
-                 "pos": pt or None}
-        out.append((str(pid), state, lt))
-    return out
 
 
 def _input_purposes(granted: frozenset[str]) -> frozenset[str]:
@@ -774,14 +260,7 @@ def _input_purposes(granted: frozenset[str]) -> frozenset[str]:
     return usable | {PERSONALIZATION} if PERSONALIZATION in granted else usable
 
 
-def _declared_values(key: str, values: Sequence[str]) -> tuple[str, ...]:
-    """Stored declaration -> OnlineProfile.declared: "none" is the empty declaration, except as a level."""
-    if key == schema.PERSONALIZATION_LEVEL:
-        return tuple(values)
-    return tuple(v for v in values if v != NO_PREFERENCE)
 
-
-# one encoder (json.dumps with options makes one per call); state docs are trees, never cyclic
 _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
@@ -793,7 +272,7 @@ class SQLiteProfileStore:
     """The embedded ProfileStore (see module docstring for durability, threading and speed)."""
 
     def __init__(self, path: str | Path, hasher: IdentifierHasher | None = None,
-                 config: StoreConfig = StoreConfig(), *, cache: bool = True) -> None:
+                 config: StoreConfig = _DEFAULT_CONFIG, *, cache: bool = True) -> None:
         self.path = str(path)
         self.hasher = hasher or IdentifierHasher.from_env()
         self._tomb_key = self.hasher.key.encode()
@@ -1045,7 +524,7 @@ class SQLiteProfileStore:
         conn.executemany("INSERT OR IGNORE INTO shared_devices VALUES (?)", [(d,) for d in over])
         return shared | set(over)
 
-    def _settle(self, conn: sqlite3.Connection, components: list[tuple[str, set[str]]]
+    def _settle(self, conn: sqlite3.Connection, components: Sequence[tuple[str, frozenset[str] | set[str]]]
                 ) -> tuple[list[str], list[str], set[str]]:
         """Per component (min new token, existing profiles in it): its id, upserted, and merges done.
 
@@ -1083,141 +562,27 @@ class SQLiteProfileStore:
         return final, merged, merged_into
 
     def _link(self, conn: sqlite3.Connection, b: _Batch) -> tuple[list[str], list[str], set[str]]:
-        """Assign a profile id to every row of a small batch; returns ids, merged ids, merge targets.
+        """Assign a profile id to every row of a batch; returns ids, merged ids, merge targets.
 
-        One batch links as a whole: tokens on one event are linked (a shared device only as the
-        last resort of an event that has nothing else: its smallest token, on its own).
+        The rule is `features.identity.link_batch` (one batch links as a whole); this is its storage glue:
+        read the stored links of the batch's tokens and the shared devices, record the device/customer
+        pairs, settle the components (ids, merges) and write the new token links.
         """
-        per_row: list[list[str]] = [[] for _ in range(len(b))]
-        for c in IDENTIFIER_COLUMNS:
-            for i, v in enumerate(b.cols[c]):
-                if v is not None:
-                    per_row[i].append(f"{c}:{v}")
-        if not all(per_row):
-            raise ValueError("every event needs an identifier (validate events first)")
-        all_tokens = sorted({t for ts in per_row for t in ts})
-        known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
-                                     all_tokens))
-        devices = [t for t in all_tokens if t.split(":", 1)[0] in _DEVICE_COLUMNS]
-        shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
-                                                 devices)}
-        pairs = sorted({(t, c) for ts in per_row for t in ts if t.split(":", 1)[0] in _DEVICE_COLUMNS
-                        for c in ts if c.startswith(CUSTOMER_ID + ":")})
-        shared = self._mark_shared(conn, pairs, shared)
-
-        uf = _UnionFind()
-        anchors = []
-        for ts in per_row:
-            linking = [t for t in ts if t not in shared] or [min(ts)]
-            anchors.append(linking[0])
-            for t in linking:
-                uf.find(t)
-                if t in known:
-                    uf.union(t, "pid:" + known[t])
-            for t in linking[1:]:
-                uf.union(linking[0], t)
-        comp_pids: dict[str, set[str]] = {}
-        comp_min: dict[str, str] = {}
-        for node in list(uf.parent):
-            root = uf.find(node)
-            if node.startswith("pid:"):
-                comp_pids.setdefault(root, set()).add(node[4:])
-            else:
-                comp_min[root] = min(comp_min.get(root, node), node)
-        roots = list(comp_min)
-        ids, merged, merged_into = self._settle(conn, [(comp_min[r], comp_pids.get(r, set())) for r in roots])
-        final = dict(zip(roots, ids, strict=True))
-        new_tokens = [(t, final[uf.find(t)]) for t in all_tokens
-                      if t in uf.parent and known.get(t) != final[uf.find(t)]]
-        conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)", new_tokens)
-        return [final[uf.find(a)] for a in anchors], merged, merged_into
-
-    def _link_bulk(self, conn: sqlite3.Connection, b: _Batch) -> tuple[list[str], list[str], set[str]]:
-        """`_link` for a large batch, vectorised (scipy connected components, as identity.resolve_identities)
-        but over the store's links too: a stored profile is one more node, joined to its tokens."""
-        n = len(b)
-        vocab: list[str] = []
-        code_cols: list[np.ndarray] = []
-        mat_cols: list[str] = []
-        col_of: list[str] = []
-        for c in IDENTIFIER_COLUMNS:
-            has = b.present(c)
-            if not has.any():
-                continue
-            k, uniq = pd.factorize(b.array(c)[has])
-            codes = np.full(n, -1, dtype=np.int64)
-            codes[has] = k + len(vocab)
-            vocab += [f"{c}:{u}" for u in uniq.tolist()]
-            code_cols.append(codes)
-            mat_cols.append(c)
-            col_of += [c] * len(uniq)
-        n_tok = len(vocab)
-        tok = np.array(vocab, dtype=object)
-        by_rank = np.argsort(tok, kind="stable")  # token order = string order (min token of a component)
-        rank = np.empty(n_tok, dtype=np.int64)
-        rank[by_rank] = np.arange(n_tok)
-        mat = np.stack(code_cols, axis=1)
-        has = mat >= 0
-        if not has.any(axis=1).all():
-            raise ValueError("every event needs an identifier (validate events first)")
-
+        batch = token_batch({c: b.array(c) for c in IDENTIFIER_COLUMNS})
+        vocab = list(batch.tokens)
         any_tokens = conn.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
         known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
                                      vocab)) if any_tokens else {}
-        is_dev = np.isin(np.array(col_of, dtype=object), _DEVICE_COLUMNS)
         any_shared = conn.execute("SELECT 1 FROM shared_devices LIMIT 1").fetchone() is not None
+        devices = [t for t in vocab if t.split(":", 1)[0] in _DEVICE_COLUMNS]
         shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
-                                                 tok[is_dev].tolist())} if any_shared else set()
-        pairs: list[tuple[str, str]] = []
-        if CUSTOMER_ID in mat_cols:
-            cust = mat[:, mat_cols.index(CUSTOMER_ID)]
-            both = [mat[:, j][(mat[:, j] >= 0) & (cust >= 0)] * n_tok + cust[(mat[:, j] >= 0) & (cust >= 0)]
-                    for j, c in enumerate(mat_cols) if c in _DEVICE_COLUMNS]
-            if both:
-                key = np.unique(np.concatenate(both))
-                pairs = list(zip(tok[key // n_tok].tolist(), tok[key % n_tok].tolist(), strict=True))
-        shared = self._mark_shared(conn, pairs, shared)
-        is_shared = np.zeros(n_tok, dtype=bool)
-        if shared:
-            is_shared[[i for i, t in enumerate(vocab) if t in shared]] = True
-
-        # linking tokens of each row: the non-shared ones, else its smallest token alone
-        safe = np.where(has, mat, 0)
-        active = has & ~is_shared[safe]
-        lone = ~active.any(axis=1)
-        if lone.any():
-            smallest = np.where(has, rank[safe], np.iinfo(np.int64).max).argmin(axis=1)
-            active[np.flatnonzero(lone), smallest[lone]] = True
-        anchor = mat[np.arange(n), active.argmax(axis=1)]
-        src = np.broadcast_to(anchor[:, None], mat.shape)[active]
-        dst = mat[active]
-        act = np.unique(dst)
-        old_ids = sorted({known[vocab[t]] for t in act.tolist() if vocab[t] in known})
-        old_node = {p: n_tok + j for j, p in enumerate(old_ids)}
-        kt = [(t, old_node[known[vocab[t]]]) for t in act.tolist() if vocab[t] in known]
-        if kt:
-            ka = np.array(kt, dtype=np.int64)
-            src, dst = np.concatenate([src, ka[:, 0]]), np.concatenate([dst, ka[:, 1]])
-        size = n_tok + len(old_ids)
-        graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(size, size))
-        _, labels = connected_components(graph, directed=False)
-
-        comps = np.unique(labels[act])
-        best = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(best, labels[act], rank[act])
-        comp_olds: dict[int, set[str]] = {}
-        for p, node in old_node.items():
-            comp_olds.setdefault(int(labels[node]), set()).add(p)
-        lows = tok[by_rank[best[comps]]].tolist()
-        ids, merged, merged_into = self._settle(
-            conn, [(low, comp_olds.get(c, set())) for low, c in zip(lows, comps.tolist(), strict=True)])
-        final = np.empty(labels.max() + 1, dtype=object)
-        final[comps] = ids
-        tok_pid = final[labels[act]].tolist()
+                                                 devices)} if any_shared else set()
+        shared = self._mark_shared(conn, batch.device_customer_pairs(_DEVICE_COLUMNS), shared)
+        links = link_batch(batch, known, shared)
+        ids, merged, merged_into = self._settle(conn, list(links.components))
         conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)",
-                         [(vocab[t], p) for t, p in zip(act.tolist(), tok_pid, strict=True)
-                          if known.get(vocab[t]) != p])
-        return final[labels[anchor]].tolist(), merged, merged_into
+                         [(t, ids[c]) for t, c in links.token_component.items() if known.get(t) != ids[c]])
+        return [ids[c] for c in links.row_component], merged, merged_into
 
     # -- writes -------------------------------------------------------------------------------
     def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
@@ -1345,7 +710,7 @@ class SQLiteProfileStore:
         if not len(b):
             return [], dups, [], suppressed, [], sorted(conflicts)
         bulk = len(b) >= self.config.bulk_rows
-        pids, merged, merged_into = (self._link_bulk if bulk else self._link)(conn, b)
+        pids, merged, merged_into = self._link(conn, b)
         new_digests = [digests.get(at) for at in b.at] if bulk else [digest_at(i, b) for i in range(len(b))]
         conn.executemany(_INSERT_EVENTS, zip(b.cols[EVENT_ID], pids, b.ts, *(b.cols[c] for c in _STORED[1:]),
                                              new_digests, strict=True))
@@ -1427,66 +792,6 @@ class SQLiteProfileStore:
         return len(rows)
 
     # -- online state -------------------------------------------------------------------------
-    def _apply(self, state: dict[str, Any], b: _Batch, rows: Sequence[int],
-               scores: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """Fold time-ordered events (rows of the batch) into the JSON state (see `_build_states`); `scores`:
-        stored model sentiment by event id."""
-        cfg = self.config
-        negative, positive = _sentiment(b, scores or {}, cfg)
-        ids = set(state["ids"])
-        srcs = set(state["src"])
-        etypes, chans, items, cats = b.cols[EVENT_TYPE], b.cols[CHANNEL], b.cols[ITEM_ID], b.cols[CATEGORY]
-        tss = b.ts
-        zones = b.cols.get(_TIMEZONE)
-        reasons, pkeys, pvalues = b.cols[RETURN_REASON], b.cols[PREFERENCE_KEY], b.cols[PREFERENCE_VALUE]
-        idcols = [(c, b.cols[c]) for c in IDENTIFIER_COLUMNS]
-        source: dict[tuple[str, str], str] = {}
-        counts, by_source = state["cats"], state["csrc"]
-        for i in rows:
-            t = tss[i]
-            etype, item, cat, chan = etypes[i], items[i], cats[i], chans[i]
-            src = source.get((etype, chan))
-            if src is None:
-                src = source[(etype, chan)] = source_of(etype, chan)
-            srcs.add(src)
-            ids.update(c for c, vals in idcols if vals[i] is not None)
-            state["chan"][chan] = max(state["chan"].get(chan, 0), t)
-            state["last"] = max(state["last"], t)
-            if cat is not None:
-                counts[cat] = counts.get(cat, 0) + 1
-                per = by_source.setdefault(cat, {})
-                per[src] = per.get(src, 0) + 1
-            if item is not None:
-                if etype in INTEREST_EVENT_TYPES:
-                    state["views"].append([item, cat, t, chan, etype])
-                elif etype == ADD_TO_CART:
-                    state["cart"][item] = [t, cat, chan]
-                elif etype in (REMOVE_FROM_CART, PURCHASE, RESERVE):  # a reservation is an order
-                    state["cart"].pop(item, None)
-                    if etype == PURCHASE:
-                        state["purchases"].append([item, cat, t, chan])
-                elif etype == RETURN:
-                    state["returns"].append([item, cat, t, chan])
-                    if reasons[i] is not None and _latest_pair(state["rr"].get(item), t, reasons[i]):
-                        state["rr"][item] = [t, reasons[i]]
-                if etype in PICKUP_EVENT_TYPES and _latest_pair(state["pick"].get(item), t, etype):
-                    state["pick"][item] = [t, cat, chan, etype]
-            if etype == PREFERENCE and pkeys[i] is not None and pvalues[i] is not None:
-                _declare(state["pref"], pkeys[i], pvalues[i], t)
-            if negative[i]:
-                state["neg"] = max(state["neg"] or 0, t)
-            if positive[i]:
-                state["pos"] = max(state.get("pos") or 0, t)
-            zone = zones[i] if zones is not None else None
-            if zone is not None and (state["tz"] is None or [t, zone] > state["tz"]):
-                state["tz"] = [t, zone]
-        state["views"] = state["views"][-cfg.recent_views:]
-        state["purchases"] = state["purchases"][-cfg.max_purchases:]
-        state["returns"] = state["returns"][-cfg.max_purchases:]
-        state["ids"] = sorted(ids)
-        state["src"] = sorted(srcs)
-        return state
-
     def _update_states(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
         """Small batch: fold the new events into each stored state (replay the history when merged or late)."""
         groups: dict[str, list[int]] = {}
@@ -1502,10 +807,10 @@ class SQLiteProfileStore:
             stale = state is not None and state.get("v") != _STATE_VERSION  # written by an older version
             if pid in merged_into or stale or (state is not None and b.ts[rows[0]] < state["last"]):
                 hist, _ = self._history(conn, [pid])  # merged, old or late (out of order): replay, exact
-                state = self._apply(_empty_state(), hist, range(len(hist)),
-                                    self._stored_scores(conn, hist.cols[EVENT_ID]))
+                state = apply_events(_empty_state(), hist, range(len(hist)), self.config,
+                                     self._stored_scores(conn, hist.cols[EVENT_ID]))
             else:
-                state = self._apply(state or _empty_state(), b, rows, scores)
+                state = apply_events(state or _empty_state(), b, rows, self.config, scores)
             out.append((pid, _doc(state), state["last"]))
         conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)", out)
 
@@ -1541,7 +846,7 @@ class SQLiteProfileStore:
             if canon != profile_id:
                 return self.get_profile(canon)
             return None
-        prof = self._to_profile(profile_id, self._current(conn, {profile_id: json.loads(row[0])})[profile_id],
+        prof = to_profile(profile_id, self._current(conn, {profile_id: json.loads(row[0])})[profile_id],
                                 self._erased_ns(conn, [profile_id]).get(profile_id))
         self._remember_states({profile_id: prof}, gen)
         return prof
@@ -1598,7 +903,7 @@ class SQLiteProfileStore:
                                    missing)
             docs = self._current(conn, {pid: json.loads(doc) for pid, doc in rows})
             erased = self._erased_ns(conn, list(docs))
-            fresh = {pid: self._to_profile(pid, s, erased.get(pid)) for pid, s in docs.items()}
+            fresh = {pid: to_profile(pid, s, erased.get(pid)) for pid, s in docs.items()}
             self._remember_states(fresh, gen)
             found.update(fresh)
             for pid in missing:
@@ -1606,40 +911,7 @@ class SQLiteProfileStore:
                     found[pid] = self.get_profile(pid)
         return [found[p] for p in ids]
 
-    @staticmethod
-    def _to_profile(pid: str, s: dict[str, Any], erased_ns: int | None = None) -> OnlineProfile:
-        buys: dict[str, list[int]] = {}
-        for item, _, t, _ in s["purchases"]:
-            buys.setdefault(item, []).append(t)
-        replenish = {}
-        for item, times in buys.items():
-            gaps = np.diff(sorted(set(times))) / (86_400 * _NS)
-            gaps = gaps[gaps >= 1.0]
-            if len(gaps):
-                replenish[item] = float(np.median(gaps))
-        cart = sorted(s["cart"].items(), key=lambda x: (-x[1][0], x[0]))
-        return OnlineProfile(
-            profile_id=pid,
-            recent_views=tuple(ProfileEntry(i, c, _dt(t), ch, e) for i, c, t, ch, e in reversed(s["views"])),
-            cart_items=tuple(ProfileEntry(i, c, _dt(t), ch, ADD_TO_CART) for i, (t, c, ch) in cart),
-            purchases=tuple(ProfileEntry(i, c, _dt(t), ch, PURCHASE) for i, c, t, ch in reversed(s["purchases"])),
-            returns=tuple(ProfileEntry(i, c, _dt(t), ch, RETURN) for i, c, t, ch in reversed(s["returns"])),
-            category_counts=dict(s["cats"]),
-            channel_last_seen={c: _dt(t) for c, t in s["chan"].items()},
-            last_negative_ts=_dt(s["neg"]) if s["neg"] else None,
-            identifiers=tuple(s["ids"]),
-            updated_at=_dt(s["last"]),
-            replenish_days=replenish,
-            category_sources={c: dict(v) for c, v in s["csrc"].items()},
-            sources=frozenset(s["src"]),
-            timezone=s["tz"][1] if s["tz"] else None,
-            erased_at=None if erased_ns is None else _dt(erased_ns),
-            declared={k: _declared_values(k, vals) for k, (_, vals) in sorted(s["pref"].items())},
-            pickups=tuple(ProfileEntry(i, c, _dt(t), ch, e) for i, (t, c, ch, e) in
-                          sorted(s["pick"].items(), key=lambda x: (-x[1][0], x[0]))),
-            return_reasons={i: r for i, (_, r) in s["rr"].items()},
-            last_positive_ts=_dt(s["pos"]) if s.get("pos") else None,
-        )
+    _to_profile = staticmethod(to_profile)  # the fold's doc -> OnlineProfile (kept for callers of the method)
 
     # -- reads --------------------------------------------------------------------------------
     def _history(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> tuple[_Batch, list[str]]:
@@ -1668,7 +940,7 @@ class SQLiteProfileStore:
         """Whether any event is stored (one row read: seeding asks this of stores of any size)."""
         return self._conn().execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
 
-    def export_events_to(self, path: str | Path, *, batch_size: int = _EXPORT_BATCH) -> int:
+    def export_events_to(self, path: str | Path, *, batch_size: int = EXPORT_BATCH) -> int:
         """`export_events` into a parquet file, `batch_size` rows at a time (one row group each), so a store
         larger than memory exports for training; returns the rows written.
 
@@ -2178,7 +1450,7 @@ class SQLiteProfileStore:
                                            "ORDER BY event_id", ev_ids)
             doc = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (pid,)).fetchone()
             erased = self._erased_ns(conn, sorted({pid, profile_id}))
-            state = None if doc is None else self._to_profile(
+            state = None if doc is None else to_profile(
                 pid, self._current(conn, {pid: json.loads(doc[0])})[pid], erased.get(pid))
         identifiers = []
         for token in tokens:
@@ -2242,101 +1514,3 @@ class SQLiteProfileStore:
         rows = self._select_in(conn, "SELECT digest, erased_ns FROM erased_profile_keys WHERE digest IN ({})",
                                list(by_digest))
         return {by_digest[d]: int(ns) for d, ns in rows}
-
-
-def _strings(vals: Sequence[Any]) -> pd.arrays.ArrowStringArray:
-    """str/None values -> pandas "string" (Arrow), ~4x faster than pd.array(vals, dtype="string")."""
-    return pd.arrays.ArrowStringArray(pa.array(vals, type=pa.string()))
-
-
-#: The columns of an export file, in `export_events()` order (event_id, ts, the rest, PROFILE_ID) and types.
-_EXPORT_SCHEMA = pa.schema(
-    [(EVENT_ID, pa.string()), (TS, pa.timestamp("ns", tz="UTC"))]
-    + [(c, pa.float64() if c in NUMERIC_COLUMNS else pa.string()) for c in _STORED if c != EVENT_ID]
-    + [(PROFILE_ID, pa.string())])
-
-
-def _arrow_rows(rows: list[tuple[Any, ...]]) -> pa.Table:
-    """SQL rows (profile_id, ts_ns, *_STORED) as an Arrow table of _EXPORT_SCHEMA (no pandas in between)."""
-    arr = list(zip(*rows, strict=True))
-    by_name = {PROFILE_ID: arr[0], TS: arr[1], **{c: arr[j + 2] for j, c in enumerate(_STORED)}}
-    return pa.table([pa.array(by_name[f.name], type=pa.int64()).cast(f.type) if f.name == TS
-                     else pa.array(by_name[f.name], type=f.type) for f in _EXPORT_SCHEMA], schema=_EXPORT_SCHEMA)
-
-
-def _by_row(errors: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """Error records in row order (stable: the errors of one row keep their order)."""
-    return tuple(sorted(errors, key=lambda e: int(e[ERROR_ROW])))
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types: datetimes as ISO 8601, records (named tuples) as objects, sets sorted, NaN/NA null."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "_asdict"):
-        return _jsonable(value._asdict())
-    if isinstance(value, (set, frozenset)):
-        return sorted(_jsonable(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is pd.NA or (isinstance(value, float) and not np.isfinite(value)):
-        return None
-    return value
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A frame's rows as dicts of plain values (missing values None; `_jsonable` turns times into text)."""
-    cols = {c: [None if v is pd.NA or (isinstance(v, float) and v != v) else v for v in frame[c].tolist()]
-            for c in frame.columns}
-    return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
-
-
-def _served_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
-    """Served-list rows (recommendation_id, ts_ns, profile_id, surface, channel, model, model_version,
-    item_ids JSON) as a typed frame in RECOMMENDATION_COLUMNS order."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * len(RECOMMENDATION_COLUMNS)
-    data: dict[str, Any] = {c: pd.array(list(v), dtype="string") for c, v in zip(RECOMMENDATION_COLUMNS, cols,
-                                                                               strict=True)}
-    data[TS] = pd.DatetimeIndex(np.asarray(cols[1], dtype=np.int64).view("M8[ns]"), tz="UTC")
-    items = pd.Series([tuple(json.loads(v)) for v in cols[-1]], dtype=object)
-    data[ITEM_IDS] = items
-    return pd.DataFrame(data)[list(RECOMMENDATION_COLUMNS)]
-
-
-def _decision_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
-    """Decision-log rows (in DECISION_COLUMNS order, ts as epoch ns) as a typed frame."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * len(DECISION_COLUMNS)
-    data: dict[str, Any] = {c: pd.array(list(v), dtype="string") for c, v in zip(DECISION_COLUMNS, cols, strict=True)}
-    data[HOLDOUT] = np.array(cols[DECISION_COLUMNS.index(HOLDOUT)], dtype=bool)
-    data[TS] = pd.DatetimeIndex(np.asarray(cols[DECISION_COLUMNS.index(TS)], dtype=np.int64).view("M8[ns]"), tz="UTC")
-    return pd.DataFrame(data)[list(DECISION_COLUMNS)]
-
-
-def _frame(rows: list[tuple[Any, ...]], cols: list[str]) -> pd.DataFrame:
-    """Rows (profile_id, ts_ns, *cols) -> canonical dtypes, PROFILE_ID last."""
-    if not rows:
-        out = empty_events()
-        for c in _EVENT_COLUMNS:
-            if c not in out:
-                out[c] = pd.Series(dtype="float64" if c in NUMERIC_COLUMNS else "string")
-        out[PROFILE_ID] = pd.Series(dtype="string")
-        return out
-    arr = list(zip(*rows, strict=True))
-    data: dict[str, Any] = {}
-    data[TS] = pd.DatetimeIndex(np.asarray(arr[1], dtype=np.int64).view("M8[ns]"), tz="UTC")
-    for j, c in enumerate(cols):
-        vals = arr[j + 2]
-        data[c] = np.array(vals, dtype="float64") if c in NUMERIC_COLUMNS else _strings(vals)  # None -> NaN/NA
-    data[PROFILE_ID] = _strings(arr[0])
-    order = [c for c in (EVENT_ID,) if c in cols] + [TS] + [c for c in cols if c != EVENT_ID] + [PROFILE_ID]
-    return pd.DataFrame(data)[order]
-
-
-__all__ = ["ACTION", "CAMPAIGN_ID", "CONFLICT_REASON", "DECISION_COLUMNS", "HOLDOUT", "INTEREST_EVENT_TYPES",
-           "ITEM_IDS", "MODEL", "MODEL_VERSION", "RECOMMENDATION_COLUMNS", "SURFACE", "ServedList",
-           "MODEL_VERSIONS", "AppendResult", "CatalogUpsert", "ItemEntry", "NEVER_DAYS",
-           "OnlineProfile", "ProfileEntry", "ProfileStore", "SQLiteProfileStore", "StoreConfig", "ViewEntry", "profile_id_for"]
