@@ -3,12 +3,14 @@
 Why in the background: the answer is ~1 ms of in-memory work on the event loop, and a durable SQLite
 write (a transaction under the store's one write lock, behind any bulk event append) would cost that much
 again or far more. `ServedRecorder.submit` only queues the list; one writer thread takes whatever is
-queued and writes it in one transaction (`ProfileStore.record_recommendations`), so under load lists are
-written in batches and at rest each within milliseconds.
+queued and writes it in one transaction (`ProfileStore.record_recommendations`). After the first list of a
+batch it lingers `LINGER_S` so that the lists of that moment share one transaction: under load a write per
+request (its commit and its Python work, which holds the GIL the requests need) would cost more than the
+answer; at rest each list is written within `LINGER_S`.
 
 What can be lost: nothing on a clean shutdown (`close` writes every queued list before the process exits;
 the service calls it from its shutdown hook); on a crash (kill -9, power loss), the lists queued in the last
-moments (in practice, the last few milliseconds' worth). A list whose record is lost only leaves its clicks
+moments (at most `LINGER_S` plus one write's worth). A list whose record is lost only leaves its clicks
 unattributed; the events themselves are stored as usual. A failed write is retried (with a pause) and
 never dropped; when the queue is full (the store is stuck), `submit` writes the list itself: slower, but
 nothing is lost.
@@ -33,6 +35,8 @@ MAX_BATCH = 500
 MAX_QUEUE = 100_000
 #: Pause after a failed write before the same batch is tried again (doubling up to RETRY_MAX_S).
 RETRY_S, RETRY_MAX_S = 0.2, 5.0
+#: How long the writer waits after a batch's first list for the others of that moment.
+LINGER_S = 0.05
 
 _STOP = object()
 
@@ -47,10 +51,11 @@ class ServedRecorder:
     writer thread (see the module doc for what a crash may lose)."""
 
     def __init__(self, record: Callable[[Sequence[ServedList]], int], *, max_batch: int = MAX_BATCH,
-                 max_queue: int = MAX_QUEUE) -> None:
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError("max_batch and max_queue must be at least 1")
+                 max_queue: int = MAX_QUEUE, linger_s: float = LINGER_S) -> None:
+        if max_batch < 1 or max_queue < 1 or linger_s < 0:
+            raise ValueError("max_batch and max_queue must be at least 1, linger_s not negative")
         self._record = record
+        self._linger_s = linger_s
         self._max_batch = max_batch
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._pending = 0  # submitted and not yet written
@@ -111,6 +116,8 @@ class ServedRecorder:
         while not stop:
             batch: list[ServedList] = []
             item = self._queue.get()
+            if item is not _STOP and self._linger_s:
+                time.sleep(self._linger_s)  # let this moment's other lists join the transaction
             while True:
                 if item is _STOP:
                     stop = True  # what was queued before it is in this batch or still queued: drain it
