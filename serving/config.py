@@ -2,8 +2,8 @@
 
 | variable                     | meaning                                                         | default            |
 |------------------------------|-----------------------------------------------------------------|--------------------|
-| MIRROR_STORE                 | SQLite path of the online profile store                         | `mirror-store.db`  |
-| MIRROR_STORE_BACKEND         | ProfileStore implementation, `module:Class`                      | `features.store:SQLiteProfileStore` |
+| MIRROR_STORE                 | the online profile store: a SQLite path, `sqlite:///path` or `redis://host:port/db` (`features.store.open_store`) | `mirror-store.db`  |
+| MIRROR_STORE_BACKEND         | ProfileStore implementation, `module:Class`, given MIRROR_STORE as its path (kept for compatibility; a URL in MIRROR_STORE needs the default) | `features.store:SQLiteProfileStore` |
 | MLFLOW_TRACKING_URI          | MLflow tracking/registry the champions are loaded from          | MLflow's default   |
 | MLFLOW_REGISTRY_URI          | model registry, when it differs from the tracking store          | MLFLOW_TRACKING_URI |
 | MIRROR_GUARD_CONFIG          | guard policy YAML                                               | `serving/guard.yaml` |
@@ -70,11 +70,27 @@ def _origins(raw: str | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _store_url(raw: str, backend: str) -> str:
+    """MIRROR_STORE, checked at start: a store URL (`features.store.parse_store_url`) only with the default
+    backend (a `module:Class` backend takes a path)."""
+    from features.store.config import parse_store_url
+
+    if "://" in raw and backend != DEFAULT_STORE_BACKEND:
+        raise ValueError(f"MIRROR_STORE: a store URL needs the default MIRROR_STORE_BACKEND, got {backend!r}")
+    try:
+        parse_store_url(raw)
+    except ValueError as exc:
+        raise ValueError(f"MIRROR_STORE: {exc}") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment, validated in one place."""
 
     store_path: Path = Path("mirror-store.db")
+    #: MIRROR_STORE as given (a path or a store URL: `redis://...` must not go through Path, which folds "//")
+    store_url: str = "mirror-store.db"
     store_backend: str = DEFAULT_STORE_BACKEND
     tracking_uri: str | None = None
     registry_uri: str | None = None
@@ -100,6 +116,8 @@ class Settings:
         keys_file = env.get("MIRROR_API_KEYS_FILE")
         return cls(
             store_path=Path(env.get("MIRROR_STORE", "mirror-store.db")),
+            store_url=_store_url(env.get("MIRROR_STORE") or "mirror-store.db",
+                                 env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND),
             store_backend=env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND,
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             registry_uri=env.get("MLFLOW_REGISTRY_URI") or env.get("MLFLOW_TRACKING_URI") or None,

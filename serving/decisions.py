@@ -156,7 +156,8 @@ def action_signals(a: nba.ScoredAction, own: OnlineProfile | None, catalog: Cata
                    everything: Sequence[Signal]) -> tuple[Signal, ...]:
     """What a message may rest on. A try-on offer rests only on that item's try-on and post-purchase care only
     on that purchase, so the words are about the subject (and a try-on's store, time or size is no input at
-    all); the other actions on the customer's recent signals (`everything`)."""
+    all); the other actions on the customer's recent signals (`everything`), of which the guard keeps, for a
+    message about items (a cart or replenishment reminder), only those items' own (`guard.message_basis`)."""
     kind = _SUBJECT_ENTRIES.get(a.name)
     if kind is None:
         return tuple(everything)

@@ -1151,6 +1151,24 @@ def _param_text(key: str, v: Any) -> str:
     return _flat(v)
 
 
+def message_subject(params: Mapping[str, Any]) -> frozenset[str]:
+    """The items an NBA message is about (`item_id`, `item_ids`: the cart of a cart reminder, the items due
+    of a replenishment, the item tried on, the order cared for); empty for an action about the customer at
+    large (cross-sell, winback, ...)."""
+    many = params.get("item_ids")
+    ids = [params.get(ITEM_ID), *(many if isinstance(many, (list, tuple)) else ())]
+    return frozenset(i for i in ids if isinstance(i, str) and i)
+
+
+def message_basis(r: GuardRequest, kept: Sequence[Signal]) -> list[Signal]:
+    """What an NBA message's wording and params may rest on: a message about items rests only on those items'
+    own signals, never on the rest of the customer's history (a cart of diapers is never "Still thinking
+    about pet?"). When none of them may be named on the channel (sensitive or life-event), the guard's
+    level falls to `none` and the action's generic wording is used. Other outputs rest on every kept signal."""
+    subject = message_subject(r.params) if r.kind == NBA_MESSAGE else frozenset()
+    return [s for s in kept if s.item_id in subject] if subject else list(kept)
+
+
 def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
     """Decide what one output may say (and, for outbound messages, whether it may be sent at all)."""
     r = request
@@ -1180,7 +1198,8 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
         ceiling = Specificity.NONE
     own = (r.kind == NBA_MESSAGE and r.action in policy.own_item_actions and r.channel in policy.own_item_channels
            and r.consent.personalization and r.consent.allows_marketing(r.channel))
-    chosen, level = _pick(kept, ceiling, r.channel, policy, logged_in=r.logged_in, own_items=own)
+    basis = message_basis(r, kept)
+    chosen, level = _pick(basis, ceiling, r.channel, policy, logged_in=r.logged_in, own_items=own)
     if level < ceiling:
         audit.append(AuditEntry("specificity", f"lowered to {level.name.lower()} (ceiling {ceiling.name.lower()}: "
                                                "sensitive, inferred or unrenderable signal)"))
@@ -1194,7 +1213,7 @@ def guard(request: GuardRequest, policy: GuardPolicy) -> GuardDecision:
             level, chosen = Specificity.NONE, None
             text, used_params = _render(level, None, r.kind, wording, policy, r.tone)
     if r.kind == NBA_MESSAGE:
-        params = _sanitise_params(r.params, max(ceiling, level), kept, r.channel, policy, audit,
+        params = _sanitise_params(r.params, max(ceiling, level), basis, r.channel, policy, audit,
                                   logged_in=r.logged_in, own_items=own,
                                   claimed={s.item_id for s in r.signals if s.item_id})
         for key in [k for k in params if k not in OFFER_PARAMS and k != CONTENT

