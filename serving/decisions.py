@@ -23,7 +23,7 @@ import pandas as pd
 
 from features.catalog import Catalog
 from features.schema import CUSTOMER_ID, EMAIL, PHONE, PROFILE_ID, PURCHASE, TRY_ON
-from features.store import OnlineProfile, ProfileStore
+from features.store import DecisionLog, OnlineProfile, ProfileStore
 from serving import nba
 from serving.contact import StoreContactLedger, customer_timezone, decision_id, decision_key
 from serving.guard import (
@@ -214,6 +214,11 @@ class DecisionEngine:
         self.recommendation = recommendation
         self.config = config or nba.NBAConfig()
         self.ledger = StoreContactLedger(store)
+        #: the store's decision log, when it has one (an optional capability): without it decisions are made
+        #: as usual but `mirror report lift` has nothing to read (said once, at start)
+        self._decision_log: DecisionLog | None = store if isinstance(store, DecisionLog) else None
+        if self._decision_log is None:
+            logger.warning("this profile store keeps no decision log: lift reports stay empty")
         #: (model id, profile id) -> (hash of the feature row, P(class 1)): a customer's score is computed once per
         #: feature row (rows change on the customer's writes and once per feature bucket), so a site banner
         #: or a call-center screen asking per visit pays a dictionary lookup, not two model calls.
@@ -460,8 +465,10 @@ class DecisionEngine:
                       now: datetime) -> None:
         """Every outbound decision goes into the store's decision log, a holdout's too (the action it would
         have been sent), so `mirror report lift` compares treated with held-out customers."""
+        if self._decision_log is None:
+            return
         status = getattr(champions, "status", None) or {}
-        self.store.record_decision(offer.decision_id or "", pid, campaign, offer.action, offer.channel, holdout, now,
+        self._decision_log.record_decision(offer.decision_id or "", pid, campaign, offer.action, offer.channel, holdout, now,
                                    {name: s.version for name, s in status.items()})
 
     def _candidates(self, rec: Recommender, catalog: Catalog, stored: OnlineProfile | None, consent: ConsentState,

@@ -61,7 +61,7 @@ from features.schema import (
     normalise_id,
     validate_events,
 )
-from features.store import ServedList
+from features.store import ServedList, ServedListLog
 from serving import api, nba, openapi, problems, segments
 from serving.auth import CorsMiddleware, GatekeeperMiddleware, KeyRing, log_auth_mode
 from serving.config import Settings
@@ -409,10 +409,11 @@ class Mirror:
         self.store = _open_store(self.settings)
         self.recommendation = RecommendationPolicy(self.policy)
         self._hasher: IdentifierHasher = getattr(self.store, "hasher", None) or IdentifierHasher.from_env()
-        record = getattr(self.store, "record_recommendations", None)
-        if record is None:
+        if isinstance(self.store, ServedListLog):
+            self.served: ServedRecorder | None = ServedRecorder(self.store.record_recommendations).start()
+        else:
             logger.warning("this profile store cannot record served lists: attribution reports stay empty")
-        self.served = ServedRecorder(record).start() if record is not None else None
+            self.served = None
         self.decisions = DecisionEngine(self.store, self.policy, self.recommendation)
         self._catalog_lock = threading.Lock()
         self._catalog, self._catalog_version, self._catalog_checked = self.store.catalog(), -1, 0.0

@@ -70,3 +70,15 @@ def test_an_event_posted_is_in_redis_and_the_next_recommend_sees_it(redis_server
         assert [p.item_id for p in store.get_profile(pid).purchases] == [bought]
     finally:
         store.close()
+
+
+def test_outbound_decisions_work_on_a_store_without_a_decision_log(redis_server: tuple[Server, str]) -> None:
+    """The Redis store declares no decision log (an optional capability): an email decision is still made
+    and answered, and nothing is logged rather than a 500."""
+    srv, _ = redis_server
+    consent = srv.client.put("/consent", json={"customer_id": "c1", "purpose": "email_marketing", "granted": True},
+                             headers={"Authorization": "Bearer write-key"})
+    assert consent.status_code == 200, consent.text
+    r = srv.post("/next_best_action", {"customer_id": "c1", "channel": "email"}, key="read-key")
+    assert r.status_code == 200, r.text
+    assert r.json()["channel"] == "email" and r.json()["actions"][0]["action"] != "do_nothing", r.text
