@@ -314,9 +314,11 @@ class CorsMiddleware:
         from starlette.middleware.cors import CORSMiddleware
 
         origins = (settings or Settings.from_env()).cors_origins
+        # no origin allowed: nothing to add to any answer, so requests skip the wrapper (a browser's
+        # preflight then reaches the routes and gets their 405, as from any server without CORS)
         self.app = CORSMiddleware(app, allow_origins=list(origins), allow_methods=list(CORS_METHODS),
                                   allow_headers=list(CORS_HEADERS), expose_headers=[problems.REQUEST_ID_HEADER],
-                                  max_age=CORS_MAX_AGE_S)
+                                  max_age=CORS_MAX_AGE_S) if origins else app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

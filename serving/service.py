@@ -541,7 +541,8 @@ class Mirror:
         out = self.recommendation.recommend(rec, catalog, profile, self._consent(pid, profile), q)
         if not out.personalized:
             self.metrics.cold_start.inc()
-        logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), out.personalized, len(out.items))
+        if logger.isEnabledFor(logging.DEBUG):  # the hash is not worth computing for a line nobody logs
+            logger.debug("recommend profile=%s personal=%s n=%d", hashed_id(pid), out.personalized, len(out.items))
         return api.RecommendResponse(
             recommendation_id=self._served(surface, pid, q, champ, [p.item_id for p in out.items]),
             profile_id=pid, identified=pid is not None, personalized=out.personalized,
