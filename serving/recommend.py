@@ -22,6 +22,10 @@ HTTP:
   for a newcomer (fewer than `DECLARED_LEAD_BELOW` consented items the model knows, no learned profile) on a
   list without a page context, the popular items of their declared categories lead the list
   (`DECLARED_LEAD_SHARE` of it): a customer who said "Running" and did little else sees running first.
+- A returned item is never shown again while the return is stored; a recent return whose reason is about
+  the product (`PRODUCT_RETURN_REASONS`: not as described, damaged) also leaves out its closest look-alikes,
+  while a fit reason (too small, too large, poor fit) leaves them in and the category keeps its interest:
+  one rule (`_left_out`) for /recommend, /similar_items and the next-best-action's cross-sell.
 - What a request held that the policy could not use (an unknown identifier, item or category, a miscased
   category) is named in `InputWarning`s and left out of the query, never silently turned into something
   else; `similar` answers a product page, falling back to the item's catalog category (then the levels
@@ -38,7 +42,15 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from features.catalog import CATEGORY_SEPARATOR, Catalog, CatalogItem, split_category
-from features.schema import COOKIE_ID, DEVICE_ID, EMAIL, HASH_PREFIX, HASHED_IDENTIFIERS, VIEW
+from features.schema import (
+    COOKIE_ID,
+    DEVICE_ID,
+    EMAIL,
+    FIT_RETURN_REASONS,
+    HASH_PREFIX,
+    HASHED_IDENTIFIERS,
+    VIEW,
+)
 from features.store import OnlineProfile, ProfileEntry
 from serving.guard import (
     COMPLEMENT,
@@ -82,6 +94,16 @@ SESSION_SLOTS = (1, 4)
 DECLARED_LEAD_BELOW = 3
 #: Share of a newcomer's list (at least one slot) that the popular items of their declared interests take, first.
 DECLARED_LEAD_SHARE = 0.5
+#: A return this recent whose reason speaks against the product (`PRODUCT_RETURN_REASONS`) also leaves out
+#: the returned item's closest look-alikes; the item itself stays out as long as the return is stored.
+RETURN_REASON_WINDOW = timedelta(days=30)
+#: How many of the returned item's look-alikes (the model's `similar_items`, best first) such a return leaves out.
+RETURN_LOOKALIKES = 5
+#: Return reasons (codes of `features.schema.RETURN_REASONS`) about the product itself: the customer disliked
+#: it, so what looks like it is not pushed either. A fit reason (`FIT_RETURN_REASONS`) keeps the look-alikes
+#: (another cut or silhouette may fit; the catalog has no sizes, so no "next size" is claimed); wrong_item
+#: (the shop's mistake), changed_mind and other say nothing about the product: only the item is left out.
+PRODUCT_RETURN_REASONS: frozenset[str] = frozenset({"not_as_described", "damaged"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +158,21 @@ def personal_query(profile: Any, now: datetime) -> tuple[list[str], list[str]]:
         return [], []
     suppressed = blocked_purchases(profile, now) | {e.item_id for e in profile.returns or () if e.item_id}
     return recent_interest(profile), sorted(suppressed)
+
+
+def recent_return_reasons(profile: Any, now: datetime, window: timedelta = RETURN_REASON_WINDOW
+                          ) -> list[tuple[str, str]]:
+    """(item, reason) for each item of the (consented) profile whose latest return lies within `window` and
+    that has a stored reason (`OnlineProfile.return_reasons`: its latest return that gave one), newest first.
+    Only the profile's kept returns count, so a return whose source is not granted brings no reason."""
+    if profile is None:
+        return []
+    reasons = getattr(profile, "return_reasons", None) or {}
+    out: dict[str, str] = {}
+    for e in _newest_first(profile.returns or ()):
+        if e.item_id not in out and now - e.ts <= window and e.item_id in reasons:
+            out[e.item_id] = reasons[e.item_id]
+    return list(out.items())
 
 
 def declared_category(category: str | None, declared: Sequence[str]) -> str | None:
@@ -350,7 +387,7 @@ class RecommendationPolicy:
         ctx = q.context_item
         fold = list(dict.fromkeys(([ctx] if ctx else []) + recent))
         personal = own is not None and (use_vector or any(model.has_item(i) for i in recent))
-        exclude = self._left_out(q, suppressed) | ({ctx} if ctx else set())
+        exclude = self._left_out(q, suppressed, own, model, audit) | ({ctx} if ctx else set())
         want = q.k + len(exclude) + 10
         cands: list[_Candidate] = []
         session: list[_Candidate] = []
@@ -449,7 +486,7 @@ class RecommendationPolicy:
         warnings: list[InputWarning] = []
         own = consented_profile(profile, consent)
         _, suppressed = personal_query(own, q.now)
-        exclude = self._left_out(q, suppressed) | {item}
+        exclude = self._left_out(q, suppressed, own, model, audit) | {item}
         want = q.k + len(exclude) + 10
         comp: list[_Candidate] = []
         if model.has_item(item):
@@ -548,11 +585,31 @@ class RecommendationPolicy:
         return memo[1]
 
     # -- filtering ------------------------------------------------------------------------------
-    def _left_out(self, q: Query, suppressed: Iterable[str]) -> set[str]:
-        """What a list for this query may not hold, whichever list: the caller's exclusions and the
-        customer's recent purchases and returns (`suppressed`, from `personal_query`). The one place for it,
-        shared by `recommend` and `similar`."""
-        return set(q.exclude) | set(suppressed)
+    def _left_out(self, q: Query, suppressed: Iterable[str], own: OnlineProfile | None, model: Recommender,
+                  audit: list[str]) -> set[str]:
+        """What a list for this query may not hold, whichever list: the caller's exclusions, the customer's
+        recent purchases and returns (`suppressed`, from `personal_query`), and for a return within
+        `RETURN_REASON_WINDOW` with a reason about the product (`PRODUCT_RETURN_REASONS`) the returned item's
+        `RETURN_LOOKALIKES` closest look-alikes; a fit reason leaves them in (audited either way). The one
+        place for it, shared by `recommend` and `similar` (and so the next-best-action's cross-sell)."""
+        out = set(q.exclude) | set(suppressed)
+        product: dict[str, list[int]] = {}  # reason -> [returns, look-alikes left out]
+        fit: dict[str, int] = {}
+        for item, reason in recent_return_reasons(own, q.now):
+            if reason in PRODUCT_RETURN_REASONS:
+                alike = ([i for i, _ in model.similar_items(item, RETURN_LOOKALIKES + 1) if i != item]
+                         [:RETURN_LOOKALIKES] if model.has_item(item) else [])
+                out.update(alike)
+                tally = product.setdefault(reason, [0, 0])
+                tally[0] += 1
+                tally[1] += len(alike)
+            elif reason in FIT_RETURN_REASONS:
+                fit[reason] = fit.get(reason, 0) + 1
+        audit += [f"{n} return(s) {reason}: the item and {m} look-alike(s) left out"
+                  for reason, (n, m) in sorted(product.items())]
+        audit += [f"{n} return(s) {reason}: only the item left out, its look-alikes and category stay"
+                  for reason, n in sorted(fit.items())]
+        return out
 
     def _category(self, item_id: str | None, catalog: Catalog, model: Recommender) -> str | None:
         if item_id is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from mirror_server import Server, event, item_category, item_id, profile_id_for
+from mirror_server import N_ITEMS, Server, event, item_category, item_id, profile_id_for
 
 from serving import nba
 
@@ -237,3 +237,22 @@ def test_scores_rows_carry_the_decisions_tone(server: Server) -> None:
     answer = _nba(server, c, row["top_channel"] or "email")
     assert row["tone"] == answer["tone"] == nba.APOLOGETIC, (row, answer)
     assert row["top_action"] == nba.SERVICE_RECOVERY and "sorry" in row["message"].lower(), row
+
+
+def test_a_return_about_the_product_leaves_out_its_look_alikes_a_fit_return_only_the_item(server: Server) -> None:
+    """Returned as not as described: neither the item nor its closest look-alikes come back; returned too
+    small: another cut may fit, so the look-alikes stay and only the exact product is never pushed again."""
+    item = 9
+    r = server.post("/similar_items", {"item_id": item_id(item), "k": 4})  # anonymous: the model's look-alikes
+    assert r.status_code == 200, r.text
+    alike = {x["item_id"] for x in r.json()["similar"]}
+    assert len(alike) == 4, r.text
+    lists = {}
+    for reason in ("not_as_described", "too_small"):
+        c = _customer(f"jx{reason[:3]}")
+        _send(server, event(f"{c}-v", c, "view", item, days_ago=4), event(f"{c}-buy", c, "purchase", item, days_ago=3),
+              event(f"{c}-ret", c, "return", item, days_ago=1, return_reason=reason))
+        lists[reason] = {x["item_id"] for x in _recommend(server, c, k=N_ITEMS)}  # every item it may show
+        assert item_id(item) not in lists[reason], (reason, lists[reason])
+    assert lists["not_as_described"] and not lists["not_as_described"] & alike, lists
+    assert alike <= lists["too_small"], lists

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from features.catalog import Catalog
-from features.schema import validate_events
+from features.schema import FIT_RETURN_REASONS, RETURN_REASONS, validate_events
 from features.store import SQLiteProfileStore
 from serving.guard import (
     BEHAVIORAL,
@@ -25,7 +25,13 @@ from serving.guard import (
     load_policy,
 )
 from serving.inputs import consented_profile, history_is_consented
-from serving.recommend import Query, RecommendationPolicy
+from serving.recommend import (
+    PRODUCT_RETURN_REASONS,
+    RETURN_LOOKALIKES,
+    RETURN_REASON_WINDOW,
+    Query,
+    RecommendationPolicy,
+)
 
 NOW = datetime.now(UTC)
 CATS = {"Sports > Running shoes": 6, "Kids’ jackets": 6, "Health > Pregnancy tests": 3, "Baby > Diapers": 3,
@@ -173,3 +179,67 @@ def test_each_personal_reason_names_that_items_own_category(world):
         else:
             assert p.reason in ("Picked for you", "Popular right now"), p
     assert sum(p.reason in said for p in out.items) >= 3
+
+
+#: The planted look-alikes of i00 (a running shoe), best first: across categories, so that leaving them out is
+#: told apart from leaving out the category.
+LOOKALIKES_OF_I00 = ["i18", "i19", "i01", "i20", "i02", "i03"]
+
+
+class PlantedLookalikes(Planted):
+    def similar_items(self, item_id, k):
+        if item_id == "i00":
+            return [(i, 1.0 - n / 10) for n, i in enumerate(LOOKALIKES_OF_I00)][:k]
+        return super().similar_items(item_id, k)
+
+
+def _bought_and_returned(store: SQLiteProfileStore, customer: str, reason: str, returned_days_ago: float) -> str:
+    """A view, a purchase and a return with `reason` of i00 (the return `returned_days_ago`)."""
+    rows = [("view", 60 * 24 * (returned_days_ago + 3), None), ("purchase", 60 * 24 * (returned_days_ago + 2), None),
+            ("return", 60 * 24 * returned_days_ago, reason)]
+    frame = pd.DataFrame([{"event_id": f"{customer}-{n}", "ts": (NOW - timedelta(minutes=m)).isoformat(),
+                           "channel": "web", "event_type": et, "customer_id": customer, "item_id": "i00",
+                           "category": "Sports > Running shoes", "return_reason": r}
+                          for n, (et, m, r) in enumerate(rows)])
+    result = validate_events(frame)
+    assert not len(result.errors), result.errors
+    return store.append_events(result.valid, validated=True).profile_ids[0]
+
+
+def _listed(policy, rec, catalog, profile, **query) -> tuple[set[str], tuple[str, ...]]:
+    out = policy.recommend(rec, catalog, profile, consent_from_flags({}),
+                           Query(channel="web", k=len(ITEMS), now=NOW, logged_in=True, **query))
+    return {p.item_id for p in out.items}, out.audit
+
+
+def test_product_return_reasons_are_codes_and_not_fit_reasons():
+    assert PRODUCT_RETURN_REASONS.issubset(RETURN_REASONS)
+    assert not PRODUCT_RETURN_REASONS & FIT_RETURN_REASONS
+
+
+def test_a_return_about_the_product_leaves_out_its_look_alikes_a_fit_return_only_the_item(world):
+    store, catalog, policy, _ = world
+    rec = PlantedLookalikes()
+    top = set(LOOKALIKES_OF_I00[:RETURN_LOOKALIKES])
+    disliked = store.get_profile(_bought_and_returned(store, "rd", "not_as_described", 2))
+    shown, audit = _listed(policy, rec, catalog, disliked)
+    assert "i00" not in shown and not shown & top, shown
+    assert {"i03", "i04", "i05"} <= shown  # the 6th look-alike and the rest of the category stay
+    assert f"1 return(s) not_as_described: the item and {RETURN_LOOKALIKES} look-alike(s) left out" in audit
+    # the same rule on a product page: the socks page shows other socks, not i00's look-alikes among them
+    page = policy.similar(rec, catalog, disliked, consent_from_flags({}), Query(channel="web", k=10, now=NOW,
+                                                                               context_item="i21"))
+    anonymous = policy.similar(rec, catalog, None, consent_from_flags({}), Query(channel="web", k=10, now=NOW,
+                                                                                context_item="i21"))
+    assert {"i18", "i19", "i20"} <= {p.item_id for p in anonymous.similar}
+    assert not {p.item_id for p in page.similar} & top
+
+    fit = store.get_profile(_bought_and_returned(store, "rf", "too_small", 2))
+    shown, audit = _listed(policy, rec, catalog, fit)
+    assert "i00" not in shown and top <= shown, shown  # another cut may fit; the exact product never
+    assert "1 return(s) too_small: only the item left out, its look-alikes and category stay" in audit
+
+    old = store.get_profile(_bought_and_returned(store, "ro", "damaged", RETURN_REASON_WINDOW.days + 5))
+    shown, audit = _listed(policy, rec, catalog, old)
+    assert "i00" not in shown and top <= shown, shown  # past the window only the item stays out
+    assert not any("return(s)" in a for a in audit)
