@@ -410,9 +410,11 @@ def link_batch(batch: TokenBatch, known: Mapping[str, str], shared: Container[st
     src = np.broadcast_to(anchor[:, None], mat.shape)[active]
     dst = mat[active]
     act = np.unique(dst)
-    old_ids = sorted({known[vocab[t]] for t in act.tolist() if vocab[t] in known})
+    act_list = act.tolist()
+    stored = [(t, known[vocab[t]]) for t in act_list if vocab[t] in known]  # linking token -> its profile
+    old_ids = sorted({p for _, p in stored})
     old_node = {p: n_tok + j for j, p in enumerate(old_ids)}
-    kt = [(t, old_node[known[vocab[t]]]) for t in act.tolist() if vocab[t] in known]
+    kt = [(t, old_node[p]) for t, p in stored]
     if kt:
         ka = np.array(kt, dtype=np.int64)
         src, dst = np.concatenate([src, ka[:, 0]]), np.concatenate([dst, ka[:, 1]])
@@ -430,7 +432,7 @@ def link_batch(batch: TokenBatch, known: Mapping[str, str], shared: Container[st
     return BatchLinks(
         components=tuple((low, frozenset(comp_olds.get(c, ()))) for low, c in zip(lows, comps.tolist(), strict=True)),
         row_component=tuple(index[labels[anchor]].tolist()),
-        token_component=dict(zip((vocab[t] for t in act.tolist()), index[labels[act]].tolist(), strict=True)),
+        token_component=dict(zip((vocab[t] for t in act_list), index[labels[act]].tolist(), strict=True)),
     )
 
 

@@ -999,7 +999,7 @@ def _plant_journeys(w: _World) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
 
     # declared preferences, all true: one preference-centre save per declaring person
     levels = np.array(schema.PERSONALIZATION_LEVELS, dtype=object)
-    level = levels[rng.choice(len(levels), n, p=[0.1, 0.3, 0.6][:len(levels)] if len(levels) == 3 else None)]
+    level = levels[rng.choice(len(levels), n, p=[0.1, 0.3, 0.6] if len(levels) == 3 else None)]
     who = np.flatnonzero(rng.random(n) < cfg.preference_share)
     t_save = w.join_day[who] + rng.random(len(who)) * np.maximum(w.end_day[who] - w.join_day[who] - 0.5, 0.1)
     cats = np.array(_category_names(cfg.categories), dtype=object)

@@ -264,8 +264,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from features.profiles import FEATURE_COLUMNS
-from training.propensity import config_from_params, event_splits
-from training.registry import frame_digest, logged_dataset
+from training.propensity import PROMOTION_METRIC, config_from_params, event_splits
+from training.registry import frame_digest, logged_dataset, metric_name
 
 try:
     champion = MlflowClient().get_model_version_by_alias(CHURN_MODEL, "champion")
@@ -298,7 +298,7 @@ if churn_model is not None:
     axes[1].set(title="Scores by outcome", xlabel="predicted churn probability")
     axes[1].legend()
     plt.tight_layout()
-    logged_auc = champion_run.data.metrics.get("test_roc_auc")
+    logged_auc = champion_run.data.metrics.get(metric_name(PROMOTION_METRIC))
     print(f"ROC AUC on the champion's test set: {roc_auc_score(y, p):.3f} (logged: {logged_auc})")"""),
     ("md", "## 4. Per-segment results\nThe same churn scores split by the customer's main channel and "
            "by tenure: a model can look good overall and fail a segment."),

@@ -311,7 +311,6 @@ class ScoresResponse(_Out):
 
 #: Most ids one segment export may list (the whole store: leave the lists out).
 MAX_SEGMENT_IDS = 1_000_000
-SegmentProfileId = BatchId
 
 
 class SegmentExportRequest(_Strict):

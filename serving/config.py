@@ -114,11 +114,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         keys_file = env.get("MIRROR_API_KEYS_FILE")
+        backend = env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND
         return cls(
             store_path=Path(env.get("MIRROR_STORE", "mirror-store.db")),
-            store_url=_store_url(env.get("MIRROR_STORE") or "mirror-store.db",
-                                 env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND),
-            store_backend=env.get("MIRROR_STORE_BACKEND") or DEFAULT_STORE_BACKEND,
+            store_url=_store_url(env.get("MIRROR_STORE") or "mirror-store.db", backend),
+            store_backend=backend,
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             registry_uri=env.get("MLFLOW_REGISTRY_URI") or env.get("MLFLOW_TRACKING_URI") or None,
             guard_config=Path(env.get("MIRROR_GUARD_CONFIG") or DEFAULT_GUARD_CONFIG),

@@ -140,6 +140,16 @@ def contact_rule(policy: GuardPolicy, now: datetime, consent_of: Callable[[str],
     return allowed
 
 
+def _keyed(table: pd.DataFrame, take: Sequence[int], ids: Sequence[str], customer: Sequence[str | None]
+           ) -> pd.DataFrame:
+    """Rows `take` of a `score` table with the id asked and the customer id in front: `SCORE_COLUMNS`,
+    the one shape of the batch path (`score_asked`, `score_store`)."""
+    rows = table.iloc[list(take)].reset_index(drop=True)
+    rows.insert(0, CUSTOMER_ID, pd.Series(list(customer), dtype=object))
+    rows.insert(0, SCORE_ID, pd.Series(list(ids), dtype=object))
+    return rows[list(SCORE_COLUMNS)]
+
+
 def message_template(action: str, params: Mapping[str, Any]) -> str | None:
     """The guard's wording for an action's phase (post-purchase care's complements), None for its own."""
     if action == nba.POST_PURCHASE_CARE and params.get("content") == nba.COMPLEMENTS_CONTENT:
@@ -372,14 +382,12 @@ class DecisionEngine:
         pos = {p: i for i, p in enumerate(table[PROFILE_ID])}
         keep = [i for i, p in enumerate(resolved) if p in pos]
         unknown = [asked[i][1] for i, p in enumerate(resolved) if p not in pos]
-        rows = table.iloc[[pos[resolved[i]] for i in keep]].reset_index(drop=True)  # type: ignore[index]
         need = sorted({resolved[i] for i in keep if asked[i][0] != CUSTOMER_ID})  # type: ignore[type-var]
         own = self.store.identifiers_of(need) if need else {}
         customer = [asked[i][1] if asked[i][0] == CUSTOMER_ID else next(iter(own.get(resolved[i], ())), None)
                     for i in keep]
-        rows.insert(0, CUSTOMER_ID, pd.Series(customer, dtype=object))
-        rows.insert(0, SCORE_ID, pd.Series([asked[i][1] for i in keep], dtype=object))
-        return rows[list(SCORE_COLUMNS)], unknown
+        return _keyed(table, [pos[resolved[i]] for i in keep], [asked[i][1] for i in keep],  # type: ignore[index]
+                      customer), unknown
 
     def score_store(self, churn_model: Any, purchase_model: Any, pids: Sequence[str], **options: Any) -> pd.DataFrame:
         """`score` for a chunk of the whole store, keyed by the retailer's ids: one row per customer id a
@@ -393,10 +401,7 @@ class DecisionEngine:
                 take.append(i)
                 ids.append(c if c is not None else pid)
                 customer.append(c)
-        rows = table.iloc[take].reset_index(drop=True)
-        rows.insert(0, CUSTOMER_ID, pd.Series(customer, dtype=object))
-        rows.insert(0, SCORE_ID, pd.Series(ids, dtype=object))
-        return rows[list(SCORE_COLUMNS)]
+        return _keyed(table, take, ids, customer)
 
     # -- one customer ---------------------------------------------------------------------------------
     def next_best_action(self, champions: Any, catalog: Catalog, pid: str, *, channel: str, campaign: str,

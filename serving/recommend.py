@@ -460,13 +460,7 @@ class RecommendationPolicy:
         taken in turn across interests so that one does not crowd out the others; basis PERSONAL (they
         rest on what the customer told us)."""
         index = self._category_index(catalog)
-        per: list[list[tuple[str, float]]] = []
-        for d in declared:
-            got: list[tuple[str, float]] = []
-            for cat in dict.fromkeys((d, *index.under.get(d, ())[:MAX_FALLBACK_CATEGORIES])):
-                got += model.popular(want, category=cat)
-            got.sort(key=lambda x: -x[1])  # stable: ties keep the model's order
-            per.append(got)
+        per = [self._popular_under(d, index, model, want) for d in declared]
         out: list[_Candidate] = []
         for row in range(max((len(g) for g in per), default=0)):
             out += [_Candidate(g[row][0], g[row][1], PERSONAL) for g in per if row < len(g)]
@@ -519,13 +513,22 @@ class RecommendationPolicy:
         index = self._category_index(catalog)
         for depth in range(len(path), 0, -1):
             level = CATEGORY_SEPARATOR.join(path[:depth])
-            got: list[tuple[str, float]] = []
-            for cat in dict.fromkeys((level, *index.under.get(level, ())[:MAX_FALLBACK_CATEGORIES])):
-                got += model.popular(want, category=cat)
-            got.sort(key=lambda x: -x[1])  # stable: ties keep the model's order
-            out += [_Candidate(i, s, POPULAR_CATEGORY, category=level) for i, s in got]
+            out += [_Candidate(i, s, POPULAR_CATEGORY, category=level)
+                    for i, s in self._popular_under(level, index, model, want)]
         out += [_Candidate(i, s, POPULAR) for i, s in model.popular(want)]
         return out
+
+    @staticmethod
+    def _popular_under(level: str, index: _CategoryIndex, model: Recommender, want: int
+                       ) -> list[tuple[str, float]]:
+        """The model's popular items of `level` and of every catalog category under it (the first
+        MAX_FALLBACK_CATEGORIES), by popularity: the one rule for a category fallback level and a
+        declared interest."""
+        got: list[tuple[str, float]] = []
+        for cat in dict.fromkeys((level, *index.under.get(level, ())[:MAX_FALLBACK_CATEGORIES])):
+            got += model.popular(want, category=cat)
+        got.sort(key=lambda x: -x[1])  # stable: ties keep the model's order
+        return got
 
     # -- what a request holds that the policy cannot use ------------------------------------------
     def checked(self, model: Recommender, catalog: Catalog, q: Query) -> tuple[Query, list[InputWarning]]:

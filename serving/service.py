@@ -717,7 +717,7 @@ class Mirror:
     def _check_batch_ids(self, title: str, lists: Mapping[str, Sequence[str] | None]) -> None:
         """Emails and phones must be ones (the store hashes them after normalising): a 400 naming the
         first that is not, e.g. `phones[3]`, rather than an id silently reported unknown."""
-        hasher = getattr(self.store, "hasher", None) or IdentifierHasher.from_env()
+        hasher = self._hasher
         for field, kind in api.BATCH_ID_FIELDS.items():
             if kind not in (EMAIL, PHONE):
                 continue

@@ -516,7 +516,7 @@ def _run_training(family: Family, events: Path | None, reviews: Path | None, as_
 def _report(results: list[Any]) -> None:
     """One line per model on stderr (version and why it is or is not champion), then the JSON summary."""
     for r in results:
-        typer.echo(f"{r.model_name} v{r.version}: {r.reason}", err=True)
+        typer.echo(f"{r.model_name} v{r.version or '-'}: {r.reason}", err=True)
     _print_json(_summary(results))
 
 
@@ -672,9 +672,7 @@ def train_uplift_cmd(
         config = _config(mod.UpliftConfig, window_days=window_days, budget=budget, experiment=experiment)
         _tracking(config.experiment)
         results = _results(mod.train_uplift(config, log, ev))
-    for r in results:
-        typer.echo(f"{r.model_name} v{r.version or '-'}: {r.reason}", err=True)
-    _print_json(_summary(results))
+    _report(results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,10 +711,6 @@ def predict_sentiment_cmd(
         _need_columns(header, input, {"--text-column": text_column})
         mod = _module("training.sentiment", "predict sentiment")
         fn = _function(mod, "predict_sentiment_csv", "predict sentiment")
-        clash = [c for c in mod.output_columns(prefix) if c in header.columns]
-        if clash:
-            raise UserError(f"{input} already has column(s) {', '.join(map(repr, clash))}; pass --prefix to "
-                            "name the scores otherwise")
         from training.registry import configure_tracking, model_uri
 
         configure_tracking()

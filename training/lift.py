@@ -224,7 +224,7 @@ def log_lift_report(report: pd.DataFrame, *, window: pd.Timedelta, confidence: f
     """One MLflow run: the table (CSV and JSON), the plot, and the ALL row's figures as metrics."""
     import mlflow
 
-    from training.registry import use_experiment
+    from training.registry import TAG_PIPELINE, use_experiment
 
     use_experiment(experiment)
     with mlflow.start_run(run_name="lift-report") as run:
@@ -244,7 +244,7 @@ def log_lift_report(report: pd.DataFrame, *, window: pd.Timedelta, confidence: f
             mlflow.log_artifact(str(png))
         mlflow.log_dict({"columns": list(report.columns), "rows": report.astype(object).where(report.notna(), None)
                         .to_dict(orient="records")}, "lift.json")
-        mlflow.set_tags({"mirror.pipeline": "lift"})
+        mlflow.set_tags({TAG_PIPELINE: "lift"})
         return LiftRun(run.info.run_id, report)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import CHURN_MODEL, EVENT_TYPE, PROFILE_ID, PURCHASE, PURCHASE_MODEL, TS
+from training.registry import TAG_PIPELINE
 
 Target = Literal["churn", "purchase"]
 DEFAULT_HORIZON: dict[str, int] = {"churn": 60, "purchase": 14}
@@ -587,7 +588,7 @@ def train_propensity(config: PropensityConfig, events: pd.DataFrame) -> Any:
     summary = {"events": len(events), "profiles_train": len(train), "profiles_validation": len(val),
                "train_cutoff": str(t_train), "validation_cutoff": str(t_val), "horizon_days": config.horizon,
                "ts_min": str(events[TS].min()), "ts_max": str(events[TS].max())}
-    tags = {"mirror.pipeline": "propensity", "mirror.target": config.target, "mirror.source": "events"}
+    tags = {TAG_PIPELINE: "propensity", "mirror.target": config.target, "mirror.source": "events"}
     datasets = {"training": train[[*cols, y_col]], "validation": stop[[*cols, y_col]], "test": ev[[*cols, y_col]]}
     return _log_and_register(fit, config, SERVED_MODELS[config.target], summary, tags, datasets)
 
@@ -687,7 +688,7 @@ def train_propensity_table(config: PropensityConfig, table: pd.DataFrame, label:
     name = model_name or table_model_name(label)
     summary = {"rows": len(table), "columns_used": list(X.columns), "label": label,
                "positive_rate": round(float(y.mean()), 4), "notes": notes}
-    tags = {"mirror.pipeline": "propensity", "mirror.target": serve_as or label, "mirror.source": "table"}
+    tags = {TAG_PIPELINE: "propensity", "mirror.target": serve_as or label, "mirror.source": "table"}
     datasets = {split: Xs.assign(**{label: ys.to_numpy()}) for split, Xs, ys in
                 (("training", X_fit, y_fit), ("validation", X_stop, y_stop), ("test", X_ev, y_ev))}
     return _log_and_register(fit, config, name, summary, tags, datasets, label)

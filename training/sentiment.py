@@ -35,7 +35,6 @@ from features.schema import (
     TEXT_EVENT_TYPES,
     champion_uri,
     rating_to_sentiment,
-    read_csv_strict,
     read_table,
 )
 from training.mlflow_models import sentiment_model as sm
@@ -626,6 +625,7 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
     import mlflow
 
     from training.registry import (
+        TAG_PIPELINE,
         TrainResult,
         log_dataset,
         log_metrics,
@@ -654,7 +654,7 @@ def train_sentiment(config: SentimentConfig, texts: pd.DataFrame) -> Any:
                             source=config.source, targets=LABEL)
             mlflow.log_dict({"texts": len(texts), "labels": pd.Series(fit.test_labels).value_counts().to_dict()},
                             "data_summary.json")
-            mlflow.set_tags({"mirror.pipeline": "sentiment"})
+            mlflow.set_tags({TAG_PIPELINE: "sentiment"})
             mlflow.log_artifact(str(_confusion_png(fit.test_labels, fit.predictions, work / "confusion_matrix.png")),
                                 artifact_path="plots")
             head_path = work / "head.joblib"
@@ -739,7 +739,7 @@ def predict_sentiment_csv(input_csv: str | os.PathLike[str], text_column: str, o
     overwritten: the caller picks another `prefix`.  CSV or parquet, in and out, by suffix.
     """
     name = os.fspath(input_csv)
-    df = read_table(input_csv) if name.lower().endswith((".parquet", ".pq")) else read_csv_strict(input_csv)
+    df = read_table(input_csv)
     if text_column not in df.columns:
         raise ValueError(f"text column {text_column!r} not found in {name}; columns: {list(df.columns)}")
     added = output_columns(prefix)

@@ -40,7 +40,7 @@ import pandas as pd
 
 from features.profiles import FEATURE_COLUMNS, build_profiles
 from features.schema import PROFILE_ID, TS
-from features.store import ACTION, DECISION_COLUMNS, HOLDOUT
+from features.store import ACTION, HOLDOUT
 from training.lift import CONVERTED, decision_outcomes
 from training.mlflow_models.uplift_model import ACTION_COLUMN, UpliftCore
 
@@ -262,6 +262,8 @@ def train_uplift(config: UpliftConfig, decisions: pd.DataFrame, events: pd.DataF
 
     from training.mlflow_models import uplift_model
     from training.registry import (
+        TAG_PIPELINE,
+        TAG_PROMOTED,
         TEST,
         TRAINING,
         TrainResult,
@@ -274,10 +276,7 @@ def train_uplift(config: UpliftConfig, decisions: pd.DataFrame, events: pd.DataF
         use_experiment,
     )
 
-    missing = [c for c in DECISION_COLUMNS if c not in decisions.columns and c in (PROFILE_ID, ACTION, HOLDOUT, TS)]
-    if missing:
-        raise ValueError(f"decisions: missing columns {missing}")
-    table = decision_table(decisions, events, config)
+    table = decision_table(decisions, events, config)  # checks the decisions' columns (training.lift)
     hold = table[HOLDOUT].to_numpy(dtype=bool)
     if hold.sum() < 20 or (~hold).sum() < 20:
         raise ValueError(f"uplift needs at least 20 treated and 20 held-out decisions; got {(~hold).sum()} and "
@@ -299,14 +298,14 @@ def train_uplift(config: UpliftConfig, decisions: pd.DataFrame, events: pd.DataF
         for frame, split in ((train, TRAINING), (test, TEST)):
             log_dataset(frame, split, name=f"uplift-decisions-{split}", source=config.source, targets=CONVERTED)
         mlflow.log_figure(_qini_plot(core, ranker, test), "qini.png")
-        mlflow.set_tags({"mirror.pipeline": "uplift", TAG_WINNER: ev.winner, "mirror.evaluation": ev.reason})
+        mlflow.set_tags({TAG_PIPELINE: "uplift", TAG_WINNER: ev.winner, "mirror.evaluation": ev.reason})
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(uplift_model.__file__)),
             artifacts={uplift_model.ARTIFACT_KEY: str(core.save(Path(tmp) / "uplift"))},
             pip_requirements=_requirements())
         run_id = run.info.run_id
     if not config.register:
-        mlflow.MlflowClient().set_tag(run_id, "mirror.promoted", "false")
+        mlflow.MlflowClient().set_tag(run_id, TAG_PROMOTED, "false")
         return TrainResult(run_id, info.model_uri, UPLIFT_MODEL, "", False,
                            f"{ev.reason}; not registered (register=False)", metrics, baselines)
     y, t = test[CONVERTED].to_numpy(dtype=float), ~test[HOLDOUT].to_numpy(dtype=bool)

@@ -119,6 +119,11 @@ def input_purposes(granted: frozenset[str]) -> frozenset[str]:
     return usable | {PERSONALIZATION} if PERSONALIZATION in granted else usable
 
 
+def _unknown_identifier(column: str) -> str:
+    """The error of a lookup by a column that is no identifier (resolve and identifiers_of alike)."""
+    return f"unknown identifier {column!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})"
+
+
 def clean_scores(scores: Mapping[Any, Any] | pd.Series, stored: Container[str]) -> list[tuple[str, float]]:
     """(event id, score clipped to [-1, 1]) of the events in `stored` only; ValueError for a non-finite score.
     A score of an event the store does not hold is not kept: it would wait for the event, and an erased
@@ -396,7 +401,7 @@ class ProfileStoreBase(abc.ABC):
         tokens = []
         for col, raw in identifiers.items():
             if col not in IDENTIFIER_COLUMNS:
-                raise ValueError(f"unknown identifier {col!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})")
+                raise ValueError(_unknown_identifier(col))
             if raw is None or str(raw).strip() == "":
                 continue
             value = str(raw).strip()
@@ -427,7 +432,7 @@ class ProfileStoreBase(abc.ABC):
         retailer's own ids of the people a segment export or /scores names by profile. Email and phone
         are stored hashed, so only plain columns (customer, loyalty, device, cookie ids) say anything."""
         if column not in IDENTIFIER_COLUMNS:
-            raise ValueError(f"unknown identifier {column!r} (expected one of {', '.join(IDENTIFIER_COLUMNS)})")
+            raise ValueError(_unknown_identifier(column))
         out: dict[str, list[str]] = {}
         prefix = f"{column}:"
         if profile_ids:
@@ -821,9 +826,7 @@ class ProfileStoreBase(abc.ABC):
                         ) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
         """Source purposes each profile allows its signals from (one consent read for all of them),
         and those of a profile with no recorded choice (the defaults)."""
-        flags: dict[str, dict[str, bool]] = {}
-        for pid, purpose, granted, _ in self._consent_rows(tx, profile_ids):
-            flags.setdefault(pid, {})[purpose] = bool(granted)
+        flags = self._consent_flags(tx, profile_ids)
         usable = {pid: input_purposes(granted_purposes(f)) for pid, f in flags.items()}
         return usable, input_purposes(granted_purposes({}))
 
@@ -934,17 +937,22 @@ class ProfileStoreBase(abc.ABC):
             self._put_consent(tx, profile_id, purpose, bool(granted), pd.Timestamp.now(tz="UTC").value)
         self._invalidate({profile_id})
 
+    def _consent_flags(self, tx: Any, profile_ids: Sequence[str] | None) -> dict[str, dict[str, bool]]:
+        """Profile -> purpose -> granted, from one consent read (None: every profile); profiles without a
+        recorded choice are absent."""
+        out: dict[str, dict[str, bool]] = {}
+        for pid, purpose, granted, _ in self._consent_rows(tx, profile_ids):
+            out.setdefault(pid, {})[purpose] = bool(granted)
+        return out
+
     def get_consent(self, profile_id: str) -> dict[str, bool]:
-        return {p: bool(g) for _, p, g, _ in self._consent_rows(self._read(), [profile_id])}
+        return self._consent_flags(self._read(), [profile_id]).get(profile_id, {})
 
     def get_consents(self, profile_ids: Sequence[str]) -> dict[str, dict[str, bool]]:
         """`get_consent` for many profiles in one read (batch scoring reads 10,000); profiles without a
         recorded choice are absent (their defaults apply)."""
-        out: dict[str, dict[str, bool]] = {}
         ids = sorted(set(map(str, profile_ids)))
-        for pid, purpose, granted, _ in (self._consent_rows(self._read(), ids) if ids else ()):
-            out.setdefault(pid, {})[purpose] = bool(granted)
-        return out
+        return self._consent_flags(self._read(), ids) if ids else {}
 
     def profile_ids(self) -> list[str]:
         """Every profile with an online state (warm-ups score them all)."""

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import sqlite3
@@ -310,11 +309,6 @@ class SQLiteProfileStore(ProfileStoreBase):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-
-    def _keyed(self, domain: bytes, value: str) -> str:
-        """A tombstone digest: HMAC-SHA256 keyed with the store's hash key (never a plain digest, which a
-        stolen file could be brute-forced with: phone numbers and customer ids are few)."""
-        return hmac.digest(self._tomb_key, domain + value.encode(), "sha256").hex()
 
     def _truncate_wal(self) -> bool:
         """Checkpoint the WAL into the file and truncate it to zero bytes, so the page images it held (rows
